@@ -1,0 +1,3 @@
+from driverlog_daemon.cli import main
+
+raise SystemExit(main())

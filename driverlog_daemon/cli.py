@@ -1,0 +1,110 @@
+"""The command line: a thin layer over the modules (``driverlog-daemon --help``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from driverlog_daemon import __version__
+from driverlog_daemon.config import Config, ConfigError, load_config
+from driverlog_daemon.registry import RegistryError, load_registry
+from driverlog_daemon.store import StoreError
+
+EXIT_OK, EXIT_INVALID, EXIT_CONFIG = 0, 1, 2
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(getattr(args, "config", None) or os.environ.get("DRIVERLOG_CONFIG"))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    path = args.path or _config(args).registry.path
+    try:
+        registry = load_registry(path)
+    except RegistryError as exc:
+        for error in exc.errors:
+            print(f"{exc.source}: {error}" if error.startswith(("file not", "is a dir", "cannot read"))
+                  else error, file=sys.stderr)
+        return EXIT_INVALID
+    print(f"ok: {registry.summary()}")
+    return EXIT_OK
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from driverlog_daemon import logs
+    from driverlog_daemon.pipeline import Pipeline
+    from driverlog_daemon.replay import format_report, replay
+    from driverlog_daemon.store import Store
+
+    config = _config(args)
+    logs.configure(config.log.level, config.log.format)
+    registry = load_registry(args.registry or config.registry.path)
+    if args.file != "-" and not os.path.exists(args.file):
+        print(f"{args.file}: file not found", file=sys.stderr)
+        return EXIT_INVALID
+    with Store(args.database or config.database.path) as store:
+        pipeline = Pipeline(registry, store)
+        progress = sys.stderr if sys.stderr.isatty() and not args.quiet else None
+        report = replay(pipeline, args.file, progress=progress)
+        print(format_report(pipeline, report))
+    return 130 if report.interrupted else EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="driverlog-daemon",
+        description="Record OpenStack third-party CI results for DriverLog drivers from Gerrit into SQLite.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=description)
+        p.add_argument("--config", metavar="PATH",
+                       help="configuration file (default: $DRIVERLOG_CONFIG or /etc/driverlog/driverlog.toml)")
+        return p
+
+    p = add("validate", "check a driver registry file",
+            "Validate a DriverLog registry (JSON syntax, schema, semantic checks). Prints one summary line and "
+            "exits 0, or prints every error (one a line, with its JSON path) and exits 1.")
+    p.add_argument("path", nargs="?", help="registry file (default: [registry] path of the configuration)")
+    p.set_defaults(func=cmd_validate)
+
+    p = add("replay", "feed a recorded event stream into the database",
+            "Read a recorded `gerrit stream-events` output (one JSON event a line; .gz read transparently; - for "
+            "stdin), match CI comments and record verifications with source 'replay'. Idempotent. Ctrl-C keeps "
+            "every committed batch and says how far it got.")
+    p.add_argument("file", help="recorded stream, .gz, or - for stdin")
+    p.add_argument("--database", metavar="PATH", help="SQLite file (default: [database] path)")
+    p.add_argument("--registry", metavar="PATH", help="registry file (default: [registry] path)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_replay)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except RegistryError as exc:
+        print(f"invalid registry {exc.source}:", file=sys.stderr)
+        for error in exc.errors:
+            print(f"  {error}", file=sys.stderr)
+        return EXIT_INVALID
+    except StoreError as exc:
+        print(f"database error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except BrokenPipeError:
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return 130
+
+
+__all__ = ["json", "main"]

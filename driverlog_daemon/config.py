@@ -1,0 +1,225 @@
+"""Configuration: TOML file + ``DRIVERLOG_<SECTION>_<KEY>`` environment overrides, every key optional.
+
+The section and key names are a public interface (README "Configuration"). Unknown keys and wrong types are
+errors naming the key (``ConfigError.key``), so that ``check-config`` and ``run`` can exit 2 with it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from driverlog_daemon.registry import DEFAULT_REGISTRY_PATH
+
+DEFAULT_CONFIG_PATH = Path("/etc/driverlog/driverlog.toml")
+ENV_PREFIX = "DRIVERLOG_"
+
+
+class ConfigError(Exception):
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"{key}: {message}")
+
+
+@dataclass(frozen=True)
+class GerritConfig:
+    host: str = ""
+    port: int = 29418
+    username: str = ""
+    key_file: str = ""
+    known_hosts: str = "~/.ssh/known_hosts"
+    host_key_policy: str = "strict"  # strict | accept-new
+    keepalive_seconds: float = 30.0
+    connect_timeout_seconds: float = 15.0
+    stall_timeout_seconds: float = 300.0
+    backfill_max_age_hours: float = 168.0
+    backfill_overlap_minutes: float = 10.0
+    max_event_bytes: int = 16 * 1024 * 1024
+    subscribe: tuple[str, ...] = ("comment-added", "patchset-created", "change-merged", "change-abandoned",
+                                  "change-restored")
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    path: str = str(DEFAULT_REGISTRY_PATH)
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    path: str = "driverlog.sqlite"
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    listen: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True)
+class StatusConfig:
+    stale_after_days: float = 7.0
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "auto"  # auto | json | console
+
+
+@dataclass(frozen=True)
+class Config:
+    gerrit: GerritConfig = field(default_factory=GerritConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    status: StatusConfig = field(default_factory=StatusConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: str = "defaults"
+
+    def redacted(self) -> dict[str, dict[str, Any]]:
+        """The effective configuration as a dict, safe to print (no secrets are stored in it; paths only)."""
+        out: dict[str, dict[str, Any]] = {}
+        for f in fields(self):
+            if f.name == "source":
+                continue
+            section = getattr(self, f.name)
+            out[f.name] = {k.name: getattr(section, k.name) for k in fields(section)}
+        return out
+
+
+_CHOICES = {
+    ("gerrit", "host_key_policy"): ("strict", "accept-new"),
+    ("log", "format"): ("auto", "json", "console"),
+    ("log", "level"): ("debug", "info", "warning", "error"),
+}
+
+
+def _coerce(section: str, key: str, value: Any, default: Any, from_env: bool) -> Any:
+    name = f"{section}.{key}"
+    if isinstance(default, tuple):
+        if from_env and isinstance(value, str):
+            value = [v for v in value.replace(",", " ").split() if v]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(name, f"expected a list of strings, got {value!r}")
+        return tuple(value)
+    if isinstance(default, bool):
+        raise AssertionError("no boolean keys")
+    if isinstance(default, int) and not isinstance(default, bool):
+        if from_env:
+            try:
+                value = int(value)
+            except ValueError:
+                raise ConfigError(name, f"expected an integer, got {value!r}") from None
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(name, f"expected an integer, got {value!r}")
+        if value < 0:
+            raise ConfigError(name, f"must not be negative, got {value}")
+        return value
+    if isinstance(default, float):
+        if from_env:
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(name, f"expected a number, got {value!r}") from None
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(name, f"expected a number, got {value!r}")
+        if value < 0:
+            raise ConfigError(name, f"must not be negative, got {value}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(name, f"expected a string, got {value!r}")
+    choices = _CHOICES.get((section, key))
+    if choices and value not in choices:
+        raise ConfigError(name, f"must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def build_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None, source: str = "") -> Config:
+    config = Config(source=source or "defaults")
+    sections = {f.name: f for f in fields(Config) if f.name != "source"}
+    for section_name, values in data.items():
+        if section_name not in sections:
+            raise ConfigError(section_name, "unknown section")
+        if not isinstance(values, dict):
+            raise ConfigError(section_name, "expected a table")
+        section = getattr(config, section_name)
+        known = {f.name: f for f in fields(section)}
+        changes = {}
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(f"{section_name}.{key}", "unknown key")
+            changes[key] = _coerce(section_name, key, value, getattr(section, key), from_env=False)
+        config = replace(config, **{section_name: replace(section, **changes)})
+    for var, value in (env or {}).items():
+        if not var.startswith(ENV_PREFIX):
+            continue
+        rest = var[len(ENV_PREFIX):].lower()
+        section_name, _, key = rest.partition("_")
+        if section_name not in sections:
+            continue  # DRIVERLOG_CONFIG and friends are not configuration keys
+        section = getattr(config, section_name)
+        if key not in {f.name for f in fields(section)}:
+            raise ConfigError(f"{section_name}.{key}", f"unknown key (from environment variable {var})")
+        coerced = _coerce(section_name, key, value, getattr(section, key), from_env=True)
+        config = replace(config, **{section_name: replace(section, **{key: coerced})})
+    return _with_credentials(config, env or {})
+
+
+def _with_credentials(config: Config, env: Mapping[str, str]) -> Config:
+    """systemd ``LoadCredential=gerrit-key:…``: used when ``key_file`` is unset."""
+    creds = env.get("CREDENTIALS_DIRECTORY")
+    if not config.gerrit.key_file and creds and (Path(creds) / "gerrit-key").exists():
+        return replace(config, gerrit=replace(config.gerrit, key_file=str(Path(creds) / "gerrit-key")))
+    return config
+
+
+def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
+    """Read ``path`` (the default path may be absent; an explicit one must exist) and apply ``env``."""
+    env = os.environ if env is None else env
+    explicit = path is not None
+    p = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError("config", f"{p}: file not found") from None
+        data, p = {}, Path("(defaults)")
+    except OSError as exc:
+        raise ConfigError("config", f"{p}: cannot read: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"{p}: invalid TOML: {exc}") from None
+    return build_config(data, env, source=str(p))
+
+
+def check_files(config: Config) -> None:
+    """The checks ``run`` makes before it starts: files it will need exist and are readable."""
+    g = config.gerrit
+    if g.host:
+        if not g.username:
+            raise ConfigError("gerrit.username", "required when gerrit.host is set")
+        if not g.key_file:
+            raise ConfigError("gerrit.key_file", "required when gerrit.host is set "
+                              "(or provide the credential gerrit-key through systemd's LoadCredential=)")
+        _readable("gerrit.key_file", g.key_file)
+        known = Path(g.known_hosts).expanduser()
+        if g.host_key_policy == "strict":
+            _readable("gerrit.known_hosts", str(known))
+        elif known.exists():
+            _readable("gerrit.known_hosts", str(known))
+    _readable("registry.path", config.registry.path)
+    db_dir = Path(config.database.path).expanduser().resolve().parent
+    if not db_dir.is_dir():
+        raise ConfigError("database.path", f"directory {db_dir} does not exist")
+
+
+def _readable(key: str, path: str) -> None:
+    p = Path(path).expanduser()
+    try:
+        with p.open("rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(key, f"{p}: {exc.strerror or exc}") from None

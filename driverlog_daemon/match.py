@@ -1,0 +1,115 @@
+"""Match: a CI account's review message x the registry -> verifications, by DriverLog's rules.
+
+The rules (``shared/docs/matching-rules.md``), in short: the comment's author is a driver's CI account
+(exact, case-sensitive); the change's project is the driver's review project; the ``Patch Set N:`` prefix is
+removed, the rest split into non-blank lines, and the first line on which the success pattern, then the
+failure pattern, ``re.search``-matches decides, that line being the evidence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from driverlog_daemon.model import CommentAdded, Result, Verification
+from driverlog_daemon.registry import CIBinding, Registry
+
+_PATCH_SET_PREFIX = re.compile(r"Patch Set (\d+):")
+
+
+def message_patch_set(message: str) -> int | None:
+    """The N of a review message that begins with ``Patch Set N:`` (query output), else None."""
+    m = _PATCH_SET_PREFIX.match(message)
+    return int(m.group(1)) if m else None
+
+
+def comment_lines(comment: str) -> list[str]:
+    """Rules 2-3: remove a leading ``Patch Set N:``, strip, split into lines, drop the blank ones."""
+    m = _PATCH_SET_PREFIX.match(comment)
+    body = comment[m.end():] if m else comment
+    return list(filter(str.strip, body.strip().split("\n")))
+
+
+def judge(lines: list[str], ci: CIBinding) -> tuple[Result, str] | None:
+    """Rule 4: the first line on which success (tried first) or failure matches decides; None if none does."""
+    success, failure = ci.success.search, ci.failure.search
+    for line in lines:
+        if success(line):
+            return "success", line
+        if failure(line):
+            return "failure", line
+    return None
+
+
+def comment_sha256(comment: str) -> str:
+    """The comment part of a verification's natural key.
+
+    Normalised so that the live event and the backfilled message of one review hash alike: the whole
+    ``Patch Set N: <votes>`` first line is dropped (old servers sent events without it), every line is
+    stripped and blank lines are dropped.
+    """
+    text = comment.partition("\n")[2] if _PATCH_SET_PREFIX.match(comment) else comment
+    normalised = "\n".join(filter(None, map(str.strip, text.split("\n"))))
+    return hashlib.sha256(normalised.encode("utf-8")).hexdigest()
+
+
+def release_for(branch: str, when: int, registry: Registry) -> str:
+    """The registry's release id a result on ``branch`` at ``when`` (epoch seconds) belongs to, or ""."""
+    b = branch.lower()
+    if "/" in b[1:]:
+        release = registry.releases_by_lower_id.get(b.split("/", 1)[1])
+        return release.id if release else ""
+    if b == "master":
+        if not registry.releases:
+            return ""
+        for release in reversed(registry.releases):
+            if release.start_epoch < when:
+                return release.id
+        return registry.releases[-1].id
+    return ""
+
+
+@dataclass(frozen=True, slots=True)
+class MatchOutcome:
+    verifications: list[Verification]
+    is_ci_comment: bool  # the author is a registered CI account (whether or not a pattern matched)
+
+
+def match_comment(event: CommentAdded, registry: Registry) -> MatchOutcome:
+    """Judge one review message for every driver bound to its author."""
+    drivers = registry.by_account.get(event.author.username or "")
+    if not drivers:
+        return MatchOutcome([], False)
+    change = event.change
+    lines: list[str] | None = None
+    digest = ""
+    found: list[Verification] = []
+    for driver in drivers:
+        if driver.review_project != change.project or driver.ci is None:
+            continue
+        if lines is None:
+            lines = comment_lines(event.comment)
+            digest = comment_sha256(event.comment)
+        verdict = judge(lines, driver.ci)
+        if verdict is None:
+            continue
+        found.append(
+            Verification(
+                driver_key=driver.key,
+                ci_account=driver.ci.account,
+                change_number=change.number,
+                patch_set=event.patch_set,
+                comment_sha256=digest,
+                comment_time=event.created_on,
+                result=verdict[0],
+                evidence=verdict[1],
+                project=change.project,
+                branch=change.branch,
+                release=release_for(change.branch, event.created_on, registry),
+                change_status=change.status,
+                review_url=change.url,
+                change_id=change.id,
+            )
+        )
+    return MatchOutcome(found, True)

@@ -1,0 +1,85 @@
+"""Prometheus metrics. The names and labels here are a public interface (README "Metrics").
+
+Each daemon (and each test) gets its own :class:`Metrics` with its own ``CollectorRegistry``, so nothing is
+global. Stages report in aggregates (per block, per batch), never per line, to keep the hot path cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        # parse / match
+        self.events = Counter("driverlog_events", "Events read, by Gerrit event type.", ["type"], registry=r)
+        self.malformed = Counter("driverlog_malformed_lines", "Lines rejected by the parser, by reason.",
+                                 ["reason"], registry=r)
+        self.ci_comments = Counter("driverlog_ci_comments", "Review messages by registered CI accounts.",
+                                   ["ci_account"], registry=r)
+        self.ci_comments_unmatched = Counter(
+            "driverlog_ci_comments_unmatched",
+            "Review messages by registered CI accounts that matched no driver's pattern.", ["ci_account"],
+            registry=r)
+        self.last_event_time = Gauge("driverlog_last_event_timestamp_seconds",
+                                     "eventCreatedOn of the newest event processed.", registry=r)
+        # store
+        self.verifications = Counter("driverlog_verifications_recorded",
+                                     "Verifications inserted into the database.", ["source", "result"], registry=r)
+        self.duplicates = Counter("driverlog_verifications_duplicate",
+                                  "Verifications already present (same natural key), not inserted again.",
+                                  ["source"], registry=r)
+        self.db_write_retries = Counter("driverlog_db_write_retries", "Database batch writes retried.",
+                                        registry=r)
+        self.db_write_errors = Counter("driverlog_db_write_errors",
+                                       "Database batch writes that failed (the batch is kept and retried).",
+                                       registry=r)
+        self.batch_rows = Histogram("driverlog_db_batch_rows", "Verifications per committed batch.",
+                                    buckets=(0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000), registry=r)
+        self.last_verification_time = Gauge("driverlog_last_verification_timestamp_seconds",
+                                            "Comment time of the newest verification recorded.", registry=r)
+        # stream / backfill
+        self.connected = Gauge("driverlog_gerrit_connected", "1 while the event stream is connected.",
+                               registry=r)
+        self.connect_attempts = Counter("driverlog_gerrit_connect_attempts", "SSH connection attempts.",
+                                        registry=r)
+        self.reconnects = Counter("driverlog_gerrit_reconnects",
+                                  "Reconnections of the event stream, by reason.", ["reason"], registry=r)
+        self.stalls = Counter("driverlog_gerrit_stalls", "Stall timeouts (no bytes for stall_timeout_seconds).",
+                              registry=r)
+        self.dropped_output = Counter("driverlog_gerrit_dropped_output",
+                                      "dropped-output events: Gerrit discarded events for this connection.",
+                                      registry=r)
+        self.oversized_lines = Counter("driverlog_oversized_lines",
+                                       "Lines longer than max_event_bytes, skipped.", registry=r)
+        self.stream_bytes = Counter("driverlog_stream_bytes", "Bytes read from the event stream.", registry=r)
+        self.queue_depth = Gauge("driverlog_queue_depth", "Blocks waiting between the reader and the writer.",
+                                 registry=r)
+        self.backfills = Counter("driverlog_backfills", "Backfill runs, by trigger.", ["trigger"], registry=r)
+        self.backfill_failures = Counter("driverlog_backfill_failures", "Backfill runs that failed.",
+                                         registry=r)
+        self.backfill_gap_exceeded = Counter(
+            "driverlog_backfill_gap_exceeded",
+            "Backfills whose gap was older than backfill_max_age_hours (older events are not recovered).",
+            registry=r)
+        self.backfill_messages = Counter("driverlog_backfill_messages",
+                                         "CI review messages examined by backfill.", registry=r)
+        # registry
+        self.registry_reloads = Counter("driverlog_registry_reloads", "Registry reloads, by result.",
+                                        ["result"], registry=r)
+        self.registry_drivers = Gauge("driverlog_registry_drivers", "Drivers in the loaded registry.",
+                                      registry=r)
+        self.registry_ci_accounts = Gauge("driverlog_registry_ci_accounts",
+                                          "CI accounts in the loaded registry.", registry=r)
+
+    def count_events(self, by_type: Mapping[str, int]) -> None:
+        for kind, n in by_type.items():
+            if n:
+                self.events.labels(kind).inc(n)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,307 @@
+"""The driver registry: DriverLog's ``default_data.json``, validated and indexed by CI account.
+
+Loading goes, in order: bytes -> JSON (duplicate keys rejected) -> JSON Schema -> semantic checks. Every
+error found is reported at once, each as ``<json path>: <reason>``. The result is an immutable
+:class:`Registry` whose main index maps a CI account (a Gerrit username) to the drivers it reports for.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import jsonschema
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_REPO_DIR = _PACKAGE_DIR.parent
+
+
+def _shipped(*candidates: Path) -> Path:
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    return candidates[-1]
+
+
+#: The registry shipped with the project (inside the wheel, or at the top of a source checkout).
+DEFAULT_REGISTRY_PATH = _shipped(_PACKAGE_DIR / "_data" / "default_data.json", _REPO_DIR / "data" / "default_data.json")
+SCHEMA_PATH = _shipped(
+    _PACKAGE_DIR / "_data" / "default_data.schema.json", _REPO_DIR / "schema" / "default_data.schema.json"
+)
+
+
+class RegistryError(Exception):
+    """The registry cannot be used. ``errors`` holds every problem found, one ``path: reason`` string each."""
+
+    def __init__(self, source: str, errors: list[str]) -> None:
+        self.source = source
+        self.errors = errors
+        super().__init__(f"{source}: " + "; ".join(errors))
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    id: str
+    wiki: str
+    start: datetime  # midnight UTC of the release's start date
+    active: bool = False
+    start_epoch: int = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "start_epoch", int(self.start.timestamp()))
+
+
+@dataclass(frozen=True, slots=True)
+class CIBinding:
+    """A driver's ``ci`` block: the Gerrit username that reports for it and its two patterns."""
+
+    account: str
+    success_pattern: str
+    failure_pattern: str
+    success: re.Pattern[str] = field(compare=False, repr=False)
+    failure: re.Pattern[str] = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Driver:
+    project_id: str
+    vendor: str
+    name: str
+    description: str = ""
+    wiki: str = ""
+    repo: str | None = None
+    releases: tuple[str, ...] = ()
+    maintainers: tuple[Mapping[str, str], ...] = ()
+    ci: CIBinding | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """DriverLog's natural key: (project_id, vendor, name)."""
+        return (self.project_id, self.vendor, self.name)
+
+    @property
+    def review_project(self) -> str:
+        """The Gerrit project whose changes this driver's CI reports on: ``repo`` if set, else ``project_id``."""
+        return self.repo or self.project_id
+
+
+@dataclass(frozen=True, slots=True)
+class Registry:
+    projects: Mapping[str, str]  # project id -> name
+    releases: tuple[Release, ...]
+    drivers: tuple[Driver, ...]
+    by_account: Mapping[str, tuple[Driver, ...]]  # CI account -> the drivers it reports for
+    releases_by_lower_id: Mapping[str, Release]  # release id in lower case -> release
+    source: str = ""
+
+    @property
+    def ci_accounts(self) -> frozenset[str]:
+        return frozenset(self.by_account)
+
+    @property
+    def ci_bindings(self) -> int:
+        return sum(len(drivers) for drivers in self.by_account.values())
+
+    def summary(self) -> str:
+        return f"{len(self.drivers)} drivers, {self.ci_bindings} CI bindings, {len(self.by_account)} CI accounts"
+
+
+# --------------------------------------------------------------------------------------------------- loading
+
+
+def load_registry(path: str | Path) -> Registry:
+    """Read, validate and index the registry at ``path``; raise :class:`RegistryError` with every problem."""
+    source = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise RegistryError(source, ["file not found"]) from None
+    except IsADirectoryError:
+        raise RegistryError(source, ["is a directory, not a file"]) from None
+    except OSError as exc:
+        raise RegistryError(source, [f"cannot read: {exc.strerror or exc}"]) from None
+    return parse_registry(data, source=source)
+
+
+def parse_registry(data: bytes | str, source: str = "<registry>") -> Registry:
+    errors: list[str] = []
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+    except UnicodeDecodeError as exc:
+        raise RegistryError(source, [f"$: not UTF-8 ({exc.reason} at byte {exc.start})"]) from None
+    try:
+        document = json.loads(text, object_pairs_hook=_DuplicateCheckingDict.from_pairs)
+    except json.JSONDecodeError as exc:
+        raise RegistryError(source, [f"$: invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"]) from None
+    errors.extend(_duplicate_key_errors(document, ""))
+    errors.extend(_schema_errors(document))
+    errors.extend(_semantic_errors(document))
+    if errors:
+        raise RegistryError(source, errors)
+    return _build(document, source)
+
+
+class _DuplicateCheckingDict(dict[str, Any]):
+    duplicates: list[str]
+
+    @classmethod
+    def from_pairs(cls, pairs: list[tuple[str, Any]]) -> _DuplicateCheckingDict:
+        obj = cls()
+        obj.duplicates = []
+        for key, value in pairs:
+            if key in obj:
+                obj.duplicates.append(key)
+            obj[key] = value
+        return obj
+
+
+def _duplicate_key_errors(node: Any, path: str) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key in getattr(node, "duplicates", ()):
+            yield f"{_join(path, key)}: duplicate key {key!r}"
+        for key, value in node.items():
+            yield from _duplicate_key_errors(value, _join(path, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _duplicate_key_errors(value, f"{path}[{index}]")
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def format_path(parts: Iterator[str | int] | list[str | int] | tuple[str | int, ...]) -> str:
+    """``['drivers', 17, 'ci']`` -> ``drivers[17].ci`` (``$`` for the document itself)."""
+    out = ""
+    for part in parts:
+        out = f"{out}[{part}]" if isinstance(part, int) else _join(out, part)
+    return out or "$"
+
+
+@cache
+def _validator() -> jsonschema.protocols.Validator:
+    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)  # type: ignore[no-any-return]
+
+
+def _schema_errors(document: Any) -> Iterator[str]:
+    errors = sorted(_validator().iter_errors(document), key=lambda e: [str(p) for p in e.absolute_path])
+    for error in errors:
+        yield f"{format_path(list(error.absolute_path))}: {error.message}"
+
+
+_MONTHS = {m: i for i, m in enumerate("Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split(), start=1)}
+
+
+def parse_start_date(value: str) -> datetime:
+    """DriverLog's release start date (``2018-Aug-29``) as midnight UTC."""
+    year, month, day = value.split("-")
+    return datetime(int(year), _MONTHS[month], int(day), tzinfo=UTC)
+
+
+def _regex_error(pattern: str) -> str | None:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        return str(exc)
+    return None
+
+
+def _items(document: Any, key: str) -> list[tuple[int, dict[str, Any]]]:
+    """The objects of a top-level list, by index; anything the schema already rejected is left out."""
+    items = document.get(key) if isinstance(document, dict) else None
+    return [(i, x) for i, x in enumerate(items) if isinstance(x, dict)] if isinstance(items, list) else []
+
+
+def _str(obj: dict[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _semantic_errors(document: Any) -> Iterator[str]:
+    """Checks JSON Schema cannot express. They run even when the schema found errors, on what is usable."""
+    releases = _items(document, "releases")
+    release_ids = {_str(r, "id") for _, r in releases}
+    project_ids = {_str(p, "id") for _, p in _items(document, "projects")}
+    for index, release in releases:
+        start = _str(release, "start")
+        if start is None:
+            continue
+        try:
+            parse_start_date(start)
+        except (ValueError, KeyError):
+            yield f"releases[{index}].start: unparsable date {start!r}"
+    seen: dict[tuple[str, str, str], int] = {}
+    for index, driver in _items(document, "drivers"):
+        where = f"drivers[{index}]"
+        project_id, vendor, name = _str(driver, "project_id"), _str(driver, "vendor"), _str(driver, "name")
+        if project_id is not None and vendor is not None and name is not None:
+            key = (project_id, vendor, name)
+            if key in seen:
+                yield f"{where}: duplicate driver {key!r} (project_id, vendor, name), first at drivers[{seen[key]}]"
+            else:
+                seen[key] = index
+        if project_id is not None and project_id not in project_ids:
+            yield f"{where}.project_id: {project_id!r} is not among projects"
+        driver_releases = driver.get("releases")
+        for r_index, release_id in enumerate(driver_releases if isinstance(driver_releases, list) else []):
+            if isinstance(release_id, str) and release_id not in release_ids:
+                yield f"{where}.releases[{r_index}]: {release_id!r} is not among releases"
+        ci = driver.get("ci")
+        if isinstance(ci, dict):
+            for pattern_key in ("success_pattern", "failure_pattern"):
+                pattern = _str(ci, pattern_key)
+                problem = _regex_error(pattern) if pattern is not None else None
+                if problem:
+                    yield f"{where}.ci.{pattern_key}: {problem}"
+
+
+def _build(document: Mapping[str, Any], source: str) -> Registry:
+    releases = tuple(
+        Release(id=r["id"], wiki=r["wiki"], start=parse_start_date(r["start"]), active=bool(r.get("active", False)))
+        for r in document.get("releases", [])
+    )
+    drivers: list[Driver] = []
+    by_account: dict[str, list[Driver]] = {}
+    for raw in document["drivers"]:
+        ci = None
+        if "ci" in raw:
+            c = raw["ci"]
+            ci = CIBinding(
+                account=c["id"],
+                success_pattern=c["success_pattern"],
+                failure_pattern=c["failure_pattern"],
+                success=re.compile(c["success_pattern"]),
+                failure=re.compile(c["failure_pattern"]),
+            )
+        driver = Driver(
+            project_id=raw["project_id"],
+            vendor=raw["vendor"],
+            name=raw["name"],
+            description=raw.get("description", ""),
+            wiki=raw.get("wiki", ""),
+            repo=raw.get("repo"),
+            releases=tuple(raw.get("releases", ())),
+            maintainers=tuple(MappingProxyType(dict(m)) for m in raw.get("maintainers", ())),
+            ci=ci,
+        )
+        drivers.append(driver)
+        if ci is not None:
+            by_account.setdefault(ci.account, []).append(driver)
+    return Registry(
+        projects=MappingProxyType({p["id"]: p["name"] for p in document["projects"]}),
+        releases=releases,
+        drivers=tuple(drivers),
+        by_account=MappingProxyType({k: tuple(v) for k, v in by_account.items()}),
+        releases_by_lower_id=MappingProxyType({r.id.lower(): r for r in releases}),
+        source=source,
+    )

@@ -1,0 +1,370 @@
+"""The SQLite store: schema, migrations, driver sync, and the batch writer.
+
+The file is a public interface (users query it directly); README "Database schema" documents every table.
+Writes go through :class:`Store` on one connection, many rows per transaction; readers in other processes
+see whole batches only (WAL). A verification is identified by its natural key
+``(driver_id, change_number, patch_set, ci_account, comment_sha256)`` and inserted with ``INSERT OR IGNORE``,
+so the same comment from the live stream, a backfill and a replay is one row. ``driver_status`` is kept
+current by a trigger in the same transaction as each insert.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from driverlog_daemon.model import Source, Verification
+from driverlog_daemon.registry import Registry
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 5000
+
+
+class StoreError(Exception):
+    """The database cannot be used (for instance: written by a newer driverlog-daemon)."""
+
+
+_SCHEMA_V1 = """
+CREATE TABLE drivers (
+    id               INTEGER PRIMARY KEY,
+    project_id       TEXT NOT NULL,
+    vendor           TEXT NOT NULL,
+    name             TEXT NOT NULL,
+    review_project   TEXT NOT NULL,
+    ci_account       TEXT,
+    success_pattern  TEXT,
+    failure_pattern  TEXT,
+    description      TEXT NOT NULL DEFAULT '',
+    wiki             TEXT NOT NULL DEFAULT '',
+    releases         TEXT NOT NULL DEFAULT '[]',
+    first_seen_at    REAL NOT NULL,
+    updated_at       REAL NOT NULL,
+    removed_at       REAL,
+    UNIQUE (project_id, vendor, name)
+);
+CREATE INDEX drivers_ci_account ON drivers (ci_account);
+
+CREATE TABLE verifications (
+    id              INTEGER PRIMARY KEY,
+    driver_id       INTEGER NOT NULL REFERENCES drivers (id),
+    ci_account      TEXT NOT NULL,
+    change_number   INTEGER NOT NULL,
+    patch_set       INTEGER NOT NULL,
+    comment_sha256  TEXT NOT NULL,
+    comment_time    INTEGER NOT NULL,
+    result          TEXT NOT NULL CHECK (result IN ('success', 'failure')),
+    evidence        TEXT NOT NULL,
+    project         TEXT NOT NULL,
+    branch          TEXT NOT NULL,
+    release         TEXT NOT NULL DEFAULT '',
+    change_status   TEXT,
+    review_url      TEXT,
+    change_id       TEXT,
+    received_at     REAL NOT NULL,
+    source          TEXT NOT NULL CHECK (source IN ('stream', 'backfill', 'replay')),
+    UNIQUE (driver_id, change_number, patch_set, ci_account, comment_sha256)
+);
+CREATE INDEX verifications_driver_time ON verifications (driver_id, comment_time DESC);
+CREATE INDEX verifications_change ON verifications (change_number, patch_set);
+
+CREATE TABLE driver_status (
+    driver_id                    INTEGER NOT NULL REFERENCES drivers (id),
+    release                      TEXT NOT NULL,
+    last_verification_id         INTEGER NOT NULL REFERENCES verifications (id),
+    last_result                  TEXT NOT NULL,
+    last_comment_time            INTEGER NOT NULL,
+    last_success_verification_id INTEGER REFERENCES verifications (id),
+    last_success_time            INTEGER,
+    verifications                INTEGER NOT NULL DEFAULT 0,
+    successes                    INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (driver_id, release)
+);
+CREATE INDEX driver_status_release ON driver_status (release);
+
+-- Newest by comment time (then by row id), never by arrival: results may arrive out of order.
+CREATE TRIGGER verifications_update_status AFTER INSERT ON verifications
+BEGIN
+    INSERT INTO driver_status (driver_id, release, last_verification_id, last_result, last_comment_time,
+                               last_success_verification_id, last_success_time, verifications, successes)
+    VALUES (NEW.driver_id, NEW.release, NEW.id, NEW.result, NEW.comment_time,
+            CASE WHEN NEW.result = 'success' THEN NEW.id END,
+            CASE WHEN NEW.result = 'success' THEN NEW.comment_time END,
+            1, NEW.result = 'success')
+    ON CONFLICT (driver_id, release) DO UPDATE SET
+        last_verification_id = CASE WHEN NEW.comment_time >= last_comment_time
+                                    THEN NEW.id ELSE last_verification_id END,
+        last_result = CASE WHEN NEW.comment_time >= last_comment_time
+                           THEN NEW.result ELSE last_result END,
+        last_comment_time = MAX(last_comment_time, NEW.comment_time),
+        last_success_verification_id = CASE
+            WHEN NEW.result = 'success' AND (last_success_time IS NULL OR NEW.comment_time >= last_success_time)
+            THEN NEW.id ELSE last_success_verification_id END,
+        last_success_time = CASE
+            WHEN NEW.result = 'success' AND (last_success_time IS NULL OR NEW.comment_time >= last_success_time)
+            THEN NEW.comment_time ELSE last_success_time END,
+        verifications = verifications + 1,
+        successes = successes + (NEW.result = 'success');
+END;
+
+CREATE TABLE stream_state (
+    server           TEXT PRIMARY KEY,
+    last_event_time  INTEGER NOT NULL,
+    updated_at       REAL NOT NULL
+);
+
+CREATE VIEW driver_ci_status AS
+SELECT
+    d.id                                            AS driver_id,
+    d.project_id                                    AS project_id,
+    d.vendor                                        AS vendor,
+    d.name                                          AS driver,
+    d.ci_account                                    AS ci_account,
+    s.release                                       AS release,
+    s.last_result                                   AS last_result,
+    datetime(s.last_comment_time, 'unixepoch')      AS last_result_at,
+    datetime(s.last_success_time, 'unixepoch')      AS last_success_at,
+    v.evidence                                      AS evidence,
+    v.review_url                                    AS review_url,
+    v.change_number                                 AS change_number,
+    v.patch_set                                     AS patch_set,
+    s.verifications                                 AS verifications,
+    s.successes                                     AS successes,
+    d.removed_at IS NOT NULL                        AS removed
+FROM driver_status s
+JOIN drivers d ON d.id = s.driver_id
+JOIN verifications v ON v.id = s.last_verification_id;
+"""
+
+#: MIGRATIONS[n] upgrades a file from schema version n to n + 1.
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """A connection with the project's settings. ``readonly`` opens with ``mode=ro`` (the web side)."""
+    if readonly:
+        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
+                               check_same_thread=False)
+    else:
+        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection, path: str = "") -> int:
+    """Bring the file to :data:`SCHEMA_VERSION`; refuse a file from a newer version. Returns the old version."""
+    version = schema_version(conn)
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path or 'database'}: schema version {version} is newer than this driverlog-daemon supports "
+            f"({SCHEMA_VERSION}); upgrade driverlog-daemon or use another database file"
+        )
+    for step in range(version, SCHEMA_VERSION):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # executescript would commit the open transaction first; run statement by statement instead.
+            for statement in _split_sql(MIGRATIONS[step]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {step + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return version
+
+
+def _split_sql(script: str) -> list[str]:
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        if line.lstrip().startswith("--"):
+            continue
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        statements.append(buffer.strip())
+    return statements
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    inserted_success: int
+    inserted_failure: int
+    already_present: int
+
+    @property
+    def inserted(self) -> int:
+        return self.inserted_success + self.inserted_failure
+
+
+_INSERT_VERIFICATION = """
+    INSERT OR IGNORE INTO verifications
+        (driver_id, ci_account, change_number, patch_set, comment_sha256, comment_time, result, evidence, project,
+         branch, release, change_status, review_url, change_id, received_at, source)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+
+
+class Store:
+    """The writer's handle on the database. One per process, used from one thread at a time."""
+
+    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time,
+                 retry_delays: Sequence[float] = (0.05, 0.2, 0.5, 1.0, 2.0)) -> None:
+        self.path = str(path)
+        self._clock = clock
+        self._retry_delays = tuple(retry_delays)
+        self.conn = connect(path)
+        try:
+            migrate(self.conn, self.path)
+        except BaseException:
+            self.conn.close()
+            raise
+        self.db = sqlite_utils.Database(self.conn)
+        self._driver_ids: dict[tuple[str, str, str], int] = {
+            (p, v, n): i for i, p, v, n in self.conn.execute("SELECT id, project_id, vendor, name FROM drivers")
+        }
+        self.write_retries = 0
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------ drivers
+
+    def sync_drivers(self, registry: Registry) -> Mapping[tuple[str, str, str], int]:
+        """Make ``drivers`` match the registry: insert new, update changed, mark the missing as removed."""
+        now = self._clock()
+        present = set()
+        with self._transaction():
+            for d in registry.drivers:
+                present.add(d.key)
+                row = {
+                    "review_project": d.review_project,
+                    "ci_account": d.ci.account if d.ci else None,
+                    "success_pattern": d.ci.success_pattern if d.ci else None,
+                    "failure_pattern": d.ci.failure_pattern if d.ci else None,
+                    "description": d.description,
+                    "wiki": d.wiki,
+                    "releases": json.dumps(list(d.releases)),
+                }
+                self.conn.execute(
+                    """INSERT INTO drivers (project_id, vendor, name, review_project, ci_account, success_pattern,
+                                            failure_pattern, description, wiki, releases, first_seen_at, updated_at)
+                       VALUES (:project_id, :vendor, :name, :review_project, :ci_account, :success_pattern,
+                               :failure_pattern, :description, :wiki, :releases, :now, :now)
+                       ON CONFLICT (project_id, vendor, name) DO UPDATE SET
+                           review_project = excluded.review_project, ci_account = excluded.ci_account,
+                           success_pattern = excluded.success_pattern, failure_pattern = excluded.failure_pattern,
+                           description = excluded.description, wiki = excluded.wiki, releases = excluded.releases,
+                           removed_at = NULL, updated_at = :now
+                       WHERE (review_project, ci_account, success_pattern, failure_pattern, description, wiki,
+                              releases, removed_at)
+                          IS NOT (excluded.review_project, excluded.ci_account, excluded.success_pattern,
+                                  excluded.failure_pattern, excluded.description, excluded.wiki,
+                                  excluded.releases, NULL)""",
+                    {"project_id": d.project_id, "vendor": d.vendor, "name": d.name, "now": now, **row},
+                )
+            ids = {
+                (p, v, n): i for i, p, v, n in self.conn.execute("SELECT id, project_id, vendor, name FROM drivers")
+            }
+            gone = [ids[key] for key in ids if key not in present]
+            self.conn.executemany(
+                "UPDATE drivers SET removed_at = ?, updated_at = ? WHERE id = ? AND removed_at IS NULL",
+                [(now, now, i) for i in gone],
+            )
+        self._driver_ids = ids
+        return dict(ids)
+
+    # ------------------------------------------------------------------------------------ verifications
+
+    def record(self, verifications: Iterable[Verification], source: Source,
+               cursor: tuple[str, int] | None = None) -> BatchResult:
+        """Insert a batch in one transaction (retried on failure, never dropped) and advance the cursor."""
+        received_at = self._clock()
+        rows = [
+            (
+                self._driver_ids[v.driver_key], v.ci_account, v.change_number, v.patch_set, v.comment_sha256,
+                v.comment_time, v.result, v.evidence, v.project, v.branch, v.release, v.change_status,
+                v.review_url, v.change_id, received_at, source,
+            )
+            for v in verifications
+        ]
+        by_result = {"success": [r for r in rows if r[6] == "success"], "failure": [r for r in rows if r[6] != "success"]}
+        attempt = 0
+        while True:
+            try:
+                inserted = {}
+                with self._transaction():
+                    for result, part in by_result.items():
+                        cur = self.conn.executemany(_INSERT_VERIFICATION, part)
+                        inserted[result] = max(cur.rowcount, 0) if part else 0
+                    if cursor is not None:
+                        self._advance_cursor(*cursor)
+                return BatchResult(inserted["success"], inserted["failure"],
+                                   len(rows) - inserted["success"] - inserted["failure"])
+            except sqlite3.OperationalError:
+                if attempt >= len(self._retry_delays):
+                    raise
+                self.write_retries += 1
+                time.sleep(self._retry_delays[attempt])
+                attempt += 1
+
+    def _advance_cursor(self, server: str, event_time: int) -> None:
+        self.conn.execute(
+            """INSERT INTO stream_state (server, last_event_time, updated_at) VALUES (?, ?, ?)
+               ON CONFLICT (server) DO UPDATE SET last_event_time = MAX(last_event_time, excluded.last_event_time),
+                                                 updated_at = excluded.updated_at""",
+            (server, event_time, self._clock()),
+        )
+
+    def cursor(self, server: str) -> int | None:
+        row = self.conn.execute("SELECT last_event_time FROM stream_state WHERE server = ?", (server,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self.conn)
+
+
+class _Transaction:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")
+
+
+def summary(conn: sqlite3.Connection) -> dict[str, Any]:
+    """Counts a person wants to see first: rows per table, results by source, newest verification."""
+    out: dict[str, Any] = {}
+    for table in ("drivers", "verifications", "driver_status", "stream_state"):
+        out[table] = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    out["by_source"] = dict(conn.execute("SELECT source, count(*) FROM verifications GROUP BY source").fetchall())
+    out["by_result"] = dict(conn.execute("SELECT result, count(*) FROM verifications GROUP BY result").fetchall())
+    return out
