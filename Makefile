@@ -17,7 +17,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q
 
 demo: $(STAMP)
 	$(BIN)/python -m driverlog_daemon demo

@@ -48,7 +48,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     with Store(args.database or config.database.path) as store:
         pipeline = Pipeline(registry, store)
         progress = sys.stderr if sys.stderr.isatty() and not args.quiet else None
-        report = replay(pipeline, args.file, progress=progress)
+        report = replay(pipeline, args.file, progress=progress, batch_rows=args.batch_rows)
         print(format_report(pipeline, report))
     return 130 if report.interrupted else EXIT_OK
 
@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--database", metavar="PATH", help="SQLite file (default: [database] path)")
     p.add_argument("--registry", metavar="PATH", help="registry file (default: [registry] path)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--batch-rows", type=int, default=2000, metavar="N",
+                   help="commit after every N verifications (default: 2000)")
     p.set_defaults(func=cmd_replay)
     return parser
 

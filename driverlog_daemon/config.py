@@ -206,9 +206,7 @@ def check_files(config: Config) -> None:
                               "(or provide the credential gerrit-key through systemd's LoadCredential=)")
         _readable("gerrit.key_file", g.key_file)
         known = Path(g.known_hosts).expanduser()
-        if g.host_key_policy == "strict":
-            _readable("gerrit.known_hosts", str(known))
-        elif known.exists():
+        if g.host_key_policy == "strict" or known.exists():
             _readable("gerrit.known_hosts", str(known))
     _readable("registry.path", config.registry.path)
     db_dir = Path(config.database.path).expanduser().resolve().parent

@@ -310,7 +310,10 @@ class Store:
             )
             for v in verifications
         ]
-        by_result = {"success": [r for r in rows if r[6] == "success"], "failure": [r for r in rows if r[6] != "success"]}
+        by_result = {
+            "success": [r for r in rows if r[6] == "success"],
+            "failure": [r for r in rows if r[6] != "success"],
+        }
         attempt = 0
         while True:
             try:

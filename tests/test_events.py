@@ -1,0 +1,226 @@
+from __future__ import annotations
+
+import json
+import random
+import re
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from driverlog_daemon.events import Malformed, OtherEvent, Scanner, parse_line
+from driverlog_daemon.match import match_comment
+from driverlog_daemon.model import CommentAdded
+from driverlog_daemon.registry import Registry
+
+from .conftest import comment_event, line, other_event
+
+
+def test_comment_added_becomes_a_typed_event() -> None:
+    ev = parse_line(line(comment_event()))
+    assert isinstance(ev, CommentAdded)
+    assert ev.author.username == "acme-storage-ci" and ev.author.email == "acme-storage-ci@ci.example.org"
+    assert (ev.change.project, ev.change.branch, ev.change.number, ev.change.status) == (
+        "openstack/cinder", "master", 873412, "NEW")
+    assert ev.change.url == "https://review.example.org/c/openstack/cinder/+/873412"
+    assert ev.patch_set == 3 and ev.created_on == 1_750_000_000
+    assert ev.approvals[0].type == "Verified" and ev.approvals[0].value == "1" and ev.approvals[0].old_value == "0"
+
+
+def test_old_server_strings_and_missing_optional_fields() -> None:
+    raw = (b'{"type":"comment-added","change":{"project":"openstack/cinder","branch":"master","number":"873412"},'
+           b'"patchSet":{"number":"3"},"author":{"username":"acme-storage-ci"},"comment":"Build succeeded.",'
+           b'"eventCreatedOn":1718901234,"someFutureField":{"x":1}}\n')
+    ev = parse_line(raw)
+    assert isinstance(ev, CommentAdded)
+    assert (ev.change.number, ev.patch_set, ev.change.url, ev.author.email, ev.approvals) == (873412, 3, None, None, ())
+
+
+def test_unknown_and_other_types_are_recognised_with_their_time() -> None:
+    assert parse_line(line(other_event("ref-replicated", 42))) == OtherEvent("ref-replicated", 42)
+    assert parse_line(b'{"type":"dropped-output"}') == OtherEvent("dropped-output", None)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b'{"type":"comment-added", "x": "\xff"}', "invalid_utf8"),
+        (b'{"type":"comment-added",', "invalid_json"),
+        (b"[1, 2]", "not_object"),
+        (b'"just a string"', "not_object"),
+        (b'{"eventCreatedOn": 1}', "missing_field:type"),
+        (b'{"type": 7}', "invalid_field:type"),
+    ],
+)
+def test_malformed_lines_get_a_reason(raw: bytes, reason: str) -> None:
+    bad = parse_line(raw)
+    assert isinstance(bad, Malformed) and bad.reason == reason
+    assert bad.excerpt
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda e: e["author"].pop("username"), "missing_field:author.username"),
+        (lambda e: e.pop("author"), "missing_field:author"),
+        (lambda e: e.update(author="acme"), "invalid_field:author"),
+        (lambda e: e["change"].pop("project"), "missing_field:change.project"),
+        (lambda e: e["change"].pop("branch"), "missing_field:change.branch"),
+        (lambda e: e["change"].update(number="12a"), "invalid_field:change.number"),
+        (lambda e: e["change"].update(number=True), "invalid_field:change.number"),
+        (lambda e: e["patchSet"].pop("number"), "missing_field:patchSet.number"),
+        (lambda e: e.pop("patchSet"), "missing_field:patchSet.number"),
+        (lambda e: e.pop("eventCreatedOn"), "missing_field:eventCreatedOn"),
+        (lambda e: e.update(comment=["x"]), "invalid_field:comment"),
+    ],
+)
+def test_comment_added_missing_what_it_needs(mutate: Any, reason: str) -> None:
+    ev = comment_event()
+    mutate(ev)
+    bad = parse_line(line(ev))
+    assert isinstance(bad, Malformed) and bad.reason == reason
+
+
+def test_scanner_fast_path_counts_types_and_finds_ci_comments(registry: Registry) -> None:
+    block = b"".join([
+        line(other_event("patchset-created", 100)),
+        line(comment_event(author="jdev", created_on=101)),
+        line(comment_event(author="acme-storage-ci", created_on=103)),
+        line(other_event("ref-replicated", 102)),
+    ])
+    scan = Scanner(registry.ci_accounts).scan(block)
+    assert scan.lines == 4
+    assert scan.by_type == {"patchset-created": 1, "comment-added": 2, "ref-replicated": 1}
+    assert scan.newest_event_time == 103
+    assert [c.author.username for c in scan.comments] == ["acme-storage-ci"]
+    assert scan.malformed == []
+
+
+def test_scanner_slow_path_for_other_formats_and_garbage(registry: Registry) -> None:
+    spaced = json.dumps(comment_event(author="initech-ci", created_on=200)).encode() + b"\n"
+    block = b"".join([
+        spaced,
+        b"\n",  # blank lines are skipped, not counted
+        b'{"type":"dropped-output"}\n',
+        b"not json at all\n",
+        b'{"type":"comment-added","author":{"username":"initech-ci"}}\n',  # a CI line lacking what it needs
+        line(other_event("change-merged", 150)),
+    ])
+    scan = Scanner(registry.ci_accounts).scan(block)
+    assert scan.lines == 5
+    assert scan.by_type == {"comment-added": 1, "dropped-output": 1, "change-merged": 1}
+    assert scan.dropped_output == 1
+    assert sorted(m.reason for m in scan.malformed) == ["invalid_json", "missing_field:change"]
+    assert [c.created_on for c in scan.comments] == [200]
+    assert scan.newest_event_time == 200
+
+
+def test_malformed_candidate_is_not_counted_by_type(registry: Registry) -> None:
+    bad = b'{"author":{"username":"acme-storage-ci"},"type":"comment-added","eventCreatedOn":5}\n'
+    scan = Scanner(registry.ci_accounts).scan(bad + line(other_event("patchset-created", 6)))
+    assert scan.by_type == {"comment-added": 0, "patchset-created": 1}
+    assert [m.reason for m in scan.malformed] == ["missing_field:change"]
+
+
+def test_escaped_username_is_still_found(registry: Registry) -> None:
+    text = line(comment_event(author="acme-storage-ci")).replace(b'"username":"acme-storage-ci"',
+                                                                 b'"username":"acme\\u002dstorage-ci"')
+    assert [c.author.username for c in Scanner(registry.ci_accounts).scan(text).comments] == ["acme-storage-ci"]
+
+
+# ----------------------------------------------------------------------------- property: the pre-check is exact
+
+ACCOUNTS = ["acme-storage-ci", "initech-ci", "ü-ci", "a.b_c", "x"]
+CI_LIKE = [*ACCOUNTS, "acme-storage-ci2", "Acme-storage-ci", "jdev", "initech", "acme-storage"]
+
+
+def direct_results(raw_lines: list[bytes], registry: Registry) -> list[tuple[Any, ...]]:
+    """The rules applied the obvious way: decode every line, every driver, every line of the comment."""
+    out = []
+    for raw in raw_lines:
+        try:
+            ev = json.loads(raw)
+        except ValueError:
+            continue
+        if not isinstance(ev, dict) or ev.get("type") != "comment-added":
+            continue
+        author = ev.get("author", {}).get("username")
+        for d in registry.drivers:
+            if d.ci is None or d.ci.account != author or ev["change"]["project"] != d.review_project:
+                continue
+            body = re.sub(r"^Patch Set \d+:", "", ev["comment"]).strip()
+            for text in body.split("\n"):
+                if not text.strip():
+                    continue
+                if re.search(d.ci.success_pattern, text):
+                    out.append((d.key, int(ev["change"]["number"]), "success", text))
+                    break
+                if re.search(d.ci.failure_pattern, text):
+                    out.append((d.key, int(ev["change"]["number"]), "failure", text))
+                    break
+    return sorted(out)
+
+
+def property_registry() -> Registry:
+    from driverlog_daemon.registry import parse_registry
+
+    drivers = [
+        {"project_id": "openstack/cinder", "vendor": "V", "name": f"D-{a}",
+         "ci": {"id": a, "success_pattern": r"job-" + re.escape(a) + r" \S+ : SUCCESS", "failure_pattern": "FAILURE"}}
+        for a in ACCOUNTS
+    ]
+    return parse_registry(json.dumps({"projects": [{"id": "openstack/cinder", "name": "c"}], "releases": [],
+                                      "drivers": drivers}))
+
+
+PROPERTY_REGISTRY = property_registry()
+
+event_strategy = st.builds(
+    lambda author, owner, text, result, fmt, number, extra, t: (author, owner, text, result, fmt, number, extra, t),
+    st.sampled_from(CI_LIKE), st.sampled_from(CI_LIKE), st.text(max_size=40),
+    st.sampled_from(["SUCCESS", "FAILURE", "NOT_REGISTERED"]),
+    st.sampled_from(["compact", "spaced", "ascii", "indent-free-reordered"]),
+    st.one_of(st.integers(1, 10**6), st.integers(1, 10**6).map(str)),
+    st.sampled_from([None, "patchset-created", "ref-updated", "garbage", "dropped-output"]),
+    st.integers(1_000_000_000, 2_000_000_000),
+)
+
+
+def render(spec: tuple[Any, ...]) -> list[bytes]:
+    author, owner, text, result, fmt, number, extra, t = spec
+    comment = f"Patch Set 2: Verified+1\n\n{text}\n- job-{author} http://x : {result} in 3m"
+    ev = comment_event(author=author, comment=comment, number=number, created_on=t)
+    ev["change"]["owner"]["username"] = owner
+    if fmt == "compact":
+        raw = json.dumps(ev, separators=(",", ":"), ensure_ascii=False)
+    elif fmt == "spaced":
+        raw = json.dumps(ev, ensure_ascii=False)
+    elif fmt == "ascii":
+        raw = json.dumps(ev, separators=(",", ":"), ensure_ascii=True)
+    else:
+        items = list(ev.items())
+        random.Random(t).shuffle(items)
+        raw = json.dumps(dict(items), separators=(",", ":"))
+    out = [raw.encode("utf-8") + b"\n"]
+    if extra == "garbage":
+        out.append(b"{\"type\":\"comment-added\",\"author\n")
+    elif extra == "dropped-output":
+        out.append(b'{"type":"dropped-output"}\n')
+    elif extra:
+        out.append(line(other_event(extra, t)))
+    return out
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(event_strategy, min_size=1, max_size=12))
+def test_precheck_never_drops_a_matching_line(specs: list[tuple[Any, ...]]) -> None:
+    raw_lines = [x for spec in specs for x in render(spec)]
+    block = b"".join(raw_lines)
+    scan = Scanner(PROPERTY_REGISTRY.ci_accounts).scan(block)
+    ours = sorted(
+        (v.driver_key, v.change_number, v.result, v.evidence)
+        for c in scan.comments for v in match_comment(c, PROPERTY_REGISTRY).verifications
+    )
+    assert ours == direct_results(raw_lines, PROPERTY_REGISTRY)
+    assert scan.lines == len(raw_lines)

@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .conftest import DATA, comment_event, line, other_event
+
+CLI = [sys.executable, "-m", "driverlog_daemon"]
+
+
+def recording(n_ci: int = 5, start: int = 1_750_000_000) -> bytes:
+    out = []
+    for i in range(n_ci):
+        out.append(line(other_event("patchset-created", start + 3 * i)))
+        text = f"Patch Set 2: Verified+1\n\nBuild succeeded.\n\n- acme-cinder-fc https://ci/{i} : SUCCESS in 1h"
+        out.append(line(comment_event(comment=text, number=1000 + i, patch_set=2, created_on=start + 3 * i + 1)))
+        out.append(line(comment_event(author="jdev", comment="lgtm", created_on=start + 3 * i + 2)))
+    out.append(b"this is not json\n")
+    return b"".join(out)
+
+
+def run_replay(tmp_path: Path, source: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, "replay", source, "--database", str(tmp_path / "d.sqlite"), "--registry", str(DATA)],
+                          input=stdin.decode() if stdin is not None else None, capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+def rows(db: Path) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("SELECT change_number, result, source FROM verifications ORDER BY change_number").fetchall()
+    finally:
+        conn.close()
+
+
+def test_replay_records_and_summarises(tmp_path: Path) -> None:
+    f = tmp_path / "stream.jsonl"
+    f.write_bytes(recording())
+    proc = run_replay(tmp_path, str(f))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "lines read:            16 " in out
+    assert "comment-added 10" in out and "patchset-created 5" in out
+    assert "CI comments:           5 (0 matched no pattern)" in out
+    assert "verifications:         5 recorded, 0 already present" in out
+    assert "malformed lines:       invalid_json 1" in out
+    assert "events/s" in out
+    assert rows(tmp_path / "d.sqlite") == [(1000 + i, "success", "replay") for i in range(5)]
+    assert "malformed_line" in proc.stderr  # logged with its excerpt
+
+
+def test_replay_twice_adds_nothing(tmp_path: Path) -> None:
+    f = tmp_path / "stream.jsonl"
+    f.write_bytes(recording())
+    assert run_replay(tmp_path, str(f)).returncode == 0
+    second = run_replay(tmp_path, str(f))
+    assert "verifications:         0 recorded, 5 already present" in second.stdout
+    assert len(rows(tmp_path / "d.sqlite")) == 5
+
+
+def test_replay_gzip_and_stdin(tmp_path: Path) -> None:
+    gz = tmp_path / "stream.jsonl.gz"
+    gz.write_bytes(gzip.compress(recording(3)))
+    assert "3 recorded" in run_replay(tmp_path, str(gz)).stdout
+    assert "0 recorded, 3 already present" in run_replay(tmp_path, "-", recording(3)).stdout
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    proc = run_replay(tmp_path, str(tmp_path / "nope.jsonl"))
+    assert proc.returncode == 1 and "nope.jsonl: file not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_interrupt_keeps_committed_batches_and_says_how_far(tmp_path: Path) -> None:
+    db = tmp_path / "d.sqlite"
+    proc = subprocess.Popen([*CLI, "replay", "-", "--database", str(db), "--registry", str(DATA), "--batch-rows", "1"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None
+    first = recording(4)
+    proc.stdin.write(first + b"x" * (1 << 20) + b"\n")  # fill one block so it is processed now
+    proc.stdin.flush()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if db.exists() and os.path.getsize(db) and _count(db) == 4:
+            break
+        time.sleep(0.05)
+    assert _count(db) == 4
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(input=recording(2, start=1_760_000_000), timeout=20)
+    assert proc.returncode == 130, err
+    assert b"interrupted after" in out and b"everything before that point is committed" in out
+    assert _count(db) >= 4
+
+
+def _count(db: Path) -> int:
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            return int(conn.execute("SELECT count(*) FROM verifications").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:
+        return -1

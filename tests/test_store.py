@@ -1,0 +1,202 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from driverlog_daemon.model import Verification
+from driverlog_daemon.registry import Registry, parse_registry
+from driverlog_daemon.store import SCHEMA_VERSION, Store, StoreError, connect, schema_version
+
+from .conftest import DATA
+
+
+def verification(registry: Registry, *, ps: int = 1, t: int = 1_750_000_000, result: str = "success",
+                 release: str = "Gazpacho", sha: str = "a" * 64, driver: int = 0, number: int = 1000) -> Verification:
+    d = [d for d in registry.drivers if d.ci][driver]
+    assert d.ci is not None
+    return Verification(
+        driver_key=d.key, ci_account=d.ci.account, change_number=number, patch_set=ps, comment_sha256=sha,
+        comment_time=t, result=result,  # type: ignore[arg-type]
+        evidence=f"- job : {result.upper()}", project=d.review_project, branch="master", release=release,
+        change_status="NEW", review_url=f"https://review.example.org/{number}", change_id="I" + "0" * 40,
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path, registry: Registry) -> Store:
+    s = Store(tmp_path / "d.sqlite", clock=lambda: 1_800_000_000.0)
+    s.sync_drivers(registry)
+    return s
+
+
+def test_fresh_file_gets_current_schema_wal_and_pragmas(store: Store) -> None:
+    assert schema_version(store.conn) == SCHEMA_VERSION
+    assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert store.conn.execute("PRAGMA busy_timeout").fetchone()[0] > 0
+    tables = set(store.db.table_names())
+    assert {"drivers", "verifications", "driver_status", "stream_state"} <= tables
+    assert "driver_ci_status" in store.db.view_names()
+
+
+def test_reopening_does_not_migrate_again(tmp_path: Path, registry: Registry) -> None:
+    path = tmp_path / "d.sqlite"
+    with Store(path) as s:
+        s.sync_drivers(registry)
+        s.record([verification(registry)], "stream")
+    with Store(path) as s:
+        assert s.conn.execute("SELECT count(*) FROM verifications").fetchone()[0] == 1
+
+
+def test_file_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "future.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match=r"schema version 2 is newer than this driverlog-daemon supports \(1\)"):
+        Store(path)
+
+
+def test_same_comment_from_every_source_is_one_row(store: Store, registry: Registry) -> None:
+    v = verification(registry)
+    first = store.record([v], "stream")
+    # the backfilled copy of the same message has a timestamp a second later: same natural key
+    again = store.record([dataclasses.replace(v, comment_time=v.comment_time + 1)], "backfill")
+    third = store.record([v, v], "replay")
+    assert (first.inserted, again.inserted, third.inserted) == (1, 0, 0)
+    assert (again.already_present, third.already_present) == (1, 2)
+    rows = store.conn.execute("SELECT source, comment_time FROM verifications").fetchall()
+    assert rows == [("stream", v.comment_time)]
+
+
+def test_different_patch_set_or_comment_is_a_new_row(store: Store, registry: Registry) -> None:
+    v = verification(registry)
+    res = store.record([v, dataclasses.replace(v, patch_set=2), dataclasses.replace(v, comment_sha256="b" * 64),
+                        verification(registry, driver=1)], "stream")
+    assert res.inserted == 4
+
+
+def test_driver_status_newest_by_comment_time_even_out_of_order(store: Store, registry: Registry) -> None:
+    t = 1_750_000_000
+    # arrival order: newest success, then an older failure, then an older success, then an even older failure
+    store.record([verification(registry, ps=3, t=t + 300, result="success", sha="3" * 64)], "stream")
+    store.record([verification(registry, ps=2, t=t + 200, result="failure", sha="2" * 64)], "backfill")
+    store.record([verification(registry, ps=1, t=t + 100, result="success", sha="1" * 64),
+                  verification(registry, ps=0, t=t, result="failure", sha="0" * 64)], "backfill")
+    row = store.conn.execute(
+        "SELECT last_result, last_comment_time, last_success_time, verifications, successes FROM driver_status"
+    ).fetchone()
+    assert row == ("success", t + 300, t + 300, 4, 2)
+    # a newer failure takes over last result, keeps last success
+    store.record([verification(registry, ps=4, t=t + 400, result="failure", sha="4" * 64)], "stream")
+    row = store.conn.execute(
+        "SELECT s.last_result, s.last_comment_time, s.last_success_time, v.patch_set, vs.patch_set "
+        "FROM driver_status s JOIN verifications v ON v.id = s.last_verification_id "
+        "JOIN verifications vs ON vs.id = s.last_success_verification_id").fetchone()
+    assert row == ("failure", t + 400, t + 300, 4, 3)
+
+
+def test_driver_status_is_per_release(store: Store, registry: Registry) -> None:
+    store.record([verification(registry, release="Gazpacho"), verification(registry, release="", sha="b" * 64)],
+                 "stream")
+    assert store.conn.execute("SELECT release FROM driver_status ORDER BY release").fetchall() == [("",), ("Gazpacho",)]
+
+
+def test_view_for_people(store: Store, registry: Registry) -> None:
+    store.record([verification(registry, t=1_750_000_000)], "stream")
+    row = dict(zip(["vendor", "release", "last_result", "last_result_at", "removed"],
+                   store.conn.execute("SELECT vendor, release, last_result, last_result_at, removed "
+                                      "FROM driver_ci_status").fetchone(), strict=True))
+    assert row == {"vendor": "Acme Storage", "release": "Gazpacho", "last_result": "success",
+                   "last_result_at": "2025-06-15 15:06:40", "removed": 0}
+
+
+def test_cursor_moves_only_forward(store: Store, registry: Registry) -> None:
+    store.record([], "stream", ("gerrit:29418", 100))
+    store.record([], "stream", ("gerrit:29418", 90))
+    assert store.cursor("gerrit:29418") == 100
+    assert store.cursor("other") is None
+
+
+def test_removed_driver_is_marked_and_keeps_history(tmp_path: Path, store: Store, registry: Registry) -> None:
+    store.record([verification(registry)], "stream")
+    ids_before = dict(store.conn.execute("SELECT name, id FROM drivers").fetchall())
+    doc = json.loads(DATA.read_text())
+    gone = doc["drivers"].pop(0)
+    smaller = parse_registry(json.dumps(doc))
+    store.sync_drivers(smaller)
+    removed = store.conn.execute("SELECT name, removed_at FROM drivers WHERE removed_at IS NOT NULL").fetchall()
+    assert removed == [(gone["name"], 1_800_000_000.0)]
+    assert store.conn.execute("SELECT count(*) FROM verifications").fetchone()[0] == 1
+    # back in the registry: same id, no longer removed
+    store.sync_drivers(registry)
+    assert dict(store.conn.execute("SELECT name, id FROM drivers").fetchall()) == ids_before
+    assert store.conn.execute("SELECT count(*) FROM drivers WHERE removed_at IS NOT NULL").fetchone()[0] == 0
+
+
+def test_changed_pattern_updates_driver_row(store: Store) -> None:
+    doc = json.loads(DATA.read_text())
+    doc["drivers"][0]["ci"]["success_pattern"] = "NEW PATTERN"
+    store.sync_drivers(parse_registry(json.dumps(doc)))
+    assert store.conn.execute("SELECT success_pattern FROM drivers WHERE name = ?",
+                              (doc["drivers"][0]["name"],)).fetchone()[0] == "NEW PATTERN"
+
+
+def test_readonly_connection_cannot_write(store: Store) -> None:
+    ro = connect(store.path, readonly=True)
+    assert ro.execute("SELECT count(*) FROM drivers").fetchone()[0] == 14
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        ro.execute("DELETE FROM drivers")
+
+
+def test_write_is_retried_while_another_process_holds_the_lock(store: Store, registry: Registry) -> None:
+    other = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    store.conn.execute("PRAGMA busy_timeout = 0")
+    store._retry_delays = (0.01, 0.01, 0.01, 5.0)
+    import threading
+
+    release = threading.Timer(0.05, lambda: other.execute("COMMIT"))
+    release.start()
+    res = store.record([verification(registry)], "stream")
+    release.join()
+    assert res.inserted == 1 and store.write_retries >= 1
+
+
+READER = textwrap.dedent("""
+    import sqlite3, sys, time
+    conn = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    batch, batches = int(sys.argv[2]), int(sys.argv[3])
+    seen = set()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        conn.execute("BEGIN")  # one snapshot for both reads
+        n = conn.execute("SELECT count(*) FROM verifications").fetchone()[0]
+        s = conn.execute("SELECT coalesce(sum(verifications), 0) FROM driver_status").fetchone()[0]
+        conn.execute("COMMIT")
+        assert n % batch == 0, f"half a batch visible: {n}"
+        assert s == n, f"driver_status ({s}) out of step with verifications ({n})"
+        seen.add(n)
+        if n == batch * batches:
+            break
+    print(len(seen))
+""")
+
+
+def test_another_process_reads_while_the_writer_commits(store: Store, registry: Registry) -> None:
+    batch, batches = 200, 40
+    reader = subprocess.Popen([sys.executable, "-c", READER, store.path, str(batch), str(batches)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for b in range(batches):
+        store.record([verification(registry, number=b * batch + i) for i in range(batch)], "stream")
+    out, err = reader.communicate(timeout=60)
+    assert reader.returncode == 0, err
+    assert int(out) >= 1
