@@ -7,9 +7,13 @@ keeping the counters every front end reports (replay's summary, the metrics, sys
 
 from __future__ import annotations
 
+import queue
+import sqlite3
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import structlog
@@ -152,3 +156,138 @@ class Pipeline:
         pending.verifications = []
         pending.newest_event_time = None
         return result
+
+
+# ------------------------------------------------------------------------------------------------ writer
+
+
+@dataclass(slots=True)
+class _Backfilled:
+    comments: list[CommentAdded]
+    done: Future[BatchResult]
+
+
+@dataclass(slots=True)
+class _Reload:
+    registry: Registry
+    done: Future[None]
+
+
+class Writer:
+    """The one thread that writes: takes blocks and backfilled comments from a bounded queue, group-commits.
+
+    A stream batch is committed when it holds ``batch_rows`` results or its oldest result has waited
+    ``flush_seconds``, whichever comes first. When the queue is full, producers wait: nothing is dropped.
+    A failing commit is retried with a growing delay and the batch kept, never dropped.
+    """
+
+    def __init__(self, pipeline: Pipeline, *, max_queue: int = 4096, batch_rows: int = 500,
+                 flush_seconds: float = 0.05, on_dropped_output: Callable[[int | None], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.pipeline = pipeline
+        self.queue: queue.Queue[bytes | _Backfilled | _Reload | None] = queue.Queue(maxsize=max_queue)
+        self.batch_rows = batch_rows
+        self.flush_seconds = flush_seconds
+        self.on_dropped_output = on_dropped_output
+        self.clock = clock
+        self.last_progress = clock()
+        self.failing = False  # the last commit attempt failed
+        self._pending = Pending()
+        self._pending_since: float | None = None
+        self._thread = threading.Thread(target=self._run, name="driverlog-writer", daemon=True)
+
+    # ------------------------------------------------------------------------------------ producers
+
+    def put_block(self, block: bytes) -> None:
+        self.queue.put(block)
+        self.pipeline.metrics.queue_depth.set(self.queue.qsize())
+
+    def put_backfill(self, comments: list[CommentAdded]) -> Future[BatchResult]:
+        done: Future[BatchResult] = Future()
+        self.queue.put(_Backfilled(comments, done))
+        return done
+
+    def reload(self, registry: Registry) -> Future[None]:
+        done: Future[None] = Future()
+        self.queue.put(_Reload(registry, done))
+        return done
+
+    # ---------------------------------------------------------------------------------------- thread
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 4.0) -> bool:
+        """Commit everything queued, then end the thread. False if it did not finish within ``timeout``."""
+        self.queue.put(None)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            wait = self.flush_seconds if self._pending_since is not None else 1.0
+            try:
+                item = self.queue.get(timeout=wait)
+            except queue.Empty:
+                item = _TICK
+            self.pipeline.metrics.queue_depth.set(self.queue.qsize())
+            if item is None:
+                self._commit_stream(final=True)
+                return
+            if isinstance(item, bytes) and item:  # b"" is a tick: only the flush check below
+                dropped = self.pipeline.process_block(item, self._pending)
+                if self._pending.verifications and self._pending_since is None:
+                    self._pending_since = self.clock()
+                if dropped and self.on_dropped_output is not None:
+                    self._commit_stream()
+                    self.on_dropped_output(self.pipeline.stats.newest_event_time)
+            elif isinstance(item, _Backfilled):
+                self._commit_stream()
+                batch = Pending()
+                self.pipeline.process_comments(item.comments, batch)
+                result = self._commit(batch, "backfill")
+                item.done.set_result(result)
+            elif isinstance(item, _Reload):
+                self._commit_stream()
+                try:
+                    self.pipeline.swap_registry(item.registry)
+                except Exception as exc:  # keep the old registry; the caller reports it
+                    item.done.set_exception(exc)
+                else:
+                    item.done.set_result(None)
+            due = self._pending_since is not None and self.clock() - self._pending_since >= self.flush_seconds
+            if len(self._pending.verifications) >= self.batch_rows or due or (
+                    self._pending.newest_event_time is not None and self.queue.empty()):
+                self._commit_stream()
+            self.last_progress = self.clock()
+
+    def _commit_stream(self, final: bool = False) -> None:
+        if self._pending.verifications or self._pending.newest_event_time is not None:
+            self._commit(self._pending, "stream", final=final)
+        self._pending_since = None
+
+    def _commit(self, pending: Pending, source: Source, final: bool = False) -> BatchResult:
+        delay = 0.1
+        attempts = 0
+        while True:
+            try:
+                result = self.pipeline.commit(pending, source)
+                self.failing = False
+                return result
+            except sqlite3.Error as exc:
+                attempts += 1
+                self.failing = True
+                self.pipeline.metrics.db_write_errors.inc()
+                log.error("db_write_failed", error=str(exc), rows=len(pending.verifications), retry_in=delay)
+                if final and attempts >= 5:
+                    log.error("db_write_abandoned_at_shutdown", rows=len(pending.verifications))
+                    return BatchResult(0, 0, 0)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+_TICK = b""

@@ -65,3 +65,12 @@ def other_event(kind: str = "patchset-created", created_on: int = 1_750_000_000)
     return {"uploader": {"name": "Jane Dev", "username": "jdev"},
             "change": {"project": "openstack/nova", "branch": "master", "number": 1, "status": "NEW"},
             "patchSet": {"number": 1}, "type": kind, "eventCreatedOn": created_on}
+
+
+@pytest.fixture
+def ssh_env(tmp_path: Path):  # type: ignore[no-untyped-def]
+    from .gerrit import make_env
+
+    env = make_env(tmp_path)
+    yield env
+    env.server.stop()

@@ -1,0 +1,268 @@
+"""Source: backfill through ``gerrit query`` — the CI review messages the live stream missed.
+
+For a window ``[since, now]`` it asks for the changes commented on by the registered CI accounts, a few
+accounts per query joined with ``OR``, paging with ``--start`` while ``moreChanges``, and turns each CI
+review message (``Patch Set N: …``) at or after ``since`` into a :class:`CommentAdded` for the same
+match -> store path as live events (source ``backfill``). The natural key makes overlaps harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import paramiko
+import structlog
+
+from driverlog_daemon import ssh
+from driverlog_daemon.config import GerritConfig
+from driverlog_daemon.match import message_patch_set
+from driverlog_daemon.metrics import Metrics
+from driverlog_daemon.model import Account, Change, CommentAdded
+from driverlog_daemon.pipeline import Writer
+from driverlog_daemon.store import BatchResult
+
+log = structlog.get_logger("driverlog.backfill")
+
+ACCOUNTS_PER_QUERY = 10
+PAGE_SIZE = 200
+MAX_PAGES = 1000  # a safety stop against a server that always says moreChanges
+
+
+class BackfillError(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    since: int
+    capped: bool  # the gap was older than backfill_max_age_hours: events before `since` are not recovered
+
+
+def window(cursor: int | None, now: int, overlap_seconds: int, max_age_seconds: int) -> Window:
+    """From the stored cursor (minus the overlap) to now, but never further back than the maximum age."""
+    floor = now - max_age_seconds
+    if cursor is None:
+        return Window(floor, False)  # first start: the initial import
+    since = cursor - overlap_seconds
+    return Window(floor, True) if since < floor else Window(since, False)
+
+
+def gerrit_time(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S +0000")
+
+
+def query_text(accounts: Sequence[str], since: int, page_size: int = PAGE_SIZE) -> str:
+    who = " OR ".join(f"commentby:{a}" for a in accounts)
+    if len(accounts) > 1:
+        who = f"({who})"
+    return f'{who} after:"{gerrit_time(since)}" limit:{page_size}'
+
+
+def command(query: str, start: int) -> str:
+    """The remote command line; the query is single-quoted so Gerrit's own splitter keeps its double quotes."""
+    return f"gerrit query --format=JSON --comments --current-patch-set --start {start} '{query}'"
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def comments_from_row(row: dict[str, Any], accounts: frozenset[str], since: int) -> Iterator[CommentAdded]:
+    """The CI review messages of one change row of ``gerrit query`` output."""
+    number = _int(row.get("number"))
+    project, branch = row.get("project"), row.get("branch")
+    if number is None or not isinstance(project, str) or not isinstance(branch, str):
+        return
+    change = Change(project=project, branch=branch, number=number, id=row.get("id"), url=row.get("url"),
+                    status=row.get("status"))
+    for message in row.get("comments") or ():
+        if not isinstance(message, dict):
+            continue
+        reviewer = message.get("reviewer") or {}
+        username = reviewer.get("username") if isinstance(reviewer, dict) else None
+        text, timestamp = message.get("message"), _int(message.get("timestamp"))
+        if username not in accounts or not isinstance(text, str) or timestamp is None or timestamp < since:
+            continue
+        patch_set = message_patch_set(text)
+        if patch_set is None:
+            continue  # not a review result ("Uploaded patch set 2.", …)
+        yield CommentAdded(author=Account(username=username, name=reviewer.get("name"), email=reviewer.get("email")),
+                           change=change, patch_set=patch_set, comment=text, created_on=timestamp)
+
+
+@dataclass(slots=True)
+class BackfillReport:
+    since: int
+    queries: int = 0
+    pages: int = 0
+    changes: int = 0
+    comments: list[CommentAdded] = field(default_factory=list)
+
+
+Exec = Callable[[str], bytes]  # runs a remote command, returns stdout (raises on a non-zero exit)
+
+
+def fetch(execute: Exec, accounts: Iterable[str], since: int, *, accounts_per_query: int = ACCOUNTS_PER_QUERY,
+          page_size: int = PAGE_SIZE) -> BackfillReport:
+    """Query every account's review messages since ``since``; return them as :class:`CommentAdded`."""
+    wanted = frozenset(accounts)
+    ordered = sorted(wanted)
+    report = BackfillReport(since=since)
+    seen: set[tuple[int, int, str, int]] = set()
+    for i in range(0, len(ordered), accounts_per_query):
+        query = query_text(ordered[i:i + accounts_per_query], since, page_size)
+        report.queries += 1
+        start = 0
+        for _ in range(MAX_PAGES):
+            rows, more = _page(execute(command(query, start)))
+            report.pages += 1
+            report.changes += len(rows)
+            for row in rows:
+                for c in comments_from_row(row, wanted, since):
+                    key = (c.change.number, c.patch_set, c.author.username or "", c.created_on)
+                    if key not in seen:  # rows shift between pages while changes are updated
+                        seen.add(key)
+                        report.comments.append(c)
+            if not more or not rows:
+                break
+            start += len(rows)
+    return report
+
+
+def _page(output: bytes) -> tuple[list[dict[str, Any]], bool]:
+    rows: list[dict[str, Any]] = []
+    more = False
+    for raw in output.splitlines():
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except ValueError as exc:
+            raise BackfillError(f"gerrit query wrote a line that is not JSON: {raw[:120]!r}") from exc
+        if not isinstance(obj, dict):
+            continue
+        kind = obj.get("type")
+        if kind == "stats":
+            more = bool(obj.get("moreChanges"))
+        elif kind == "error":
+            raise BackfillError(f"gerrit query failed: {obj.get('message')}")
+        else:
+            rows.append(obj)
+    return rows, more
+
+
+# ------------------------------------------------------------------------------------------------ worker
+
+
+class Backfiller:
+    """Runs backfills on its own thread (so the live stream keeps flowing), coalescing requests.
+
+    ``request`` schedules one (after a (re)connect or a ``dropped-output``); ``run_now`` runs one and waits
+    (the stall check needs the answer). Results go through the writer like any other batch.
+    """
+
+    def __init__(self, gerrit: GerritConfig, accounts: Callable[[], Iterable[str]], writer: Writer,
+                 metrics: Metrics, cursor: Callable[[], int | None], *, clock: Callable[[], float] = time.time,
+                 command_timeout: float = 120.0, accounts_per_query: int = ACCOUNTS_PER_QUERY,
+                 page_size: int = PAGE_SIZE) -> None:
+        self.gerrit = gerrit
+        self.accounts = accounts
+        self.writer = writer
+        self.metrics = metrics
+        self.cursor = cursor
+        self.clock = clock
+        self.command_timeout = command_timeout
+        self.accounts_per_query = accounts_per_query
+        self.page_size = page_size
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._pending: tuple[paramiko.SSHClient, str, int | None] | None = None
+        self._stopped = False
+        self._busy = False
+        self.completed = 0  # backfills finished (ok or not), for tests and STATUS
+        self.last_report: BackfillReport | None = None
+        self._thread = threading.Thread(target=self._run, name="driverlog-backfill", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopped = True
+            self._wake.notify_all()
+
+    def request(self, client: paramiko.SSHClient, trigger: str, since: int | None = None) -> None:
+        with self._wake:
+            if self._pending is not None:  # coalesce: the wider window wins
+                _, _, old = self._pending
+                since = None if since is None or old is None else min(since, old)
+            self._pending = (client, trigger, since)
+            self._wake.notify_all()
+
+    def idle(self) -> bool:
+        with self._lock:
+            return self._pending is None and not self._busy
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                self._wake.wait_for(lambda: self._stopped or self._pending is not None)
+                if self._stopped:
+                    return
+                assert self._pending is not None
+                client, trigger, since = self._pending
+                self._pending = None
+                self._busy = True
+            try:
+                self.run_now(client, trigger, since)
+            except Exception:  # logged and counted in run_now; the next trigger tries again
+                pass
+            finally:
+                with self._lock:
+                    self._busy = False
+                    self.completed += 1
+
+    def run_now(self, client: paramiko.SSHClient, trigger: str, since: int | None = None) -> BatchResult:
+        """Backfill from ``since`` (or the stored cursor) minus the overlap; the writer's result for it."""
+        now = int(self.clock())
+        overlap = int(self.gerrit.backfill_overlap_minutes * 60)
+        max_age = int(self.gerrit.backfill_max_age_hours * 3600)
+        w = window(self.cursor() if since is None else since, now, overlap, max_age)
+        self.metrics.backfills.labels(trigger).inc()
+        if w.capped:
+            self.metrics.backfill_gap_exceeded.inc()
+            log.warning("backfill_gap_exceeds_max_age", trigger=trigger,
+                        max_age_hours=self.gerrit.backfill_max_age_hours, since=gerrit_time(w.since))
+        started = time.monotonic()
+
+        def execute(cmd: str) -> bytes:
+            out = ssh.run(client, cmd, self.command_timeout)
+            if out.status != 0:
+                raise ssh.CommandError(cmd, out.status, out.stderr)
+            return out.stdout
+
+        try:
+            report = fetch(execute, list(self.accounts()), w.since, accounts_per_query=self.accounts_per_query,
+                           page_size=self.page_size)
+            result = self.writer.put_backfill(report.comments).result(timeout=self.command_timeout)
+        except Exception as exc:
+            self.metrics.backfill_failures.inc()
+            log.error("backfill_failed", trigger=trigger, since=gerrit_time(w.since),
+                      error=f"{type(exc).__name__}: {exc}")
+            raise
+        self.metrics.backfill_messages.inc(len(report.comments))
+        self.last_report = report
+        log.info("backfill_done", trigger=trigger, since=gerrit_time(w.since), queries=report.queries,
+                 pages=report.pages, changes=report.changes, ci_messages=len(report.comments),
+                 recorded=result.inserted, already_present=result.already_present,
+                 seconds=round(time.monotonic() - started, 3))
+        return result

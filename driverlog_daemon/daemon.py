@@ -1,0 +1,229 @@
+"""The daemon: wires the stages and owns the lifecycle (threads, signals, systemd notification).
+
+    stream reader --blocks--> bounded queue --> writer (parse, match, group-commit) --> SQLite
+    backfill worker --comments--^                                    \\--> metrics <-- HTTP (/metrics, /healthz)
+
+Nothing here parses, matches or stores: each of those is its own module.
+"""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import paramiko
+import structlog
+
+from driverlog_daemon import store as store_mod
+from driverlog_daemon.backfill import Backfiller
+from driverlog_daemon.config import Config
+from driverlog_daemon.metrics import Metrics
+from driverlog_daemon.notify import Notifier, watchdog_interval
+from driverlog_daemon.pipeline import Pipeline, Writer
+from driverlog_daemon.registry import RegistryError, load_registry
+from driverlog_daemon.store import Store
+from driverlog_daemon.stream import Backoff, StreamHooks, StreamListener
+from driverlog_daemon.web import WebServer
+
+log = structlog.get_logger("driverlog.daemon")
+
+STOP_TIMEOUT = 4.0
+
+
+class Service:
+    """Everything the daemon runs, startable and stoppable in-process (tests use it directly)."""
+
+    def __init__(self, config: Config, *, metrics: Metrics | None = None, backoff: Backoff | None = None,
+                 poll_interval: float = 0.5, notifier: Notifier | None = None, http: bool = True,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.notifier = notifier or Notifier("")
+        self.stop_event = threading.Event()
+        registry = load_registry(config.registry.path)
+        g = config.gerrit
+        self.server_name = f"{g.host}:{g.port}" if g.host else ""
+        self.store = Store(Path(config.database.path).expanduser())
+        self.pipeline = Pipeline(registry, self.store, metrics=self.metrics, server=self.server_name or None)
+        self.writer = Writer(self.pipeline, on_dropped_output=self._dropped_output)
+        self._cursor_conn = store_mod.connect(self.store.path, readonly=True)
+        self._cursor_lock = threading.Lock()
+        self.backfiller = Backfiller(g, lambda: self.pipeline.registry.ci_accounts, self.writer, self.metrics,
+                                     self._cursor, clock=clock)
+        self.listener: StreamListener | None = None
+        if g.host:
+            hooks = StreamHooks(deliver=self.writer.put_block, connected=self._connected,
+                                quiet_window=self._quiet_window)
+            self.listener = StreamListener(g, hooks, self.metrics, self.stop_event, backoff=backoff,
+                                           poll_interval=poll_interval)
+        self._client: paramiko.SSHClient | None = None
+        self._listener_thread: threading.Thread | None = None
+        self.web: WebServer | None = None
+        if http:
+            self.web = WebServer(config.http.listen, config.http.port, self.metrics, self.health)
+        self.started_at = time.monotonic()
+
+    # ------------------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        self.writer.start()
+        self.backfiller.start()
+        if self.web is not None:
+            self.web.start()
+            log.info("http_listening", listen=self.config.http.listen, port=self.web.port)
+        if self.listener is not None:
+            self._listener_thread = threading.Thread(target=self.listener.run, name="driverlog-stream", daemon=True)
+            self._listener_thread.start()
+        else:
+            log.warning("gerrit_not_configured", hint="set [gerrit] host to listen to a Gerrit server")
+
+    def stop(self) -> bool:
+        """Stop reading, commit what is queued, close the database. True when everything finished in time."""
+        deadline = time.monotonic() + STOP_TIMEOUT
+        self.stop_event.set()
+        self.backfiller.stop()
+        if self._listener_thread is not None:
+            self._listener_thread.join(max(0.1, min(1.5, deadline - time.monotonic())))
+        finished = self.writer.stop(max(0.1, deadline - time.monotonic()))
+        if self.web is not None:
+            self.web.stop()
+        with self._cursor_lock:
+            self._cursor_conn.close()
+        if finished:
+            self.store.close()
+        return finished
+
+    def reload(self) -> bool:
+        """SIGHUP: validate the registry file; on success sync drivers and swap, else keep the old one."""
+        path = self.config.registry.path
+        try:
+            registry = load_registry(path)
+            self.writer.reload(registry).result(timeout=30)
+        except RegistryError as exc:
+            self.metrics.registry_reloads.labels("error").inc()
+            log.error("registry_reload_failed", path=path, errors=exc.errors[:20], error_count=len(exc.errors),
+                      kept=self.pipeline.registry.summary())
+            return False
+        except Exception as exc:
+            self.metrics.registry_reloads.labels("error").inc()
+            log.error("registry_reload_failed", path=path, error=f"{type(exc).__name__}: {exc}")
+            return False
+        self.metrics.registry_reloads.labels("ok").inc()
+        log.info("registry_reloaded", path=path, summary=registry.summary())
+        return True
+
+    # -------------------------------------------------------------------------------------- hooks
+
+    def _cursor(self) -> int | None:
+        if not self.server_name:
+            return None
+        with self._cursor_lock:
+            row = self._cursor_conn.execute("SELECT last_event_time FROM stream_state WHERE server = ?",
+                                            (self.server_name,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _connected(self, client: paramiko.SSHClient, first: bool) -> None:
+        self._client = client
+        self.backfiller.request(client, "start" if first else "reconnect")
+
+    def _dropped_output(self, newest_before: int | None) -> None:
+        log.warning("dropped_output", newest_event_before=newest_before)
+        if self._client is not None:
+            self.backfiller.request(self._client, "dropped-output", newest_before)
+
+    def _quiet_window(self, client: paramiko.SSHClient, quiet_since: float) -> int:
+        return self.backfiller.run_now(client, "stall", int(quiet_since)).inserted
+
+    # -------------------------------------------------------------------------------------- health
+
+    def healthy(self) -> bool:
+        """The writer is alive and either idle or making progress, and its last commit did not fail."""
+        w = self.writer
+        if not w.alive or w.failing:
+            return False
+        return w.queue.empty() or time.monotonic() - w.last_progress < 30
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        stats = self.pipeline.stats
+        detail: dict[str, Any] = {
+            "writer": "ok" if self.healthy() else "stuck",
+            "gerrit": self.listener.state if self.listener else "not configured",
+            "events": stats.lines,
+            "verifications_recorded": stats.recorded,
+            "queue_depth": self.writer.queue.qsize(),
+            "drivers": len(self.pipeline.registry.drivers),
+        }
+        return self.healthy(), detail
+
+    def status_line(self) -> str:
+        stats = self.pipeline.stats
+        if self.listener is None:
+            conn = "no Gerrit configured"
+        elif self.listener.state == "connected":
+            conn = f"connected to {self.server_name}"
+        else:
+            conn = f"{self.listener.state} ({self.server_name})" + (
+                f", last error: {self.listener.last_error[:80]}" if self.listener.last_error else "")
+        last = "none yet"
+        if stats.last_verification_time is not None:
+            last = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stats.last_verification_time))
+        return f"{conn}; {stats.lines:,} events, {stats.recorded:,} verifications recorded; last verification {last}"
+
+
+# ------------------------------------------------------------------------------------------------- run
+
+
+def run(config: Config) -> int:
+    """``driverlog-daemon run``: start, notify systemd, serve until SIGTERM/SIGINT; SIGHUP reloads."""
+    notifier = Notifier()
+    try:
+        service = Service(config, notifier=notifier)
+    except (OSError, sqlite3.Error) as exc:
+        log.error("startup_failed", error=f"{type(exc).__name__}: {exc}")
+        return 1
+    stop = threading.Event()
+    reload_requested = threading.Event()
+    wakeup = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        (reload_requested if signum == signal.SIGHUP else stop).set()
+        wakeup.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+
+    service.start()
+    notifier.send("READY=1", f"STATUS={service.status_line()}")
+    log.info("daemon_ready", database=service.store.path, registry=config.registry.path,
+             drivers=len(service.pipeline.registry.drivers), gerrit=service.server_name or None,
+             watchdog_seconds=watchdog_interval())
+    interval = watchdog_interval()
+    tick = min(interval, 2.0) if interval else 2.0
+    last_status = ""
+    while not stop.is_set():
+        wakeup.wait(tick)
+        wakeup.clear()
+        if reload_requested.is_set():
+            reload_requested.clear()
+            service.reload()
+        if stop.is_set():
+            break
+        if interval and service.healthy():
+            notifier.send("WATCHDOG=1")
+        status = service.status_line()
+        if status != last_status:
+            notifier.send(f"STATUS={status}")
+            last_status = status
+    notifier.send("STOPPING=1", "STATUS=stopping: committing queued events")
+    log.info("daemon_stopping")
+    finished = service.stop()
+    log.info("daemon_stopped", clean=finished, events=service.pipeline.stats.lines,
+             verifications_recorded=service.pipeline.stats.recorded)
+    notifier.close()
+    return 0 if finished else 1

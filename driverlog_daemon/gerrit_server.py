@@ -1,0 +1,548 @@
+"""A Gerrit SSH test server: a real SSH server (paramiko's server mode) on 127.0.0.1 that speaks the parts of
+Gerrit's SSH interface the daemon uses. It powers the tests and ``make demo``.
+
+Exec commands: ``gerrit stream-events [-s TYPE]...``, ``gerrit query --format=JSON ... QUERY`` and
+``gerrit version``; anything else fails with exit status 1 and an error on stderr, as Gerrit does.
+
+Controls (for tests and the demo): :meth:`push_event` (streamed to every subscriber and recorded as a review
+message on its change, so that ``gerrit query`` sees what the stream missed), :meth:`push_raw`,
+:meth:`drop_connections`, :meth:`stall` (keep connections, answer nothing), :meth:`refuse_connections`,
+:meth:`kill_streams_silently` (stream channels stay open but get nothing while the transport still answers),
+:meth:`fail_stream_events` (``stream-events`` exits non-zero, like an account without the capability).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import shlex
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import paramiko
+from paramiko.common import (
+    AUTH_FAILED,
+    AUTH_SUCCESSFUL,
+    OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED,
+    OPEN_SUCCEEDED,
+)
+
+GERRIT_VERSION = "3.10.2-driverlog-test"
+DEFAULT_QUERY_LIMIT = 500
+
+
+# ----------------------------------------------------------------------------------------------- changes
+
+
+class QueryError(Exception):
+    pass
+
+
+@dataclass
+class StoredChange:
+    data: dict[str, Any]  # project, branch, id, number, subject, owner, url, status, createdOn
+    last_updated: int
+    messages: list[dict[str, Any]] = field(default_factory=list)  # timestamp, reviewer, message
+    patch_sets: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def row(self, *, comments: bool, current_patch_set: bool, patch_sets: bool) -> dict[str, Any]:
+        out = dict(self.data)
+        out["lastUpdated"] = self.last_updated
+        out["open"] = out.get("status", "NEW") == "NEW"
+        if comments:
+            out["comments"] = list(self.messages)
+        sets = [self.patch_sets[n] for n in sorted(self.patch_sets)]
+        if patch_sets:
+            out["patchSets"] = sets
+        if current_patch_set and sets:
+            out["currentPatchSet"] = sets[-1]
+        return out
+
+
+class ChangeIndex:
+    """The changes the server knows, fed by the events it streams; answers ``gerrit query``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.changes: dict[int, StoredChange] = {}
+
+    def record(self, event: dict[str, Any], message_skew: int = 0) -> None:
+        change = event.get("change")
+        if not isinstance(change, dict) or "number" not in change:
+            return
+        number = int(change["number"])
+        when = int(event.get("eventCreatedOn") or time.time())
+        with self._lock:
+            stored = self.changes.get(number)
+            data = {k: v for k, v in change.items() if k not in ("commitMessage",)}
+            data["number"] = number
+            if stored is None:
+                stored = self.changes[number] = StoredChange(data=data, last_updated=when)
+            else:
+                stored.data.update(data)
+            stored.last_updated = max(stored.last_updated, when)
+            ps = event.get("patchSet")
+            if isinstance(ps, dict) and "number" in ps:
+                stored.patch_sets.setdefault(int(ps["number"]), {**ps, "number": int(ps["number"])})
+            kind = event.get("type")
+            if kind == "comment-added":
+                text = str(event.get("comment", ""))
+                ps_number = int(ps["number"]) if isinstance(ps, dict) and "number" in ps else 1
+                if not re.match(r"Patch Set \d+:", text):
+                    text = f"Patch Set {ps_number}:\n\n{text}"
+                stored.messages.append({"timestamp": when + message_skew, "reviewer": event.get("author", {}),
+                                        "message": text})
+            elif kind == "patchset-created" and isinstance(ps, dict):
+                stored.messages.append({"timestamp": when, "reviewer": event.get("uploader", {}),
+                                        "message": f"Uploaded patch set {ps.get('number')}."})
+
+    def query(self, text: str, start: int = 0) -> tuple[list[StoredChange], bool]:
+        predicate, limit = parse_query(text)
+        with self._lock:
+            hits = [c for c in self.changes.values() if predicate(c)]
+        hits.sort(key=lambda c: (c.last_updated, c.data["number"]), reverse=True)
+        page = hits[start:start + limit]
+        return page, len(hits) > start + limit
+
+
+Predicate = Callable[[StoredChange], bool]
+_TOKEN = re.compile(r"""\s*(\(|\)|-?[A-Za-z_]+:(?:"[^"]*"|'[^']*'|\{[^}]*\}|[^\s()]+)|\S+)""")
+
+
+def _time_arg(value: str) -> int:
+    value = value.strip("\"'{}")
+    m = re.fullmatch(r"(\d{4}-\d{2}-\d{2})(?: (\d{2}:\d{2}:\d{2})(?:\.\d+)?)?(?: ([+-]\d{4}))?", value)
+    if not m:
+        raise QueryError(f'Invalid value for "after": {value}')
+    stamp = datetime.strptime(f"{m.group(1)} {m.group(2) or '00:00:00'} {m.group(3) or '+0000'}",
+                              "%Y-%m-%d %H:%M:%S %z")
+    return int(stamp.astimezone(UTC).timestamp())
+
+
+def _user(change: StoredChange, who: str, *, messages_only: bool) -> bool:
+    for m in change.messages:
+        r = m.get("reviewer") or {}
+        if who in (r.get("username"), r.get("email")):
+            return True
+    return False
+
+
+def _term(token: str) -> Predicate | int:
+    negate = token.startswith("-")
+    key, _, value = token.lstrip("-").partition(":")
+    value = value.strip("\"'{}") if key != "after" else value
+    pred: Predicate
+    if key == "limit":
+        return int(value)
+    if key == "commentby":
+        pred = lambda c: _user(c, value, messages_only=True)  # noqa: E731
+    elif key == "reviewer":
+        pred = lambda c: _user(c, value, messages_only=False)  # noqa: E731
+    elif key == "project":
+        pred = lambda c: c.data.get("project") == value  # noqa: E731
+    elif key == "branch":
+        pred = lambda c: c.data.get("branch") == value  # noqa: E731
+    elif key == "change":
+        pred = lambda c: str(c.data.get("number")) == value  # noqa: E731
+    elif key == "status":
+        pred = lambda c: str(c.data.get("status", "NEW")).lower() == value.lower()  # noqa: E731
+    elif key in ("after", "since"):
+        t = _time_arg(value)
+        pred = lambda c: c.last_updated >= t  # noqa: E731
+    elif key in ("before", "until"):
+        t = _time_arg(value)
+        pred = lambda c: c.last_updated <= t  # noqa: E731
+    else:
+        raise QueryError(f"Unsupported operator {key}:{value}")
+    return (lambda c: not pred(c)) if negate else pred
+
+
+def parse_query(text: str) -> tuple[Predicate, int]:
+    """A small recursive-descent parser: terms, implicit AND, AND, OR, NOT/-, parentheses, limit:N."""
+    tokens: list[str] = [str(t) for t in _TOKEN.findall(text) if t]
+    pos = 0
+    limit = DEFAULT_QUERY_LIMIT
+
+    def peek() -> str | None:
+        return tokens[pos] if pos < len(tokens) else None
+
+    def take() -> str:
+        nonlocal pos
+        pos += 1
+        return tokens[pos - 1]
+
+    def parse_or() -> Predicate:
+        left = parse_and()
+        while peek() == "OR":
+            take()
+            right = parse_and()
+            left = (lambda a, b: lambda c: a(c) or b(c))(left, right)
+        return left
+
+    def parse_and() -> Predicate:
+        parts: list[Predicate] = []
+        while (tok := peek()) is not None and tok not in (")", "OR"):
+            if tok == "AND":
+                take()
+                continue
+            parts.append(parse_unary())
+        return lambda c: all(p(c) for p in parts)
+
+    def parse_unary() -> Predicate:
+        nonlocal limit
+        tok = take()
+        if tok == "NOT":
+            inner = parse_unary()
+            return lambda c: not inner(c)
+        if tok == "(":
+            inner = parse_or()
+            if peek() != ")":
+                raise QueryError("unbalanced parentheses")
+            take()
+            return inner
+        if ":" not in tok:
+            raise QueryError(f"Unsupported query: {tok}")
+        term = _term(tok)
+        if isinstance(term, int):
+            limit = min(limit, term)
+            return lambda c: True
+        return term
+
+    predicate = parse_or()
+    if pos != len(tokens):
+        raise QueryError(f"unexpected {tokens[pos]!r}")
+    return predicate, limit
+
+
+# ------------------------------------------------------------------------------------------------ server
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH's ``SHA256:…`` fingerprint of a key."""
+    import base64
+    import hashlib
+
+    digest: bytes = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+class _Interface(paramiko.ServerInterface):
+    def __init__(self, server: GerritTestServer) -> None:
+        self.server = server
+        self.username: str | None = None
+
+    def get_allowed_auths(self, username: str) -> str:
+        return "publickey"
+
+    def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
+        if any(key == k for k in self.server.authorized_keys):
+            self.username = username
+            return int(AUTH_SUCCESSFUL)
+        return int(AUTH_FAILED)
+
+    def check_channel_request(self, kind: str, chanid: int) -> int:
+        return int(OPEN_SUCCEEDED if kind == "session" else OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED)
+
+    def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
+        # The reply to the exec request is sent after this returns; output sent before it would make the
+        # client see a closed channel. The transport tells us when the reply has gone out.
+        transport = channel.get_transport()
+        replied = threading.Event()
+        if isinstance(transport, _Transport):
+            transport.exec_replied[channel.remote_chanid] = replied
+        else:  # pragma: no cover
+            replied.set()
+        threading.Thread(target=self.server._run_command,
+                         args=(channel, command.decode("utf-8", "replace"), replied),
+                         daemon=True, name="gerrit-test-exec").start()
+        return True
+
+
+class _Transport(paramiko.Transport):
+    """Signals when the server's reply to an exec request has been sent."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock)
+        self.exec_replied: dict[int, threading.Event] = {}
+
+    def _send_user_message(self, data: Any) -> None:
+        super()._send_user_message(data)
+        raw = data.asbytes() if hasattr(data, "asbytes") else bytes(data)
+        if raw[:1] in (_MSG_CHANNEL_SUCCESS, _MSG_CHANNEL_FAILURE) and len(raw) >= 5:
+            event = self.exec_replied.pop(int.from_bytes(raw[1:5], "big"), None)
+            if event is not None:
+                event.set()
+
+
+_MSG_CHANNEL_SUCCESS = bytes([99])
+_MSG_CHANNEL_FAILURE = bytes([100])
+
+
+@dataclass
+class _Stream:
+    channel: paramiko.Channel
+    types: frozenset[str]
+    outbox: queue.Queue[bytes | None] = field(default_factory=queue.Queue)
+
+
+class GerritTestServer:
+    def __init__(self, host_key: paramiko.PKey, authorized_keys: Iterable[paramiko.PKey], *,
+                 host: str = "127.0.0.1", port: int = 0, message_skew: int = 1) -> None:
+        self.host_key = host_key
+        self.authorized_keys = list(authorized_keys)
+        self.index = ChangeIndex()
+        self.message_skew = message_skew  # review-message timestamps trail eventCreatedOn, as on real servers
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, port))
+        self._sock.listen(64)
+        self.host, self.port = self._sock.getsockname()[:2]
+        self._lock = threading.Lock()
+        self._transports: list[paramiko.Transport] = []
+        self._streams: list[_Stream] = []
+        self._stopped = threading.Event()
+        self._stalled = threading.Event()
+        self._streams_dead = False
+        self._refuse_until = 0.0
+        self._stream_failure: tuple[int, str] | None = None
+        self.connections = 0
+        self.commands: list[str] = []
+        self.stream_subscribed = threading.Condition(self._lock)
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True, name="gerrit-test-accept")
+
+    # --------------------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> GerritTestServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._stalled.clear()
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() in progress
+        except OSError:
+            pass
+        self._sock.close()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        self.drop_connections()
+
+    def __enter__(self) -> GerritTestServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    # ---------------------------------------------------------------------------------------- controls
+
+    def push_event(self, event: dict[str, Any]) -> None:
+        """Stream ``event`` to every subscriber and record it on its change for ``gerrit query``."""
+        self.index.record(event, self.message_skew)
+        self._broadcast(json.dumps(event, separators=(",", ":")).encode() + b"\n", str(event.get("type", "")))
+
+    def push_raw(self, data: bytes) -> None:
+        """Send bytes as they are to every stream (partial lines, garbage, several events at once)."""
+        self._broadcast(data, None)
+
+    def record_only(self, event: dict[str, Any]) -> None:
+        """Record an event on its change without streaming it (an event the stream lost)."""
+        self.index.record(event, self.message_skew)
+
+    def drop_connections(self) -> None:
+        with self._lock:
+            transports, self._transports = self._transports, []
+            streams, self._streams = self._streams, []
+        for s in streams:
+            s.outbox.put(None)
+        for t in transports:
+            try:
+                t.sock.shutdown(socket.SHUT_RDWR)  # abrupt: no channel close, no exit status
+            except OSError:
+                pass
+            t.close()
+
+    def stall(self, on: bool = True) -> None:
+        """Keep every connection open but answer nothing: no stream bytes, exec requests hang."""
+        if on:
+            self._stalled.set()
+        else:
+            self._stalled.clear()
+
+    def refuse_connections(self, seconds: float) -> None:
+        self._refuse_until = time.monotonic() + seconds
+
+    def kill_streams_silently(self, on: bool = True) -> None:
+        """Stream channels stay open but receive nothing; the transport and other commands still answer."""
+        self._streams_dead = on
+
+    def fail_stream_events(self, status: int | None = 1,
+                           message: str = "fatal: not permitted to run stream-events (capability streamEvents)"
+                           ) -> None:
+        self._stream_failure = None if status is None else (status, message)
+
+    def wait_for_streams(self, count: int = 1, timeout: float = 10.0) -> bool:
+        """Block until ``count`` stream-events channels are subscribed."""
+        with self.stream_subscribed:
+            return self.stream_subscribed.wait_for(lambda: len(self._streams) >= count, timeout)
+
+    @property
+    def stream_count(self) -> int:
+        with self._lock:
+            return len(self._streams)
+
+    # ---------------------------------------------------------------------------------------- plumbing
+
+    def _broadcast(self, data: bytes, kind: str | None) -> None:
+        if self._stalled.is_set() or self._streams_dead:
+            return
+        with self._lock:
+            streams = list(self._streams)
+        for s in streams:
+            if kind is None or not s.types or kind in s.types or kind == "dropped-output":
+                s.outbox.put(data)
+
+    def _accept_loop(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            if time.monotonic() < self._refuse_until:
+                conn.close()
+                continue
+            threading.Thread(target=self._serve, args=(conn,), daemon=True, name="gerrit-test-conn").start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        transport = _Transport(conn)
+        transport.add_server_key(self.host_key)
+        with self._lock:
+            self._transports.append(transport)
+            self.connections += 1
+        try:
+            transport.start_server(server=_Interface(self))
+        except (paramiko.SSHException, EOFError, OSError):
+            transport.close()
+
+    def _run_command(self, channel: paramiko.Channel, command: str, replied: threading.Event) -> None:
+        with self._lock:
+            self.commands.append(command)
+        replied.wait(10)
+        try:
+            if self._stalled.is_set():
+                while self._stalled.is_set() and not self._stopped.is_set():
+                    time.sleep(0.02)
+                return
+            try:
+                argv = shlex.split(command)
+            except ValueError as exc:
+                self._finish(channel, 1, stderr=f"fatal: {exc}\n")
+                return
+            if argv[:2] == ["gerrit", "stream-events"]:
+                self._stream_events(channel, argv[2:])
+            elif argv[:2] == ["gerrit", "query"]:
+                self._query(channel, argv[2:])
+            elif argv[:2] == ["gerrit", "version"]:
+                self._finish(channel, 0, stdout=f"gerrit version {GERRIT_VERSION}\n")
+            else:
+                name = " ".join(argv[:2]) or command
+                self._finish(channel, 1, stderr=f"fatal: {name}: not found\n")
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+
+    @staticmethod
+    def _finish(channel: paramiko.Channel, status: int, stdout: str = "", stderr: str = "") -> None:
+        if stdout:
+            channel.sendall(stdout.encode())
+        if stderr:
+            channel.sendall_stderr(stderr.encode())
+        channel.send_exit_status(status)
+        channel.close()
+
+    def _stream_events(self, channel: paramiko.Channel, args: list[str]) -> None:
+        if self._stream_failure is not None:
+            status, message = self._stream_failure
+            self._finish(channel, status, stderr=message + "\n")
+            return
+        types: set[str] = set()
+        it = iter(args)
+        for a in it:
+            if a in ("-s", "--subscribe"):
+                types.add(next(it, ""))
+            elif a.startswith("--subscribe="):
+                types.add(a.split("=", 1)[1])
+        stream = _Stream(channel, frozenset(types))
+        with self.stream_subscribed:
+            self._streams.append(stream)
+            self.stream_subscribed.notify_all()
+        try:
+            while not self._stopped.is_set():
+                try:
+                    data = stream.outbox.get(timeout=0.2)
+                except queue.Empty:
+                    if channel.closed or not channel.get_transport() or not channel.get_transport().is_active():
+                        return
+                    continue
+                if data is None:
+                    return
+                channel.sendall(data)
+        finally:
+            with self._lock:
+                if stream in self._streams:
+                    self._streams.remove(stream)
+            try:
+                channel.close()
+            except (OSError, EOFError):
+                pass
+
+    def _query(self, channel: paramiko.Channel, args: list[str]) -> None:
+        options: set[str] = set()
+        start = 0
+        terms: list[str] = []
+        it = iter(args)
+        fmt = None
+        for a in it:
+            if a == "--format":
+                fmt = next(it, "")
+            elif a.startswith("--format="):
+                fmt = a.split("=", 1)[1]
+            elif a in ("--start", "-S"):
+                start = int(next(it, "0"))
+            elif a.startswith("--start="):
+                start = int(a.split("=", 1)[1])
+            elif a in ("--comments", "--current-patch-set", "--patch-sets", "--all-approvals"):
+                options.add(a)
+            elif a == "--":
+                terms.extend(it)
+            elif a.startswith("--"):
+                self._finish(channel, 1, stderr=f'fatal: "{a}" is not a valid option\n')
+                return
+            else:
+                terms.append(a)
+        if (fmt or "").upper() != "JSON":
+            self._finish(channel, 1, stderr="fatal: only --format=JSON is supported by this test server\n")
+            return
+        started = time.monotonic()
+        try:
+            page, more = self.index.query(" ".join(terms), start)
+        except QueryError as exc:
+            self._finish(channel, 0, stdout=json.dumps({"type": "error", "message": str(exc)}) + "\n")
+            return
+        out = [json.dumps(c.row(comments="--comments" in options,
+                                current_patch_set="--current-patch-set" in options,
+                                patch_sets=bool(options & {"--patch-sets", "--all-approvals"})),
+                          separators=(",", ":")) for c in page]
+        out.append(json.dumps({"type": "stats", "rowCount": len(page),
+                               "runTimeMilliseconds": int((time.monotonic() - started) * 1000),
+                               "moreChanges": more}, separators=(",", ":")))
+        self._finish(channel, 0, stdout="\n".join(out) + "\n")
