@@ -272,7 +272,7 @@ class _Transport(paramiko.Transport):
         self.exec_replied: dict[int, threading.Event] = {}
 
     def _send_user_message(self, data: Any) -> None:
-        super()._send_user_message(data)
+        super()._send_user_message(data)  # type: ignore[misc]
         raw = data.asbytes() if hasattr(data, "asbytes") else bytes(data)
         if raw[:1] in (_MSG_CHANNEL_SUCCESS, _MSG_CHANNEL_FAILURE) and len(raw) >= 5:
             event = self.exec_replied.pop(int.from_bytes(raw[1:5], "big"), None)
