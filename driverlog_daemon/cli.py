@@ -53,6 +53,41 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 130 if report.interrupted else EXIT_OK
 
 
+def _checked_config(args: argparse.Namespace) -> tuple[Config, str]:
+    """Configuration, its files and its registry, checked as ``run`` needs them; ConfigError names the key."""
+    from driverlog_daemon.config import check_files
+
+    config = _config(args)
+    check_files(config)
+    try:
+        registry = load_registry(config.registry.path)
+    except RegistryError as exc:
+        raise ConfigError("registry.path", f"{config.registry.path} is not a valid registry: "
+                          + "; ".join(exc.errors[:10]) + (" …" if len(exc.errors) > 10 else "")) from None
+    return config, registry.summary()
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config, summary = _checked_config(args)
+    print(f"# effective configuration (from {config.source}, then DRIVERLOG_* environment variables)")
+    for section, values in config.redacted().items():
+        print(f"[{section}]")
+        for key, value in values.items():
+            print(f"{key} = {json.dumps(list(value) if isinstance(value, tuple) else value)}")
+        print()
+    print(f"# registry: {summary}")
+    print("ok")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from driverlog_daemon import daemon, logs
+
+    config, _ = _checked_config(args)
+    logs.configure(config.log.level, config.log.format)
+    return daemon.run(config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="driverlog-daemon",
@@ -84,6 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-rows", type=int, default=2000, metavar="N",
                    help="commit after every N verifications (default: 2000)")
     p.set_defaults(func=cmd_replay)
+
+    p = add("run", "run the daemon",
+            "Listen to Gerrit's event stream, backfill what was missed, record verifications, serve /metrics and "
+            "/healthz. Checks the configuration first (exit 2 naming the key). SIGTERM/SIGINT stop after committing "
+            "what is queued; SIGHUP reloads the registry (an invalid one is refused and the old one kept).")
+    p.set_defaults(func=cmd_run)
+
+    p = add("check-config", "print and check the effective configuration",
+            "Print the effective configuration (file, defaults and DRIVERLOG_<SECTION>_<KEY> overrides) and check it "
+            "with its registry: an unknown key, a wrong type, an unreadable key_file or known_hosts, an invalid "
+            "registry exit 2 with the key named.")
+    p.set_defaults(func=cmd_check_config)
     return parser
 
 
@@ -109,4 +156,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-__all__ = ["json", "main"]

@@ -40,6 +40,10 @@ class Metrics:
                                        registry=r)
         self.batch_rows = Histogram("driverlog_db_batch_rows", "Verifications per committed batch.",
                                     buckets=(0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000), registry=r)
+        self.driver_last_verification = Gauge(
+            "driverlog_driver_last_verification_timestamp_seconds",
+            "Comment time of a driver's newest verification (drivers with at least one).",
+            ["project", "vendor", "driver", "ci_account"], registry=r)
         self.last_verification_time = Gauge("driverlog_last_verification_timestamp_seconds",
                                             "Comment time of the newest verification recorded.", registry=r)
         # stream / backfill

@@ -63,6 +63,18 @@ class Pipeline:
         self.store.sync_drivers(registry)
         self.metrics.registry_drivers.set(len(registry.drivers))
         self.metrics.registry_ci_accounts.set(len(registry.by_account))
+        self._driver_times: dict[tuple[str, str, str, str], int] = {}
+        for project, vendor, name, account, t in store.driver_last_times():
+            self._set_driver_time((project, vendor, name, account or ""), t)
+
+    def _set_driver_time(self, labels: tuple[str, str, str, str], t: int) -> None:
+        if t > self._driver_times.get(labels, -1):
+            self._driver_times[labels] = t
+            self.metrics.driver_last_verification.labels(*labels).set(t)
+
+    def _note_driver_times(self, verifications: list[Verification]) -> None:
+        for v in verifications:
+            self._set_driver_time((*v.driver_key, v.ci_account), v.comment_time)
 
     def swap_registry(self, registry: Registry) -> None:
         """Use a new (already validated) registry from the next block on; sync the drivers table first."""
@@ -147,6 +159,7 @@ class Pipeline:
             if n:
                 self.metrics.verifications.labels(source, kind).inc(n)
         if result.inserted:
+            self._note_driver_times(pending.verifications)
             newest = max(v.comment_time for v in pending.verifications)
             if self.stats.last_verification_time is None or newest > self.stats.last_verification_time:
                 self.stats.last_verification_time = newest

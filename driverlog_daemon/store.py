@@ -333,6 +333,12 @@ class Store:
                 time.sleep(self._retry_delays[attempt])
                 attempt += 1
 
+    def driver_last_times(self) -> list[tuple[str, str, str, str | None, int]]:
+        """(project_id, vendor, name, ci_account, newest comment time) of every driver with a verification."""
+        return [tuple(r) for r in self.conn.execute(
+            """SELECT d.project_id, d.vendor, d.name, d.ci_account, MAX(s.last_comment_time)
+               FROM driver_status s JOIN drivers d ON d.id = s.driver_id GROUP BY d.id""")]
+
     def _advance_cursor(self, server: str, event_time: int) -> None:
         self.conn.execute(
             """INSERT INTO stream_state (server, last_event_time, updated_at) VALUES (?, ?, ?)
