@@ -131,10 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
             "with its registry: an unknown key, a wrong type, an unreadable key_file or known_hosts, an invalid "
             "registry exit 2 with the key named.")
     p.set_defaults(func=cmd_check_config)
+
+    # `demo` has its own parser (driverlog_daemon.demo); listed here for --help only
+    sub.add_parser("demo", help="run the daemon against a local Gerrit test server (make demo); demo --help")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:
+        from driverlog_daemon import demo
+
+        return demo.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

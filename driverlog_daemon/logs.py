@@ -17,6 +17,8 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     out = stream or sys.stderr
+    # paramiko logs every failed connection with a traceback of its own; we log those events ourselves.
+    logging.getLogger("paramiko").setLevel(logging.DEBUG if level == "debug" else logging.CRITICAL)
     console = fmt == "console" or (fmt == "auto" and out.isatty())
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer(colors=out.isatty()) if console else structlog.processors.JSONRenderer()
