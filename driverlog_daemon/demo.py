@@ -36,6 +36,7 @@ from driverlog_daemon.ssh import host_label
 
 def _free_port(preferred: int) -> int:
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the HTTP server does
         try:
             s.bind(("127.0.0.1", preferred))
             return preferred
@@ -109,7 +110,7 @@ class Demo:
                 self.server.push_raw(b'{"type":"dropped-output"}\n')
                 self.pushed += 1
             if i == 2 * third:
-                _say("outage: the connection drops and Gerrit refuses connections for 3 s; 3 CI results happen meanwhile")
+                _say("outage: the connection drops, Gerrit refuses connections for 3 s, 3 CI results happen meanwhile")
                 self.server.refuse_connections(3)
                 self.server.drop_connections()
                 for lost in _ci_only(self.registry, 3, seed=31, start=int(ev["eventCreatedOn"])):
