@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from driverlog_daemon import __version__
 from driverlog_daemon.config import Config, ConfigError, load_config
 from driverlog_daemon.registry import RegistryError, load_registry
+from driverlog_daemon.replay import default_jobs
 from driverlog_daemon.store import StoreError
 
 EXIT_OK, EXIT_INVALID, EXIT_CONFIG = 0, 1, 2
@@ -48,7 +49,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     with Store(args.database or config.database.path) as store:
         pipeline = Pipeline(registry, store)
         progress = sys.stderr if sys.stderr.isatty() and not args.quiet else None
-        report = replay(pipeline, args.file, progress=progress, batch_rows=args.batch_rows)
+        report = replay(pipeline, args.file, progress=progress, batch_rows=args.batch_rows, jobs=args.jobs)
         print(format_report(pipeline, report))
     return 130 if report.interrupted else EXIT_OK
 
@@ -118,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--batch-rows", type=int, default=2000, metavar="N",
                    help="commit after every N verifications (default: 2000)")
+    p.add_argument("--jobs", type=int, default=default_jobs(), metavar="N",
+                   help="worker processes that scan a plain file (default: the CPUs available, here "
+                        f"{default_jobs()}); 1 for none")
     p.set_defaults(func=cmd_replay)
 
     p = add("run", "run the daemon",

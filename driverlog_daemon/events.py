@@ -23,6 +23,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from driverlog_daemon.model import Account, Approval, Change, CommentAdded
@@ -73,8 +74,8 @@ def _get(obj: Mapping[str, Any], path: str, kind: type | tuple[type, ...]) -> An
 
 
 def _opt_str(obj: Any, key: str) -> str | None:
-    value = obj.get(key) if isinstance(obj, dict) else None
-    return value if isinstance(value, str) else None
+    value = obj.get(key) if type(obj) is dict else None
+    return value if type(value) is str else None
 
 
 def _number(obj: Mapping[str, Any], path: str) -> int:
@@ -101,6 +102,25 @@ def _approvals(raw: Any) -> tuple[Approval, ...]:
 
 def comment_added_from(obj: Mapping[str, Any]) -> CommentAdded:
     """Build a :class:`CommentAdded` from a decoded ``comment-added`` object; raises ``_Missing``."""
+    try:  # the common, well-formed case without the per-field checks below
+        author, change, ps = obj["author"], obj["change"], obj["patchSet"]
+        username, project, branch = author["username"], change["project"], change["branch"]
+        number, ps_number, created, comment = change["number"], ps["number"], obj["eventCreatedOn"], obj["comment"]
+        if (type(username) is str and type(project) is str and type(branch) is str and type(number) is int
+                and type(ps_number) is int and type(created) is int and type(comment) is str
+                and number >= 0 and ps_number >= 0):
+            return CommentAdded(
+                author=Account(username=username, name=_opt_str(author, "name"), email=_opt_str(author, "email")),
+                change=Change(project=project, branch=branch, number=number, id=_opt_str(change, "id"),
+                              url=_opt_str(change, "url"), status=_opt_str(change, "status")),
+                patch_set=ps_number, comment=comment, created_on=created, approvals=_approvals(obj.get("approvals")),
+            )
+    except (KeyError, TypeError):
+        pass
+    return _comment_added_checked(obj)
+
+
+def _comment_added_checked(obj: Mapping[str, Any]) -> CommentAdded:
     author = _get(obj, "author", dict)
     change = _get(obj, "change", dict)
     comment = obj.get("comment", "")
@@ -151,6 +171,8 @@ def parse_line(line: bytes) -> Event | Malformed:
 # ------------------------------------------------------------------------------------------------ scanner
 
 _TYPE_TIME = re.compile(rb'"type":"([^"\\]+)","eventCreatedOn":(\d+)')
+_first, _second = itemgetter(0), itemgetter(1)
+_COMMENT_ADDED = b'"type":"comment-added","eventCreatedOn":'
 
 
 @dataclass(slots=True)
@@ -181,24 +203,45 @@ class Scanner:
             alternatives.insert(0, b"(?:" + b"|".join(names) + b')"')
         self._candidate = re.compile(b'"username"\\s*:\\s*"(?:' + b"|".join(alternatives) + b")")
 
-    def scan(self, block: bytes) -> ScanResult:
-        """Classify ``block``: complete lines, each ending in ``\\n`` (a last line without one counts too)."""
+    def scan(self, block: bytes, start: int = 0, end: int | None = None) -> ScanResult:
+        """Classify ``block[start:end]``: complete lines, each ending in a newline (a last one without counts).
+
+        Fast path, when every line carries Gerrit's ``"type":"…","eventCreatedOn":N``: types and times come
+        from one regex pass, and only ``comment-added`` lines are searched for a CI account's username.
+        """
         result = ScanResult()
-        if not block:
+        end = len(block) if end is None else end
+        if end <= start:
             return result
-        lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
-        pairs = _TYPE_TIME.findall(block)
+        lines = block.count(b"\n", start, end) + (0 if block[end - 1] == 10 else 1)
+        pairs = _TYPE_TIME.findall(block, start, end)
         if len(pairs) == lines:
             result.lines = lines
-            result.by_type.update(t.decode("ascii", "replace") for t, _ in pairs)
-            result.note_time(max(int(ts) for _, ts in pairs))
-            skip_counted = True
+            for kind, n in Counter(map(_first, pairs)).items():
+                result.by_type[kind.decode("ascii", "replace")] = n
+            result.note_time(max(map(int, map(_second, pairs))))
+            if result.by_type.get("comment-added"):
+                self._decode_comment_lines(block, start, end, result)
         else:
-            self._scan_slowly(block, result)
-            skip_counted = False
-        self._decode_candidates(block, result, skip_counted)
+            part = block[start:end]
+            self._scan_slowly(part, result)
+            self._decode_candidates(part, result)
         result.dropped_output = result.by_type.get("dropped-output", 0)
         return result
+
+    def _decode_comment_lines(self, block: bytes, start: int, end: int, result: ScanResult) -> None:
+        """Fast path: each line's type is known, so only comment-added lines can hold a CI comment."""
+        find, rfind, candidate = block.find, block.rfind, self._candidate.search
+        pos = find(_COMMENT_ADDED, start, end)
+        while pos >= 0:
+            line_start = rfind(b"\n", start, pos) + 1 or start
+            line_end = find(b"\n", pos, end)
+            if line_end < 0:
+                line_end = end
+            if candidate(block, line_start, line_end):
+                line = block[line_start:line_end]
+                self._account(parse_line(line), result, count_type=False, uncount=True, line=line)
+            pos = find(_COMMENT_ADDED, line_end, end)
 
     def _scan_slowly(self, block: bytes, result: ScanResult) -> None:
         """Per line: the cheap regex where it fits, a full decode where it does not (blank lines are skipped)."""
@@ -215,7 +258,7 @@ class Scanner:
                 continue  # decoded (and counted) with the candidates
             self._account(parse_line(line), result, count_type=True)
 
-    def _decode_candidates(self, block: bytes, result: ScanResult, skip_counted: bool) -> None:
+    def _decode_candidates(self, block: bytes, result: ScanResult) -> None:
         last_start = -1
         for match in self._candidate.finditer(block):
             start = block.rfind(b"\n", 0, match.start()) + 1
@@ -224,8 +267,8 @@ class Scanner:
             last_start = start
             end = block.find(b"\n", match.end())
             line = block[start:] if end < 0 else block[start:end]
-            # The fast pass counted this line's type already; the slow pass left candidates to us.
-            counted = skip_counted or _TYPE_TIME.search(line) is not None
+            # The slow pass counted the lines its regex read; it left the others to us.
+            counted = _TYPE_TIME.search(line) is not None
             self._account(parse_line(line), result, count_type=not counted, uncount=counted, line=line)
 
     def _account(self, event: Event | Malformed, result: ScanResult, *, count_type: bool,

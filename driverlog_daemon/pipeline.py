@@ -50,6 +50,42 @@ class Pending:
     newest_event_time: int | None = None
 
 
+@dataclass(slots=True)
+class Outcome:
+    """What a block (or a set of review messages) held: the pure result of scan + match, picklable."""
+
+    lines: int = 0
+    by_type: Counter[str] = field(default_factory=Counter)
+    malformed: list[Malformed] = field(default_factory=list)
+    ci_comments: Counter[str] = field(default_factory=Counter)  # by CI account
+    unmatched: Counter[str] = field(default_factory=Counter)  # CI comments that matched no pattern, by account
+    verifications: list[Verification] = field(default_factory=list)
+    newest_event_time: int | None = None
+    dropped_output: int = 0
+
+
+def examine(scanner: Scanner, registry: Registry, block: bytes, start: int = 0, end: int | None = None) -> Outcome:
+    """Scan a block of complete lines and match its CI comments. No state, no I/O: safe in any process."""
+    scan = scanner.scan(block, start, end)
+    outcome = Outcome(lines=scan.lines, by_type=scan.by_type, malformed=scan.malformed,
+                      newest_event_time=scan.newest_event_time, dropped_output=scan.dropped_output)
+    _match(scan.comments, registry, outcome)
+    return outcome
+
+
+def _match(comments: Iterable[CommentAdded], registry: Registry, outcome: Outcome) -> None:
+    for comment in comments:
+        result = match_comment(comment, registry)
+        if not result.is_ci_comment:
+            continue
+        account = comment.author.username or ""
+        outcome.ci_comments[account] += 1
+        if result.verifications:
+            outcome.verifications.extend(result.verifications)
+        else:
+            outcome.unmatched[account] += 1
+
+
 class Pipeline:
     def __init__(self, registry: Registry, store: Store, *, metrics: Metrics | None = None,
                  server: str | None = None) -> None:
@@ -87,59 +123,52 @@ class Pipeline:
 
     # ----------------------------------------------------------------------------------------- process
 
-    def process_block(self, block: bytes, into: Pending) -> int:
-        """Scan a block of complete lines, match its CI comments, add results to ``into``.
+    def process_block(self, block: bytes, into: Pending, start: int = 0, end: int | None = None) -> int:
+        """Scan ``block[start:end]``, complete lines, match its CI comments, add results to ``into``.
 
         Returns how many ``dropped-output`` events the block held (the caller triggers a backfill).
         """
         with self._lock:
             scanner, registry = self.scanner, self.registry
-        scan = scanner.scan(block)
-        stats = self.stats
-        stats.lines += scan.lines
-        stats.by_type.update(scan.by_type)
-        self.metrics.count_events(scan.by_type)
-        for bad in scan.malformed:
-            self._malformed(bad)
-        self._match(scan.comments, registry, into)
-        if scan.newest_event_time is not None:
-            self._note_time(scan.newest_event_time, into)
-        if scan.dropped_output:
-            self.metrics.dropped_output.inc(scan.dropped_output)
-        return scan.dropped_output
+        outcome = examine(scanner, registry, block, start, end)
+        self.absorb(outcome, into)
+        return outcome.dropped_output
 
     def process_comments(self, comments: Iterable[CommentAdded], into: Pending) -> None:
         """Backfill's entry: review messages already decoded into :class:`CommentAdded`."""
         with self._lock:
             registry = self.registry
-        self._match(comments, registry, into)
+        outcome = Outcome()
+        _match(comments, registry, outcome)
+        self.absorb(outcome, into)
 
-    def _match(self, comments: Iterable[CommentAdded], registry: Registry, into: Pending) -> None:
-        for comment in comments:
-            outcome = match_comment(comment, registry)
-            if not outcome.is_ci_comment:
-                continue
-            account = comment.author.username or ""
-            self.stats.ci_comments += 1
-            self.metrics.ci_comments.labels(account).inc()
-            if outcome.verifications:
-                into.verifications.extend(outcome.verifications)
-                self.stats.matched += len(outcome.verifications)
-            else:
-                self.stats.unmatched_ci_comments[account] += 1
-                self.metrics.ci_comments_unmatched.labels(account).inc()
-
-    def _note_time(self, t: int, into: Pending) -> None:
-        if into.newest_event_time is None or t > into.newest_event_time:
-            into.newest_event_time = t
-        if self.stats.newest_event_time is None or t > self.stats.newest_event_time:
-            self.stats.newest_event_time = t
-            self.metrics.last_event_time.set(t)
-
-    def _malformed(self, bad: Malformed) -> None:
-        self.stats.malformed[bad.reason] += 1
-        self.metrics.malformed.labels(bad.reason).inc()
-        log.warning("malformed_line", reason=bad.reason, excerpt=bad.excerpt)
+    def absorb(self, outcome: Outcome, into: Pending) -> None:
+        """Count what :func:`examine` found (stats, metrics, log) and add its results to ``into``."""
+        stats = self.stats
+        stats.lines += outcome.lines
+        stats.by_type.update(outcome.by_type)
+        self.metrics.count_events(outcome.by_type)
+        for bad in outcome.malformed:
+            stats.malformed[bad.reason] += 1
+            self.metrics.malformed.labels(bad.reason).inc()
+            log.warning("malformed_line", reason=bad.reason, excerpt=bad.excerpt)
+        stats.ci_comments += sum(outcome.ci_comments.values())
+        stats.unmatched_ci_comments.update(outcome.unmatched)
+        for account, n in outcome.ci_comments.items():
+            self.metrics.ci_comments.labels(account).inc(n)
+        for account, n in outcome.unmatched.items():
+            self.metrics.ci_comments_unmatched.labels(account).inc(n)
+        into.verifications.extend(outcome.verifications)
+        stats.matched += len(outcome.verifications)
+        t = outcome.newest_event_time
+        if t is not None:
+            if into.newest_event_time is None or t > into.newest_event_time:
+                into.newest_event_time = t
+            if stats.newest_event_time is None or t > stats.newest_event_time:
+                stats.newest_event_time = t
+                self.metrics.last_event_time.set(t)
+        if outcome.dropped_output:
+            self.metrics.dropped_output.inc(outcome.dropped_output)
 
     # ------------------------------------------------------------------------------------------ commit
 

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import gzip
+import itertools
+import multiprocessing
+import os
 import signal
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import BinaryIO, TextIO
 
-from driverlog_daemon.pipeline import Pending, Pipeline
+from driverlog_daemon.events import Scanner
+from driverlog_daemon.pipeline import Outcome, Pending, Pipeline, examine
+from driverlog_daemon.registry import Registry
 
 BLOCK_BYTES = 1 << 20
 BATCH_ROWS = 2000
+PARALLEL_SPAN_BYTES = 4 << 20
+PARALLEL_MIN_BYTES = 16 << 20  # below this, starting workers costs more than it saves
 
 
 @dataclass(slots=True)
@@ -40,15 +48,35 @@ def open_input(path: str) -> Iterator[BinaryIO]:
             yield raw
 
 
-def blocks(stream: BinaryIO, block_bytes: int = BLOCK_BYTES) -> Iterator[bytes]:
-    """Blocks of about ``block_bytes`` of complete lines (a block is extended to the end of its last line)."""
+Span = tuple[bytes, int, int]  # (buffer, start, end): complete lines, without copying the buffer
+
+
+def blocks(stream: BinaryIO, block_bytes: int = BLOCK_BYTES) -> Iterator[Span]:
+    """Spans of complete lines, about ``block_bytes`` at a time.
+
+    A line cut by the block boundary is joined with the rest of it from the next read (a small copy);
+    the bulk of each read is handed over in place.
+    """
+    rest = b""
     while True:
         chunk = stream.read(block_bytes)
         if not chunk:
-            return
-        if not chunk.endswith(b"\n"):
-            chunk += stream.readline()
-        yield chunk
+            break
+        first = chunk.find(b"\n")
+        if first < 0:
+            rest += chunk
+            continue
+        if rest:
+            yield rest + chunk[:first + 1], 0, len(rest) + first + 1
+            start = first + 1
+        else:
+            start = 0
+        last = chunk.rfind(b"\n") + 1
+        if last > start:
+            yield chunk, start, last
+        rest = chunk[last:]
+    if rest:
+        yield rest, 0, len(rest)
 
 
 class _Progress:
@@ -73,12 +101,72 @@ class _Progress:
         self.out.flush()
 
 
+def default_jobs() -> int:
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def _outcomes(pipeline: Pipeline, path: str, stream: BinaryIO, jobs: int) -> Iterator[tuple[Outcome, int]]:
+    """(what each block held, its size), in file order; with ``jobs`` > 1, examined by worker processes."""
+    if jobs > 1 and path not in ("-", "") and not _is_gzip(path) and os.path.getsize(path) > PARALLEL_MIN_BYTES:
+        yield from _parallel_outcomes(pipeline, path, jobs)
+        return
+    for block, start, end in blocks(stream):
+        yield examine(pipeline.scanner, pipeline.registry, block, start, end), end - start
+
+
+def _is_gzip(path: str) -> bool:
+    with open(path, "rb") as f:
+        return path.endswith(".gz") or f.read(2) == b"\x1f\x8b"
+
+
+def _spans(path: str, span_bytes: int) -> list[tuple[str, int, int]]:
+    """Byte ranges of ``path`` of about ``span_bytes``, each ending at a line end."""
+    size = os.path.getsize(path)
+    bounds = [0]
+    with open(path, "rb") as f:
+        while bounds[-1] < size:
+            f.seek(min(bounds[-1] + span_bytes, size))
+            f.readline()
+            bounds.append(min(f.tell(), size))
+    return [(path, a, b) for a, b in itertools.pairwise(bounds) if b > a]
+
+
+_WORKER: tuple[Scanner, Registry] | None = None
+
+
+def _worker_init() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+
+
+def _examine_span(span: tuple[str, int, int]) -> tuple[Outcome, int]:
+    path, start, end = span
+    assert _WORKER is not None
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    return examine(_WORKER[0], _WORKER[1], data), len(data)
+
+
+def _parallel_outcomes(pipeline: Pipeline, path: str, jobs: int) -> Iterator[tuple[Outcome, int]]:
+    global _WORKER
+    _WORKER = (pipeline.scanner, pipeline.registry)  # inherited by the forked workers
+    pool = multiprocessing.get_context("fork").Pool(jobs, initializer=_worker_init)
+    try:
+        yield from pool.imap(_examine_span, _spans(path, PARALLEL_SPAN_BYTES), chunksize=1)
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+        _WORKER = None
+
+
 def replay(pipeline: Pipeline, path: str, *, progress: TextIO | None = None,
-           batch_rows: int = BATCH_ROWS) -> ReplayReport:
+           batch_rows: int = BATCH_ROWS, jobs: int = 1) -> ReplayReport:
     """Feed ``path`` through ``pipeline``; commit every ``batch_rows`` results and at the end.
 
-    SIGINT stops at the next block boundary after committing what was matched, so every batch committed
-    stays and the report says how far it got.
+    With ``jobs`` > 1 (and a plain file) worker processes scan and match blocks while this process commits,
+    in file order. SIGINT stops at the next block after committing what was matched, so every batch
+    committed stays and the report says how far it got.
     """
     stop = False
 
@@ -94,25 +182,56 @@ def replay(pipeline: Pipeline, path: str, *, progress: TextIO | None = None,
     if progress is not None and path != "-" and not path.endswith(".gz"):
         total = Path(path).stat().st_size
     bar = _Progress(progress, total) if progress is not None else None
+    committer = _Committer(pipeline)
     try:
         with open_input(path) as stream:
-            for block in blocks(stream):
-                pipeline.process_block(block, pending)
-                done += len(block)
+            for outcome, size in _outcomes(pipeline, path, stream, jobs):
+                pipeline.absorb(outcome, pending)
+                done += size
                 if len(pending.verifications) >= batch_rows:
-                    pipeline.commit(pending, "replay")
+                    committer.submit(pending)
+                    pending = Pending()
                 if bar:
                     bar.show(done, pipeline.stats.lines)
                 if stop:
                     break
-        pipeline.commit(pending, "replay")
+        committer.submit(pending)
     finally:
+        committer.close()
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
         if bar:
             bar.show(done, pipeline.stats.lines, force=True)
             bar.close()
     return ReplayReport(bytes_read=done, seconds=time.perf_counter() - started, interrupted=stop)
+
+
+class _Committer:
+    """Commits batches on a second thread, one at a time, while the next block is scanned.
+
+    SQLite releases the GIL while it works, so the database's share of the time overlaps the scanning.
+    A failure in the thread is raised again in the caller at the next submit or at close.
+    """
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driverlog-replay-commit")
+        self._inflight: Future[object] | None = None
+
+    def submit(self, pending: Pending) -> None:
+        self._wait()
+        self._inflight = self._pool.submit(self.pipeline.commit, pending, "replay")
+
+    def _wait(self) -> None:
+        if self._inflight is not None:
+            inflight, self._inflight = self._inflight, None
+            inflight.result()
+
+    def close(self) -> None:
+        try:
+            self._wait()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 def _main_thread() -> bool:
