@@ -34,6 +34,7 @@ from driverlog_daemon.web import WebServer
 log = structlog.get_logger("driverlog.daemon")
 
 STOP_TIMEOUT = 4.0
+WRITER_STALE_SECONDS = 30.0
 
 
 class Service:
@@ -143,11 +144,10 @@ class Service:
     # -------------------------------------------------------------------------------------- health
 
     def healthy(self) -> bool:
-        """The writer is alive and either idle or making progress, and its last commit did not fail."""
+        """The writer thread is alive, went round its loop lately (it does at least once a second, idle or
+        not) and its last commit did not fail."""
         w = self.writer
-        if not w.alive or w.failing:
-            return False
-        return w.queue.empty() or time.monotonic() - w.last_progress < 30
+        return w.alive and not w.failing and time.monotonic() - w.last_progress < WRITER_STALE_SECONDS
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         stats = self.pipeline.stats

@@ -39,10 +39,9 @@ def _free_port(preferred: int) -> int:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the HTTP server does
         try:
             s.bind(("127.0.0.1", preferred))
-            return preferred
         except OSError:
             s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
+        return int(s.getsockname()[1])
 
 
 def _say(text: str) -> None:
@@ -97,7 +96,7 @@ class Demo:
             raise SystemExit(f"the daemon did not subscribe to the stream; see {self.log_path}")
         self._wait(lambda: self._get("/healthz") is not None, 20, "HTTP to listen")
 
-    def feed(self, count: int, pace: float) -> None:
+    def feed(self, count: int, pace: float, outage: float) -> None:
         now = int(time.time())
         # about 1.5 s between sample events on average: the stream ends near "now"
         events = list(sample_events(self.registry, count, seed=11, start=now - int(count * 1.6), ci_share=0.15))
@@ -110,8 +109,9 @@ class Demo:
                 self.server.push_raw(b'{"type":"dropped-output"}\n')
                 self.pushed += 1
             if i == 2 * third:
-                _say("outage: the connection drops, Gerrit refuses connections for 3 s, 3 CI results happen meanwhile")
-                self.server.refuse_connections(3)
+                _say(f"outage: the connection drops, Gerrit refuses connections for {outage:g} s, "
+                     "3 CI results happen meanwhile")
+                self.server.refuse_connections(outage)
                 self.server.drop_connections()
                 for lost in _ci_only(self.registry, 3, seed=31, start=int(ev["eventCreatedOn"])):
                     self.server.record_only(lost)
@@ -230,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8080, help="HTTP port on 127.0.0.1 (default 8080, else any)")
     parser.add_argument("--events", type=int, default=600, help="live events to stream (default 600)")
     parser.add_argument("--pace", type=float, default=0.01, help="seconds between live events (default 0.01)")
+    parser.add_argument("--outage-seconds", type=float, default=3.0, help="how long Gerrit refuses connections")
     parser.add_argument("--serve-seconds", type=float, default=None,
                         help="stop after serving this long (default: until Ctrl-C; env DEMO_SERVE_SECONDS)")
     parser.add_argument("--registry", default=str(DEFAULT_REGISTRY_PATH), help="registry (default: shipped)")
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"starting: driverlog-daemon run --config {demo.config}")
         demo.start_daemon()
         _say(f"streaming {args.events} live events (about 15% CI results from the registry's CI accounts)")
-        demo.feed(args.events, args.pace)
+        demo.feed(args.events, args.pace, args.outage_seconds)
         demo.wait_caught_up()
         demo.show()
         demo.serve(serve)

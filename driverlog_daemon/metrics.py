@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import generate_latest
+
+from driverlog_daemon import __version__
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, …
+        Gauge("driverlog_build_info", "driverlog-daemon's version.", ["version"], registry=r).labels(__version__).set(1)
         # parse / match
         self.events = Counter("driverlog_events", "Events read, by Gerrit event type.", ["type"], registry=r)
         self.malformed = Counter("driverlog_malformed_lines", "Lines rejected by the parser, by reason.",

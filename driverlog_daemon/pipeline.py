@@ -281,7 +281,11 @@ class Writer:
                 self._commit_stream(final=True)
                 return
             if isinstance(item, bytes) and item:  # b"" is a tick: only the flush check below
+                before = len(self._pending.verifications)
                 dropped = self.pipeline.process_block(item, self._pending)
+                for v in self._pending.verifications[before:]:
+                    log.info("ci_result", ci_account=v.ci_account, change=v.change_number, patch_set=v.patch_set,
+                             driver="/".join(v.driver_key), result=v.result, release=v.release or None)
                 if self._pending.verifications and self._pending_since is None:
                     self._pending_since = self.clock()
                 if dropped and self.on_dropped_output is not None:

@@ -9,10 +9,12 @@ import os
 import signal
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from multiprocessing.pool import AsyncResult
 from pathlib import Path
 from types import FrameType
 from typing import BinaryIO, TextIO
@@ -152,7 +154,14 @@ def _parallel_outcomes(pipeline: Pipeline, path: str, jobs: int) -> Iterator[tup
     _WORKER = (pipeline.scanner, pipeline.registry)  # inherited by the forked workers
     pool = multiprocessing.get_context("fork").Pool(jobs, initializer=_worker_init)
     try:
-        yield from pool.imap(_examine_span, _spans(path, PARALLEL_SPAN_BYTES), chunksize=1)
+        # At most 2 spans a worker in flight: results are taken in file order and memory stays bounded.
+        inflight: deque[AsyncResult[tuple[Outcome, int]]] = deque()
+        for span in _spans(path, PARALLEL_SPAN_BYTES):
+            inflight.append(pool.apply_async(_examine_span, (span,)))
+            if len(inflight) >= 2 * jobs:
+                yield inflight.popleft().get()
+        while inflight:
+            yield inflight.popleft().get()
         pool.close()
     finally:
         pool.terminate()

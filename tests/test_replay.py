@@ -9,6 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from driverlog_daemon import replay as replay_mod
+from driverlog_daemon.pipeline import Pipeline
+from driverlog_daemon.registry import load_registry
+from driverlog_daemon.store import Store
+
 from .conftest import DATA, comment_event, line, other_event
 
 CLI = [sys.executable, "-m", "driverlog_daemon"]
@@ -106,3 +113,21 @@ def _count(db: Path) -> int:
             conn.close()
     except sqlite3.OperationalError:
         return -1
+
+
+def test_worker_processes_give_the_same_result_as_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(replay_mod, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(replay_mod, "PARALLEL_SPAN_BYTES", 2000)  # many spans, cut at line ends
+    f = tmp_path / "stream.jsonl"
+    f.write_bytes(recording(40))
+    registry = load_registry(DATA)
+    results = []
+    for jobs in (1, 2):
+        with Store(tmp_path / f"j{jobs}.sqlite") as store:
+            pipeline = Pipeline(registry, store)
+            report = replay_mod.replay(pipeline, str(f), jobs=jobs, batch_rows=7)
+            s = pipeline.stats
+            results.append((s.lines, dict(s.by_type), dict(s.malformed), s.recorded, report.bytes_read,
+                            rows(tmp_path / f"j{jobs}.sqlite")))
+    assert results[0] == results[1]
+    assert results[0][3] == 40 and results[0][4] == f.stat().st_size

@@ -1,0 +1,30 @@
+"""`make demo` end to end: the real daemon, the real test server, the shipped registry."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_demo_runs_and_records_from_stream_and_backfill(tmp_path: Path) -> None:
+    work = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "driverlog_daemon", "demo", "--work", str(work), "--port", "0", "--events", "120",
+         "--pace", "0", "--outage-seconds", "0.3", "--serve-seconds", "0"],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "==> the daemon's log" in out and "backfill_done" in out and "dropped_output" in out
+    m = re.search(r"verifications (\d+) \(by source \{([^}]*)\}", out)
+    assert m and int(m.group(1)) > 0, out
+    assert "'backfill'" in m.group(2) and "'stream'" in m.group(2)
+    assert "driverlog_backfills_total{trigger=\"dropped-output\"} 1" in out
+    conn = sqlite3.connect(work / "driverlog.sqlite")
+    try:
+        (n,) = conn.execute("SELECT count(*) FROM verifications").fetchone()
+        assert n == int(m.group(1))
+    finally:
+        conn.close()
