@@ -5,15 +5,15 @@ Two entry points:
 * :func:`parse_line` decodes one line completely: a :class:`CommentAdded` for a ``comment-added``, an
   :class:`OtherEvent` for every other type, or a :class:`Malformed` with a reason. It never raises.
 * :class:`Scanner` handles a block of complete lines the cheap way. Most lines are not comments from a
-  registered CI account, so it decides that on the raw bytes, without decoding JSON: one regular-expression
-  pass finds the lines that mention a CI account as a ``"username"`` (only those are decoded), another reads
-  every line's ``type`` and ``eventCreatedOn`` where Gerrit writes them (``"type":"…","eventCreatedOn":N``).
-  A block where that second pass does not account for every line falls back to decoding the lines it missed.
+  registered CI account, so it decides that on the raw bytes, without decoding JSON: Gerrit writes an event's
+  own type and time last (``…,"type":"X","eventCreatedOn":N}``), so each line's type and time are read from its
+  tail; only a ``comment-added`` line that mentions a CI account as a ``"username"`` is decoded. A line that does
+  not end that way (another JSON layout, garbage) is decoded in full.
 
-The candidate test is exact: a line is skipped only when no ``"username"`` value in it can equal a CI
-account, i.e. no such value is written literally as one, and none is written with a JSON escape (values with
-a backslash are always decoded). It assumes object keys are written without escapes, as every Gerrit
-version and JSON library does.
+The candidate test is exact: a ``comment-added`` line is skipped only when no ``"username"`` value in it can
+equal a CI account, i.e. no such value is written literally as one and none is written with a JSON escape
+(values with a backslash are always decoded). It assumes object keys are written without escapes, as every
+Gerrit version and JSON library does.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import Any
 
 from driverlog_daemon.model import Account, Approval, Change, CommentAdded
@@ -170,9 +169,10 @@ def parse_line(line: bytes) -> Event | Malformed:
 
 # ------------------------------------------------------------------------------------------------ scanner
 
-_TYPE_TIME = re.compile(rb'"type":"([^"\\]+)","eventCreatedOn":(\d+)')
-_first, _second = itemgetter(0), itemgetter(1)
-_COMMENT_ADDED = b'"type":"comment-added","eventCreatedOn":'
+# Gerrit writes the event's own type and time last: `…,"type":"comment-added","eventCreatedOn":1718901234}`.
+_TYPE = b'"type":"'
+_TAIL = re.compile(rb'"type":"([^"\\]+)","eventCreatedOn":(\d+)\}\s*$')
+_COMMENT_ADDED = b"comment-added"
 
 
 @dataclass(slots=True)
@@ -204,89 +204,57 @@ class Scanner:
         self._candidate = re.compile(b'"username"\\s*:\\s*"(?:' + b"|".join(alternatives) + b")")
 
     def scan(self, block: bytes, start: int = 0, end: int | None = None) -> ScanResult:
-        """Classify ``block[start:end]``: complete lines, each ending in a newline (a last one without counts).
+        """Classify the lines of ``block[start:end]`` (each ends in a newline; a last one without counts too).
 
-        Fast path, when every line carries Gerrit's ``"type":"…","eventCreatedOn":N``: types and times come
-        from one regex pass, and only ``comment-added`` lines are searched for a CI account's username.
+        A line that ends the way Gerrit writes events (``"type":"X","eventCreatedOn":N}``) is counted and
+        timed from those bytes, and decoded only when it is a ``comment-added`` that names a CI account as a
+        ``"username"`` (literally, or with a JSON escape). Any other line is decoded in full. Blank lines are
+        skipped.
         """
         result = ScanResult()
         end = len(block) if end is None else end
-        if end <= start:
-            return result
-        lines = block.count(b"\n", start, end) + (0 if block[end - 1] == 10 else 1)
-        pairs = _TYPE_TIME.findall(block, start, end)
-        if len(pairs) == lines:
-            result.lines = lines
-            for kind, n in Counter(map(_first, pairs)).items():
-                result.by_type[kind.decode("ascii", "replace")] = n
-            result.note_time(max(map(int, map(_second, pairs))))
-            if result.by_type.get("comment-added"):
-                self._decode_comment_lines(block, start, end, result)
-        else:
-            part = block[start:end]
-            self._scan_slowly(part, result)
-            self._decode_candidates(part, result)
-        result.dropped_output = result.by_type.get("dropped-output", 0)
-        return result
-
-    def _decode_comment_lines(self, block: bytes, start: int, end: int, result: ScanResult) -> None:
-        """Fast path: each line's type is known, so only comment-added lines can hold a CI comment."""
-        find, rfind, candidate = block.find, block.rfind, self._candidate.search
-        pos = find(_COMMENT_ADDED, start, end)
-        while pos >= 0:
-            line_start = rfind(b"\n", start, pos) + 1 or start
+        find, rfind, tail, candidate = block.find, block.rfind, _TAIL.match, self._candidate.search
+        counts: dict[bytes, int] = {}
+        newest = -1
+        lines = 0
+        pos = start
+        while pos < end:
             line_end = find(b"\n", pos, end)
             if line_end < 0:
                 line_end = end
-            if candidate(block, line_start, line_end):
-                line = block[line_start:line_end]
-                self._account(parse_line(line), result, count_type=False, uncount=True, line=line)
-            pos = find(_COMMENT_ADDED, line_end, end)
+            at = rfind(_TYPE, pos, line_end)
+            m = tail(block, at, line_end) if at >= 0 else None
+            if m is not None:
+                lines += 1
+                kind = m.group(1)
+                counts[kind] = counts.get(kind, 0) + 1
+                t = int(m.group(2))
+                if t > newest:
+                    newest = t
+                if kind == _COMMENT_ADDED and candidate(block, pos, line_end):
+                    self._decode(block[pos:line_end], result, counted=True)
+            elif block[pos:line_end].strip():
+                lines += 1
+                self._decode(block[pos:line_end], result, counted=False)
+            pos = line_end + 1
+        result.lines = lines
+        for kind, n in counts.items():
+            result.by_type[kind.decode("utf-8", "replace")] += n
+        if newest >= 0:
+            result.note_time(newest)
+        result.dropped_output = result.by_type.get("dropped-output", 0)
+        return result
 
-    def _scan_slowly(self, block: bytes, result: ScanResult) -> None:
-        """Per line: the cheap regex where it fits, a full decode where it does not (blank lines are skipped)."""
-        for line in block.splitlines():
-            if not line.strip():
-                continue
-            result.lines += 1
-            match = _TYPE_TIME.search(line)
-            if match is not None:
-                result.by_type[match.group(1).decode("ascii", "replace")] += 1
-                result.note_time(int(match.group(2)))
-                continue
-            if self._candidate.search(line):
-                continue  # decoded (and counted) with the candidates
-            self._account(parse_line(line), result, count_type=True)
-
-    def _decode_candidates(self, block: bytes, result: ScanResult) -> None:
-        last_start = -1
-        for match in self._candidate.finditer(block):
-            start = block.rfind(b"\n", 0, match.start()) + 1
-            if start == last_start:
-                continue  # several usernames on one line
-            last_start = start
-            end = block.find(b"\n", match.end())
-            line = block[start:] if end < 0 else block[start:end]
-            # The slow pass counted the lines its regex read; it left the others to us.
-            counted = _TYPE_TIME.search(line) is not None
-            self._account(parse_line(line), result, count_type=not counted, uncount=counted, line=line)
-
-    def _account(self, event: Event | Malformed, result: ScanResult, *, count_type: bool,
-                 uncount: bool = False, line: bytes = b"") -> None:
+    def _decode(self, line: bytes, result: ScanResult, *, counted: bool) -> None:
+        """Decode a line in full. ``counted``: its type was already counted from its bytes."""
+        event = parse_line(line)
         if isinstance(event, Malformed):
             result.malformed.append(event)
-            if uncount:  # counted by type from the raw bytes, but it is not a valid event after all
-                m = _TYPE_TIME.search(line)
-                if m is not None:
-                    result.by_type[m.group(1).decode("ascii", "replace")] -= 1
+            if counted:  # counted by type from the raw bytes, but it is not a valid event after all
+                result.by_type["comment-added"] -= 1
             return
-        if isinstance(event, CommentAdded):
-            if count_type:
-                result.by_type["comment-added"] += 1
-            result.note_time(event.created_on)
-            if event.author.username in self.ci_accounts:
-                result.comments.append(event)
-            return
-        if count_type:
-            result.by_type[event.type] += 1
+        if not counted:
+            result.by_type["comment-added" if isinstance(event, CommentAdded) else event.type] += 1
         result.note_time(event.created_on)
+        if isinstance(event, CommentAdded) and event.author.username in self.ci_accounts:
+            result.comments.append(event)
