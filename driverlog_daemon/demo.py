@@ -109,6 +109,7 @@ class Demo:
                 self.server.push_raw(b'{"type":"dropped-output"}\n')
                 self.pushed += 1
             if i == 2 * third:
+                self.wait_caught_up()  # what is in flight when the connection drops is lost, as with Gerrit
                 _say(f"outage: the connection drops, Gerrit refuses connections for {outage:g} s, "
                      "3 CI results happen meanwhile")
                 self.server.refuse_connections(outage)
@@ -125,8 +126,17 @@ class Demo:
         def caught_up() -> bool:
             m = self._metrics()
             return sum(v for k, v in m.items() if k.startswith("driverlog_events_total")) >= self.pushed
-        self._wait(caught_up, 30, "the daemon to process every event")
-        time.sleep(0.5)  # let the last backfill log its summary
+        self._wait(caught_up, 60, "the daemon to process every event")
+
+    def wait_backfills_done(self) -> None:
+        """Every backfill started (start, dropped-output, reconnect) has logged its summary."""
+        def done() -> bool:
+            m = self._metrics()
+            started = sum(v for k, v in m.items() if k.startswith("driverlog_backfills_total"))
+            finished = sum(1 for raw in self.log_path.read_text().splitlines() if '"backfill_' in raw
+                           and ('"backfill_done"' in raw or '"backfill_failed"' in raw))
+            return started > 0 and finished >= started
+        self._wait(done, 60, "the backfills to finish")
 
     # -------------------------------------------------------------------------------------- showing
 
@@ -248,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"streaming {args.events} live events (about 15% CI results from the registry's CI accounts)")
         demo.feed(args.events, args.pace, args.outage_seconds)
         demo.wait_caught_up()
+        demo.wait_backfills_done()
         demo.show()
         demo.serve(serve)
     finally:
