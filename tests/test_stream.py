@@ -33,6 +33,13 @@ class Harness:
         self.service = Service(cfg, backoff=self.backoff, poll_interval=0.05, http=False)
         self.service.backfiller.command_timeout = 5
 
+    def __enter__(self) -> Harness:
+        self.service.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.service.stop()
+
     def rows(self) -> list[tuple[Any, ...]]:
         conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
         try:
@@ -58,11 +65,9 @@ class Harness:
 
 @pytest.fixture
 def harness(ssh_env: SSHEnv, tmp_path: Path) -> Iterator[Harness]:
-    h = Harness(ssh_env, tmp_path)
-    h.service.start()
-    assert wait_until(h.settled)
-    yield h
-    h.service.stop()
+    with Harness(ssh_env, tmp_path) as h:
+        assert wait_until(h.settled)
+        yield h
 
 
 def test_events_flow_into_the_database(harness: Harness) -> None:
@@ -89,8 +94,7 @@ def test_split_across_packets_and_many_in_one(harness: Harness) -> None:
 
 def test_oversized_line_is_skipped(ssh_env: SSHEnv, tmp_path: Path) -> None:
     h = Harness(ssh_env, tmp_path, max_event_bytes=4096)
-    h.service.start()
-    try:
+    with h:
         assert wait_until(h.settled)
         big = line(ci_event(3001, comment_extra="x")).replace(b"Build done.", b"Build done. " + b"y" * 20_000)
         # in pieces, so the reader sees the partial line outgrow the limit before its newline arrives
@@ -100,8 +104,6 @@ def test_oversized_line_is_skipped(ssh_env: SSHEnv, tmp_path: Path) -> None:
         assert wait_until(lambda: h.numbers() == [3002])
         assert h.metric("driverlog_oversized_lines_total") == 1
         assert h.metric("driverlog_malformed_lines_total", {"reason": "invalid_json"}) == 0
-    finally:
-        h.service.stop()
 
 
 def test_drop_reconnects_with_exponential_backoff(harness: Harness) -> None:
@@ -156,8 +158,7 @@ def test_dropped_output_triggers_a_backfill(harness: Harness) -> None:
 def test_stall_probe_fails_then_reconnect(ssh_env: SSHEnv, tmp_path: Path) -> None:
     h = Harness(ssh_env, tmp_path, stall_timeout_seconds=0.3)
     h.service.listener.probe_timeout = 0.3  # type: ignore[union-attr]
-    h.service.start()
-    try:
+    with h:
         assert wait_until(h.settled)
         ssh_env.server.stall(True)
         assert wait_until(lambda: h.metric("driverlog_gerrit_reconnects_total", {"reason": "stall"}) >= 1)
@@ -165,14 +166,11 @@ def test_stall_probe_fails_then_reconnect(ssh_env: SSHEnv, tmp_path: Path) -> No
         assert wait_until(lambda: h.settled() and ssh_env.server.connections >= 2)
         ssh_env.server.push_event(ci_event(6001))
         assert wait_until(lambda: h.numbers() == [6001])
-    finally:
-        h.service.stop()
 
 
 def test_quiet_but_alive_does_not_reconnect(ssh_env: SSHEnv, tmp_path: Path) -> None:
     h = Harness(ssh_env, tmp_path, stall_timeout_seconds=0.2)
-    h.service.start()
-    try:
+    with h:
         assert wait_until(h.settled)
         ssh_env.server.push_event(ci_event(7001))
         assert wait_until(lambda: h.numbers() == [7001])
@@ -181,14 +179,11 @@ def test_quiet_but_alive_does_not_reconnect(ssh_env: SSHEnv, tmp_path: Path) -> 
         assert h.metric("driverlog_backfills_total", {"trigger": "stall"}) >= 2
         assert sum(h.metric("driverlog_gerrit_reconnects_total", {"reason": r})
                    for r in ("stall", "dead-stream", "closed", "error")) == 0
-    finally:
-        h.service.stop()
 
 
 def test_silently_dead_stream_is_detected_through_backfill(ssh_env: SSHEnv, tmp_path: Path) -> None:
     h = Harness(ssh_env, tmp_path, stall_timeout_seconds=0.3)
-    h.service.start()
-    try:
+    with h:
         assert wait_until(h.settled)
         ssh_env.server.kill_streams_silently(True)
         ssh_env.server.push_event(ci_event(8001))  # recorded on the change, never delivered on the stream
@@ -198,22 +193,17 @@ def test_silently_dead_stream_is_detected_through_backfill(ssh_env: SSHEnv, tmp_
         assert wait_until(lambda: h.settled() and ssh_env.server.connections == 2)
         ssh_env.server.push_event(ci_event(8002))
         assert wait_until(lambda: h.numbers() == [8001, 8002])
-    finally:
-        h.service.stop()
 
 
 def test_stream_events_not_permitted_backs_off_to_the_slow_end(ssh_env: SSHEnv, tmp_path: Path) -> None:
     ssh_env.server.fail_stream_events(1)
     h = Harness(ssh_env, tmp_path)
-    h.service.start()
-    try:
+    with h:
         assert wait_until(lambda: h.metric("driverlog_gerrit_reconnects_total", {"reason": "exit-status"}) >= 2)
         listener = h.service.listener
         assert listener is not None
         assert all(d >= h.backoff.cap / 2 for d in listener.delays)
         assert "not permitted" in listener.last_error
-    finally:
-        h.service.stop()
 
 
 def test_initial_import_pages_through_history(ssh_env: SSHEnv, tmp_path: Path) -> None:
@@ -223,15 +213,12 @@ def test_initial_import_pages_through_history(ssh_env: SSHEnv, tmp_path: Path) -
     ssh_env.server.record_only(ci_event(8999, t=now - 200 * 3600))  # older than backfill_max_age_hours
     h = Harness(ssh_env, tmp_path)
     h.service.backfiller.page_size = 2
-    h.service.start()
-    try:
+    with h:
         assert wait_until(lambda: h.numbers() == list(range(9000, 9007)))
         assert wait_until(h.service.backfiller.idle)
         report = h.service.backfiller.last_report
         assert report is not None and report.pages >= 4
         assert {r[2] for r in h.rows()} == {"backfill"}
-    finally:
-        h.service.stop()
 
 
 def test_backoff_full_jitter_cap_and_reset() -> None:
