@@ -226,9 +226,9 @@ class Scanner:
             m = tail(block, at, line_end) if at >= 0 else None
             if m is not None:
                 lines += 1
-                kind = m.group(1)
+                kind, digits = m.groups()
                 counts[kind] = counts.get(kind, 0) + 1
-                t = int(m.group(2))
+                t = int(digits)
                 if t > newest:
                     newest = t
                 if kind == _COMMENT_ADDED and candidate(block, pos, line_end):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from driverlog_daemon.model import CommentAdded, Result, Verification
@@ -54,6 +55,24 @@ def comment_sha256(comment: str) -> str:
     return hashlib.sha256(normalised.encode("utf-8")).hexdigest()
 
 
+def read_comment(comment: str) -> tuple[list[str], Callable[[], str]]:
+    """``comment_lines(comment)`` and a function giving ``comment_sha256(comment)`` from the same split.
+
+    The hash reuses the lines: they are the comment's non-blank lines, the first one being what follows the
+    ``Patch Set N:`` prefix on its line (dropped for the hash when it is not blank).
+    """
+    m = _PATCH_SET_PREFIX.match(comment)
+    body = comment[m.end():] if m else comment
+    lines = list(filter(str.strip, body.strip().split("\n")))
+
+    def digest() -> str:
+        drop = 1 if m and body.partition("\n")[0].strip() else 0
+        normalised = "\n".join(map(str.strip, lines[drop:]))
+        return hashlib.sha256(normalised.encode("utf-8")).hexdigest()
+
+    return lines, digest
+
+
 def release_for(branch: str, when: int, registry: Registry) -> str:
     """The registry's release id a result on ``branch`` at ``when`` (epoch seconds) belongs to, or ""."""
     b = branch.lower()
@@ -89,11 +108,12 @@ def match_comment(event: CommentAdded, registry: Registry) -> MatchOutcome:
         if driver.review_project != change.project or driver.ci is None:
             continue
         if lines is None:
-            lines = comment_lines(event.comment)
-            digest = comment_sha256(event.comment)
+            lines, hasher = read_comment(event.comment)
         verdict = judge(lines, driver.ci)
         if verdict is None:
             continue
+        if not digest:
+            digest = hasher()
         found.append(
             Verification(
                 driver_key=driver.key,

@@ -4,8 +4,17 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from driverlog_daemon.match import comment_lines, comment_sha256, match_comment, message_patch_set, release_for
+from driverlog_daemon.match import (
+    comment_lines,
+    comment_sha256,
+    match_comment,
+    message_patch_set,
+    read_comment,
+    release_for,
+)
 from driverlog_daemon.model import Account, Change, CommentAdded
 from driverlog_daemon.registry import Registry, parse_registry
 
@@ -165,3 +174,16 @@ def test_comment_hash_is_the_same_for_event_and_query_forms() -> None:
     old_server = "Build succeeded.\n- job http://x : SUCCESS in 1m  \n"
     assert comment_sha256(event_text) == comment_sha256(old_server)
     assert comment_sha256(event_text) != comment_sha256(event_text.replace("SUCCESS", "FAILURE"))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(
+    st.text(alphabet=st.sampled_from(list("ab :\n\r\t \x0b\u2028P")), max_size=40),
+    st.builds(lambda ps, sep, votes, body: f"Patch Set {ps}:{votes}{sep}{body}", st.integers(0, 20),
+              st.sampled_from(["\n", "\n\n", " \n", "\r\n", ""]), st.sampled_from(["", " Verified+1", "   "]),
+              st.text(alphabet=st.sampled_from(list("ab -:\n\t \x0b")), max_size=40)),
+))
+def test_read_comment_agrees_with_the_reference_definitions(text: str) -> None:
+    lines, digest = read_comment(text)
+    assert lines == comment_lines(text)
+    assert digest() == comment_sha256(text)
