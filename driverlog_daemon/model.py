@@ -7,7 +7,7 @@ tested alone on plain data.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Source = Literal["stream", "backfill", "replay"]
 Result = Literal["success", "failure"]
@@ -51,9 +51,11 @@ class CommentAdded:
     approvals: tuple[Approval, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Verification:
-    """One CI result for one driver: what a row of the ``verifications`` table holds."""
+class Verification(NamedTuple):
+    """One CI result for one driver: what a row of the ``verifications`` table holds.
+
+    A named tuple, not a dataclass: many are built per second and shipped between processes by ``replay``.
+    """
 
     driver_key: tuple[str, str, str]  # (project_id, vendor, name)
     ci_account: str

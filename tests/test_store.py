@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import dataclasses
 import json
 import sqlite3
 import subprocess
@@ -68,7 +67,7 @@ def test_same_comment_from_every_source_is_one_row(store: Store, registry: Regis
     v = verification(registry)
     first = store.record([v], "stream")
     # the backfilled copy of the same message has a timestamp a second later: same natural key
-    again = store.record([dataclasses.replace(v, comment_time=v.comment_time + 1)], "backfill")
+    again = store.record([v._replace(comment_time=v.comment_time + 1)], "backfill")
     third = store.record([v, v], "replay")
     assert (first.inserted, again.inserted, third.inserted) == (1, 0, 0)
     assert (again.already_present, third.already_present) == (1, 2)
@@ -78,7 +77,7 @@ def test_same_comment_from_every_source_is_one_row(store: Store, registry: Regis
 
 def test_different_patch_set_or_comment_is_a_new_row(store: Store, registry: Registry) -> None:
     v = verification(registry)
-    res = store.record([v, dataclasses.replace(v, patch_set=2), dataclasses.replace(v, comment_sha256="b" * 64),
+    res = store.record([v, v._replace(patch_set=2), v._replace(comment_sha256="b" * 64),
                         verification(registry, driver=1)], "stream")
     assert res.inserted == 4
 
