@@ -106,9 +106,7 @@ def _coerce(section: str, key: str, value: Any, default: Any, from_env: bool) ->
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(name, f"expected a list of strings, got {value!r}")
         return tuple(value)
-    if isinstance(default, bool):
-        raise AssertionError("no boolean keys")
-    if isinstance(default, int) and not isinstance(default, bool):
+    if isinstance(default, int):
         if from_env:
             try:
                 value = int(value)

@@ -125,7 +125,8 @@ def _time_arg(value: str) -> int:
     return int(stamp.astimezone(UTC).timestamp())
 
 
-def _user(change: StoredChange, who: str, *, messages_only: bool) -> bool:
+def _commented(change: StoredChange, who: str) -> bool:
+    """The user wrote a review message on the change (the test server's meaning of commentby: and reviewer:)."""
     for m in change.messages:
         r = m.get("reviewer") or {}
         if who in (r.get("username"), r.get("email")):
@@ -140,10 +141,8 @@ def _term(token: str) -> Predicate | int:
     pred: Predicate
     if key == "limit":
         return int(value)
-    if key == "commentby":
-        pred = lambda c: _user(c, value, messages_only=True)  # noqa: E731
-    elif key == "reviewer":
-        pred = lambda c: _user(c, value, messages_only=False)  # noqa: E731
+    if key in ("commentby", "reviewer"):
+        pred = lambda c: _commented(c, value)  # noqa: E731
     elif key == "project":
         pred = lambda c: c.data.get("project") == value  # noqa: E731
     elif key == "branch":

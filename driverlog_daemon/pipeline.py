@@ -35,7 +35,6 @@ class Stats:
     malformed: Counter[str] = field(default_factory=Counter)
     ci_comments: int = 0
     unmatched_ci_comments: Counter[str] = field(default_factory=Counter)
-    matched: int = 0
     recorded: int = 0
     already_present: int = 0
     newest_event_time: int | None = None
@@ -159,7 +158,6 @@ class Pipeline:
         for account, n in outcome.unmatched.items():
             self.metrics.ci_comments_unmatched.labels(account).inc(n)
         into.verifications.extend(outcome.verifications)
-        stats.matched += len(outcome.verifications)
         t = outcome.newest_event_time
         if t is not None:
             if into.newest_event_time is None or t > into.newest_event_time:

@@ -41,12 +41,11 @@ def open_input(path: str) -> Iterator[BinaryIO]:
     if path == "-":
         yield sys.stdin.buffer
         return
-    with open(path, "rb") as raw:
-        magic = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
-        if path.endswith(".gz") or magic == b"\x1f\x8b":
-            with gzip.open(raw, "rb") as unzipped:
-                yield unzipped  # type: ignore[misc]
-        else:
+    if _is_gzip(path):
+        with gzip.open(path, "rb") as unzipped:
+            yield unzipped  # type: ignore[misc]
+    else:
+        with open(path, "rb") as raw:
             yield raw
 
 
