@@ -184,7 +184,11 @@ class ScanResult:
     newest_event_time: int | None = None
     comments: list[CommentAdded] = field(default_factory=list)  # comment-added events by CI accounts
     malformed: list[Malformed] = field(default_factory=list)
-    dropped_output: int = 0  # how many {"type":"dropped-output"} lines (Gerrit discarded events before them)
+
+    @property
+    def dropped_output(self) -> int:
+        """How many ``{"type":"dropped-output"}`` lines (Gerrit discarded events before them)."""
+        return self.by_type.get("dropped-output", 0)
 
     def note_time(self, t: int | None) -> None:
         if t is not None and (self.newest_event_time is None or t > self.newest_event_time):
@@ -242,7 +246,6 @@ class Scanner:
             result.by_type[kind.decode("utf-8", "replace")] += n
         if newest >= 0:
             result.note_time(newest)
-        result.dropped_output = result.by_type.get("dropped-output", 0)
         return result
 
     def _decode(self, line: bytes, result: ScanResult, *, counted: bool) -> None:

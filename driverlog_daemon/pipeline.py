@@ -60,14 +60,17 @@ class Outcome:
     unmatched: Counter[str] = field(default_factory=Counter)  # CI comments that matched no pattern, by account
     verifications: list[Verification] = field(default_factory=list)
     newest_event_time: int | None = None
-    dropped_output: int = 0
+
+    @property
+    def dropped_output(self) -> int:
+        return self.by_type.get("dropped-output", 0)
 
 
 def examine(scanner: Scanner, registry: Registry, block: bytes, start: int = 0, end: int | None = None) -> Outcome:
     """Scan a block of complete lines and match its CI comments. No state, no I/O: safe in any process."""
     scan = scanner.scan(block, start, end)
     outcome = Outcome(lines=scan.lines, by_type=scan.by_type, malformed=scan.malformed,
-                      newest_event_time=scan.newest_event_time, dropped_output=scan.dropped_output)
+                      newest_event_time=scan.newest_event_time)
     _match(scan.comments, registry, outcome)
     return outcome
 

@@ -176,16 +176,11 @@ def migrate(conn: sqlite3.Connection, path: str = "") -> int:
             f"({SCHEMA_VERSION}); upgrade driverlog-daemon or use another database file"
         )
     for step in range(version, SCHEMA_VERSION):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _Transaction(conn):
             # executescript would commit the open transaction first; run statement by statement instead.
             for statement in _split_sql(MIGRATIONS[step]):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {step + 1}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
     return version
 
 
@@ -240,9 +235,7 @@ class Store:
             self.conn.close()
             raise
         self.db = sqlite_utils.Database(self.conn)
-        self._driver_ids: dict[tuple[str, str, str], int] = {
-            (p, v, n): i for i, p, v, n in self.conn.execute("SELECT id, project_id, vendor, name FROM drivers")
-        }
+        self._driver_ids = self._load_driver_ids()
         self.write_retries = 0
 
     def close(self) -> None:
@@ -255,6 +248,10 @@ class Store:
         self.close()
 
     # ------------------------------------------------------------------------------------------ drivers
+
+    def _load_driver_ids(self) -> dict[tuple[str, str, str], int]:
+        """(project_id, vendor, name) -> drivers.id, removed drivers included."""
+        return {(p, v, n): i for i, p, v, n in self.conn.execute("SELECT id, project_id, vendor, name FROM drivers")}
 
     def sync_drivers(self, registry: Registry) -> Mapping[tuple[str, str, str], int]:
         """Make ``drivers`` match the registry: insert new, update changed, mark the missing as removed."""
@@ -289,9 +286,7 @@ class Store:
                                   excluded.releases, NULL)""",
                     {"project_id": d.project_id, "vendor": d.vendor, "name": d.name, "now": now, **row},
                 )
-            ids = {
-                (p, v, n): i for i, p, v, n in self.conn.execute("SELECT id, project_id, vendor, name FROM drivers")
-            }
+            ids = self._load_driver_ids()
             gone = [ids[key] for key in ids if key not in present]
             self.conn.executemany(
                 "UPDATE drivers SET removed_at = ?, updated_at = ? WHERE id = ? AND removed_at IS NULL",
