@@ -1,9 +1,14 @@
-"""Source: backfill through ``gerrit query`` — the CI review messages the live stream missed.
+"""Source: backfill through ``gerrit query`` — the CI review messages and merges the live stream missed.
 
 For a window ``[since, now]`` it asks for the changes commented on by the registered CI accounts, a few
 accounts per query joined with ``OR``, paging with ``--start`` while ``moreChanges``, and turns each CI
 review message (``Patch Set N: …``) at or after ``since`` into a :class:`CommentAdded` for the same
 match -> store path as live events (source ``backfill``). The natural key makes overlaps harmless.
+
+Every change row also says the change's state (``status``, ``currentPatchSet``): a :class:`ChangeFact`. So
+that a merge that happened while the daemon was away is known, it also asks for the merged changes of the
+registry's review projects in the window, and by number for changes known to be merged whose merged patch
+set is not known yet (a file upgraded from schema version 1, a merge seen only in a comment's change status).
 """
 
 from __future__ import annotations
@@ -23,13 +28,15 @@ from driverlog_daemon import ssh
 from driverlog_daemon.config import GerritConfig
 from driverlog_daemon.match import message_patch_set
 from driverlog_daemon.metrics import Metrics
-from driverlog_daemon.model import Account, Change, CommentAdded
+from driverlog_daemon.model import Account, Change, ChangeFact, CommentAdded
 from driverlog_daemon.pipeline import Writer
 from driverlog_daemon.store import BatchResult
 
 log = structlog.get_logger("driverlog.backfill")
 
 ACCOUNTS_PER_QUERY = 10
+PROJECTS_PER_QUERY = 10
+CHANGES_PER_QUERY = 50
 PAGE_SIZE = 200
 MAX_PAGES = 1000  # a safety stop against a server that always says moreChanges
 
@@ -57,11 +64,22 @@ def gerrit_time(epoch: int) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S +0000")
 
 
+def _any(operator: str, values: Sequence[str | int]) -> str:
+    """``op:a`` or ``(op:a OR op:b …)``."""
+    terms = " OR ".join(f"{operator}:{v}" for v in values)
+    return f"({terms})" if len(values) > 1 else terms
+
+
 def query_text(accounts: Sequence[str], since: int, page_size: int = PAGE_SIZE) -> str:
-    who = " OR ".join(f"commentby:{a}" for a in accounts)
-    if len(accounts) > 1:
-        who = f"({who})"
-    return f'{who} after:"{gerrit_time(since)}" limit:{page_size}'
+    return f'{_any("commentby", accounts)} after:"{gerrit_time(since)}" limit:{page_size}'
+
+
+def merged_query_text(projects: Sequence[str], since: int, page_size: int = PAGE_SIZE) -> str:
+    return f'status:merged {_any("project", projects)} after:"{gerrit_time(since)}" limit:{page_size}'
+
+
+def changes_query_text(numbers: Sequence[int], page_size: int = PAGE_SIZE) -> str:
+    return f'{_any("change", numbers)} limit:{page_size}'
 
 
 def command(query: str, start: int) -> str:
@@ -76,14 +94,33 @@ def _int(value: Any) -> int | None:
         return None
 
 
+def fact_from_row(row: dict[str, Any]) -> ChangeFact | None:
+    """What a change row says of the change's state (a merged row's current patch set is the one that merged)."""
+    number, updated = _int(row.get("number")), _int(row.get("lastUpdated"))
+    project, branch, status = row.get("project"), row.get("branch"), row.get("status")
+    if number is None or updated is None or not isinstance(project, str) or not isinstance(branch, str):
+        return None
+    current = row.get("currentPatchSet")
+    patch_set = _int(current.get("number")) if isinstance(current, dict) else None
+    merged = status == "MERGED"
+    return ChangeFact(number=number, project=project, branch=branch,
+                      status=status if status in ("NEW", "MERGED", "ABANDONED") else None, time=updated,
+                      patch_set=patch_set, merged_patch_set=patch_set if merged else None,
+                      merged_at=updated if merged else None, change_id=_str(row.get("id")), url=_str(row.get("url")))
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def comments_from_row(row: dict[str, Any], accounts: frozenset[str], since: int) -> Iterator[CommentAdded]:
     """The CI review messages of one change row of ``gerrit query`` output."""
     number = _int(row.get("number"))
     project, branch = row.get("project"), row.get("branch")
     if number is None or not isinstance(project, str) or not isinstance(branch, str):
         return
-    change = Change(project=project, branch=branch, number=number, id=row.get("id"), url=row.get("url"),
-                    status=row.get("status"))
+    change = Change(project=project, branch=branch, number=number, id=_str(row.get("id")), url=_str(row.get("url")),
+                    status=_str(row.get("status")))
     for message in row.get("comments") or ():
         if not isinstance(message, dict):
             continue
@@ -104,22 +141,27 @@ class BackfillReport:
     since: int
     queries: int = 0
     pages: int = 0
-    changes: int = 0
+    changes: int = 0  # change rows read
     comments: list[CommentAdded] = field(default_factory=list)
+    facts: list[ChangeFact] = field(default_factory=list)  # the state of every change row read
 
 
 Exec = Callable[[str], bytes]  # runs a remote command, returns stdout (raises on a non-zero exit)
 
 
-def fetch(execute: Exec, accounts: Iterable[str], since: int, *, accounts_per_query: int = ACCOUNTS_PER_QUERY,
+def fetch(execute: Exec, accounts: Iterable[str], since: int, *, projects: Iterable[str] = (),
+          changes: Iterable[int] = (), accounts_per_query: int = ACCOUNTS_PER_QUERY,
           page_size: int = PAGE_SIZE) -> BackfillReport:
-    """Query every account's review messages since ``since``; return them as :class:`CommentAdded`."""
+    """Query every account's review messages since ``since``, the merged changes of ``projects`` since then and
+    the ``changes`` by number; return the messages as :class:`CommentAdded` and every row's state."""
     wanted = frozenset(accounts)
-    ordered = sorted(wanted)
     report = BackfillReport(since=since)
     seen: set[tuple[int, int, str, int]] = set()
-    for i in range(0, len(ordered), accounts_per_query):
-        query = query_text(ordered[i:i + accounts_per_query], since, page_size)
+    queries = [query_text(chunk, since, page_size) for chunk in _chunks(sorted(wanted), accounts_per_query)]
+    queries += [merged_query_text(chunk, since, page_size) for chunk in _chunks(sorted(set(projects)),
+                                                                                 PROJECTS_PER_QUERY)]
+    queries += [changes_query_text(chunk, page_size) for chunk in _chunks(sorted(set(changes)), CHANGES_PER_QUERY)]
+    for query in queries:
         report.queries += 1
         start = 0
         for _ in range(MAX_PAGES):
@@ -127,6 +169,9 @@ def fetch(execute: Exec, accounts: Iterable[str], since: int, *, accounts_per_qu
             report.pages += 1
             report.changes += len(rows)
             for row in rows:
+                fact = fact_from_row(row)
+                if fact is not None:
+                    report.facts.append(fact)
                 for c in comments_from_row(row, wanted, since):
                     key = (c.change.number, c.patch_set, c.author.username or "", c.created_on)
                     if key not in seen:  # rows shift between pages while changes are updated
@@ -136,6 +181,10 @@ def fetch(execute: Exec, accounts: Iterable[str], since: int, *, accounts_per_qu
                 break
             start += len(rows)
     return report
+
+
+def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def _page(output: bytes) -> tuple[list[dict[str, Any]], bool]:
@@ -171,7 +220,9 @@ class Backfiller:
     """
 
     def __init__(self, gerrit: GerritConfig, accounts: Callable[[], Iterable[str]], writer: Writer,
-                 metrics: Metrics, cursor: Callable[[], int | None], *, clock: Callable[[], float] = time.time,
+                 metrics: Metrics, cursor: Callable[[], int | None], *,
+                 projects: Callable[[], Iterable[str]] = tuple, unknown_merges: Callable[[], Iterable[int]] = tuple,
+                 clock: Callable[[], float] = time.time,
                  command_timeout: float = 120.0, accounts_per_query: int = ACCOUNTS_PER_QUERY,
                  page_size: int = PAGE_SIZE) -> None:
         self.gerrit = gerrit
@@ -179,6 +230,8 @@ class Backfiller:
         self.writer = writer
         self.metrics = metrics
         self.cursor = cursor
+        self.projects = projects
+        self.unknown_merges = unknown_merges
         self.clock = clock
         self.command_timeout = command_timeout
         self.accounts_per_query = accounts_per_query
@@ -251,9 +304,10 @@ class Backfiller:
             return out.stdout
 
         try:
-            report = fetch(execute, list(self.accounts()), w.since, accounts_per_query=self.accounts_per_query,
+            report = fetch(execute, list(self.accounts()), w.since, projects=list(self.projects()),
+                           changes=list(self.unknown_merges()), accounts_per_query=self.accounts_per_query,
                            page_size=self.page_size)
-            result = self.writer.put_backfill(report.comments).result(timeout=self.command_timeout)
+            result = self.writer.put_backfill(report.comments, report.facts).result(timeout=self.command_timeout)
         except Exception as exc:
             self.metrics.backfill_failures.inc()
             log.error("backfill_failed", trigger=trigger, since=gerrit_time(w.since),

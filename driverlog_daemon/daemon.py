@@ -56,7 +56,8 @@ class Service:
         self._cursor_conn = store_mod.connect(self.store.path, readonly=True)
         self._cursor_lock = threading.Lock()
         self.backfiller = Backfiller(g, lambda: self.pipeline.registry.ci_accounts, self.writer, self.metrics,
-                                     self._cursor, clock=clock)
+                                     self._cursor, projects=lambda: self.pipeline.registry.review_projects,
+                                     unknown_merges=self._unknown_merges, clock=clock)
         self.listener: StreamListener | None = None
         if g.host:
             hooks = StreamHooks(deliver=self.writer.put_block, connected=self._connected,
@@ -128,6 +129,10 @@ class Service:
             row = self._cursor_conn.execute("SELECT last_event_time FROM stream_state WHERE server = ?",
                                             (self.server_name,)).fetchone()
         return None if row is None else int(row[0])
+
+    def _unknown_merges(self) -> list[int]:
+        with self._cursor_lock:
+            return store_mod.unknown_merges(self._cursor_conn)
 
     def _connected(self, client: paramiko.SSHClient, first: bool) -> None:
         self._client = client

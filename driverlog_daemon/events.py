@@ -13,7 +13,9 @@ Two entry points:
 The candidate test is exact: a ``comment-added`` line is skipped only when no ``"username"`` value in it can
 equal a CI account, i.e. no such value is written literally as one and none is written with a JSON escape
 (values with a backslash are always decoded). It assumes object keys are written without escapes, as every
-Gerrit version and JSON library does.
+Gerrit version and JSON library does. The change-state events (``patchset-created``, ``change-merged``,
+``change-abandoned``, ``change-restored``) are decoded by the same rule when a ``"project"`` value is one of
+the registry's review projects: the few the marks need.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from driverlog_daemon.model import Account, Approval, Change, CommentAdded
+from driverlog_daemon.model import CHANGE_STATE_EVENTS, Account, Approval, Change, ChangeFact, CommentAdded
 
 EXCERPT_BYTES = 120
 
@@ -44,7 +46,16 @@ class Malformed:
     excerpt: str
 
 
-Event = CommentAdded | OtherEvent
+@dataclass(frozen=True, slots=True)
+class ChangeEvent:
+    """A ``patchset-created``, ``change-merged``, ``change-abandoned`` or ``change-restored``: a change's state."""
+
+    type: str
+    created_on: int
+    fact: ChangeFact
+
+
+Event = CommentAdded | ChangeEvent | OtherEvent
 
 
 def excerpt(line: bytes) -> str:
@@ -143,6 +154,34 @@ def _comment_added_checked(obj: Mapping[str, Any]) -> CommentAdded:
     )
 
 
+_STATUS_BY_EVENT = {"change-merged": "MERGED", "change-abandoned": "ABANDONED", "change-restored": "NEW"}
+
+
+def change_event_from(obj: Mapping[str, Any], kind: str) -> ChangeEvent:
+    """Build a :class:`ChangeEvent` from a decoded change-state event; raises ``_Missing``."""
+    change = _get(obj, "change", dict)
+    created = _get(obj, "eventCreatedOn", int)
+    patch_set = _number(obj, "patchSet.number") if isinstance(obj.get("patchSet"), dict) else None
+    if kind == "change-merged" and patch_set is None:
+        raise _Missing("missing_field:patchSet.number")
+    merged = kind == "change-merged"
+    fact = ChangeFact(
+        number=_number(obj, "change.number"), project=_get(obj, "change.project", str),
+        branch=_get(obj, "change.branch", str), status=_STATUS_BY_EVENT.get(kind) or _opt_str(change, "status"),
+        time=created, patch_set=patch_set, merged_patch_set=patch_set if merged else None,
+        merged_at=created if merged else None, change_id=_opt_str(change, "id"), url=_opt_str(change, "url"))
+    return ChangeEvent(kind, created, fact)
+
+
+def comment_fact(comment: CommentAdded) -> ChangeFact:
+    """What a ``comment-added`` says of its change: its status then, and that the patch set exists."""
+    c = comment.change
+    merged = c.status == "MERGED"
+    return ChangeFact(number=c.number, project=c.project, branch=c.branch, status=c.status, time=comment.created_on,
+                      patch_set=comment.patch_set, merged_patch_set=None,
+                      merged_at=comment.created_on if merged else None, change_id=c.id, url=c.url)
+
+
 def parse_line(line: bytes) -> Event | Malformed:
     """Decode one line completely. Never raises: bad input comes back as :class:`Malformed`."""
     try:
@@ -163,6 +202,11 @@ def parse_line(line: bytes) -> Event | Malformed:
             return comment_added_from(obj)
         except _Missing as missing:
             return Malformed(missing.reason, excerpt(line))
+    if kind in CHANGE_STATE_EVENTS:
+        try:
+            return change_event_from(obj, kind)
+        except _Missing as missing:
+            return Malformed(missing.reason, excerpt(line))
     created = obj.get("eventCreatedOn")
     return OtherEvent(kind, created if isinstance(created, int) and not isinstance(created, bool) else None)
 
@@ -173,6 +217,16 @@ def parse_line(line: bytes) -> Event | Malformed:
 _TYPE = b'"type":"'
 _TAIL = re.compile(rb'"type":"([^"\\]+)","eventCreatedOn":(\d+)\}\s*$')
 _COMMENT_ADDED = b"comment-added"
+_STATE_KINDS = frozenset(k.encode() for k in CHANGE_STATE_EVENTS)
+
+
+def _value_candidate(key: bytes, values: Iterable[str]) -> re.Pattern[bytes]:
+    """``"key":"v"`` for one of ``values`` written literally, or any ``"key"`` value with a JSON escape."""
+    names = sorted((re.escape(v.encode("utf-8")) for v in values), key=len, reverse=True)
+    alternatives = [b"[^\"\\\\]*\\\\"]
+    if names:
+        alternatives.insert(0, b"(?:" + b"|".join(names) + b')"')
+    return re.compile(b'"' + key + b'"\\s*:\\s*"(?:' + b"|".join(alternatives) + b")")
 
 
 @dataclass(slots=True)
@@ -183,6 +237,7 @@ class ScanResult:
     by_type: Counter[str] = field(default_factory=Counter)
     newest_event_time: int | None = None
     comments: list[CommentAdded] = field(default_factory=list)  # comment-added events by CI accounts
+    changes: list[ChangeFact] = field(default_factory=list)  # change-state events of the review projects
     malformed: list[Malformed] = field(default_factory=list)
 
     @property
@@ -198,14 +253,13 @@ class ScanResult:
 class Scanner:
     """Classifies blocks of complete lines against a fixed set of CI accounts (rebuild it on reload)."""
 
-    def __init__(self, ci_accounts: Iterable[str]) -> None:
+    def __init__(self, ci_accounts: Iterable[str], review_projects: Iterable[str] = ()) -> None:
         self.ci_accounts = frozenset(ci_accounts)
-        names = sorted((re.escape(a.encode("utf-8")) for a in self.ci_accounts), key=len, reverse=True)
+        self.review_projects = frozenset(review_projects)
         # A username value equal to a CI account written literally, or any username value with an escape.
-        alternatives = [b"[^\"\\\\]*\\\\"]
-        if names:
-            alternatives.insert(0, b"(?:" + b"|".join(names) + b')"')
-        self._candidate = re.compile(b'"username"\\s*:\\s*"(?:' + b"|".join(alternatives) + b")")
+        self._candidate = _value_candidate(b"username", self.ci_accounts)
+        # Likewise a project value equal to a review project: the change-state events worth decoding.
+        self._project = _value_candidate(b"project", self.review_projects)
 
     def scan(self, block: bytes, start: int = 0, end: int | None = None) -> ScanResult:
         """Classify the lines of ``block[start:end]`` (each ends in a newline; a last one without counts too).
@@ -218,6 +272,7 @@ class Scanner:
         result = ScanResult()
         end = len(block) if end is None else end
         find, rfind, tail, candidate = block.find, block.rfind, _TAIL.match, self._candidate.search
+        project, state_kinds = self._project.search, _STATE_KINDS
         counts: dict[bytes, int] = {}
         newest = -1
         lines = 0
@@ -235,7 +290,10 @@ class Scanner:
                 t = int(digits)
                 if t > newest:
                     newest = t
-                if kind == _COMMENT_ADDED and candidate(block, pos, line_end):
+                if kind == _COMMENT_ADDED:
+                    if candidate(block, pos, line_end):
+                        self._decode(block[pos:line_end], result, counted=True)
+                elif kind in state_kinds and project(block, pos, line_end):
                     self._decode(block[pos:line_end], result, counted=True)
             elif block[pos:line_end].strip():
                 lines += 1
@@ -254,10 +312,14 @@ class Scanner:
         if isinstance(event, Malformed):
             result.malformed.append(event)
             if counted:  # counted by type from the raw bytes, but it is not a valid event after all
-                result.by_type["comment-added"] -= 1
+                m = _TAIL.search(line)
+                result.by_type[m.group(1).decode("utf-8", "replace") if m else "comment-added"] -= 1
             return
         if not counted:
             result.by_type["comment-added" if isinstance(event, CommentAdded) else event.type] += 1
         result.note_time(event.created_on)
-        if isinstance(event, CommentAdded) and event.author.username in self.ci_accounts:
-            result.comments.append(event)
+        if isinstance(event, CommentAdded):
+            if event.author.username in self.ci_accounts:
+                result.comments.append(event)
+        elif isinstance(event, ChangeEvent) and event.fact.project in self.review_projects:
+            result.changes.append(event.fact)

@@ -76,8 +76,8 @@ def read_comment(comment: str) -> tuple[list[str], Callable[[], str]]:
 def release_for(branch: str, when: int, registry: Registry) -> str:
     """The registry's release id a result on ``branch`` at ``when`` (epoch seconds) belongs to, or ""."""
     b = branch.lower()
-    if "/" in b[1:]:
-        release = registry.releases_by_lower_id.get(b.split("/", 1)[1])
+    if "/" in b[1:]:  # stable/<x>, unmaintained/<x>: <x> is a release id or a series number (2024.1)
+        release = registry.releases_by_branch_name.get(b.split("/", 1)[1])
         return release.id if release else ""
     if b == "master":
         if not registry.releases:

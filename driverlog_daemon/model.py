@@ -71,3 +71,27 @@ class Verification(NamedTuple):
     change_status: str | None
     review_url: str | None
     change_id: str | None
+
+
+#: The event types that carry a change's state (all subscribed by default).
+CHANGE_STATE_EVENTS = frozenset({"patchset-created", "change-merged", "change-abandoned", "change-restored"})
+
+
+class ChangeFact(NamedTuple):
+    """What one source said of a change at one moment (Gerrit's clock): the input of the ``changes`` table.
+
+    From a ``patchset-created``, ``change-merged``, ``change-abandoned`` or ``change-restored`` event, from the
+    change of a CI's ``comment-added``, or from a ``gerrit query`` row. Facts are merged order-independently
+    (store.py): a merge is final, otherwise the newest status wins; patch set numbers only grow.
+    """
+
+    number: int
+    project: str
+    branch: str
+    status: str | None  # NEW, MERGED, ABANDONED (None: not said)
+    time: int  # eventCreatedOn, or the query row's lastUpdated
+    patch_set: int | None  # a patch set that exists (the current one is at least this)
+    merged_patch_set: int | None  # the patch set that merged (change-merged's patchSet; a merged row's current)
+    merged_at: int | None  # the merge time, or an upper bound of it (a merged query row's lastUpdated)
+    change_id: str | None = None
+    url: str | None = None

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from driverlog_daemon.events import Malformed, Scanner
+from driverlog_daemon.events import Malformed, Scanner, comment_fact
 from driverlog_daemon.match import match_comment
 from driverlog_daemon.metrics import Metrics
-from driverlog_daemon.model import CommentAdded, Source, Verification
+from driverlog_daemon.model import ChangeFact, CommentAdded, Source, Verification
 from driverlog_daemon.registry import Registry
 from driverlog_daemon.store import BatchResult, Store
 
@@ -43,9 +43,10 @@ class Stats:
 
 @dataclass(slots=True)
 class Pending:
-    """Verifications matched but not yet committed, with the newest event time they cover."""
+    """Verifications matched and change facts read but not yet committed, with the newest event time they cover."""
 
     verifications: list[Verification] = field(default_factory=list)
+    changes: list[ChangeFact] = field(default_factory=list)
     newest_event_time: int | None = None
 
 
@@ -59,6 +60,7 @@ class Outcome:
     ci_comments: Counter[str] = field(default_factory=Counter)  # by CI account
     unmatched: Counter[str] = field(default_factory=Counter)  # CI comments that matched no pattern, by account
     verifications: list[Verification] = field(default_factory=list)
+    changes: list[ChangeFact] = field(default_factory=list)  # of the registry's review projects
     newest_event_time: int | None = None
 
     @property
@@ -66,17 +68,25 @@ class Outcome:
         return self.by_type.get("dropped-output", 0)
 
 
+def new_scanner(registry: Registry) -> Scanner:
+    """A scanner for the registry's CI accounts and the review projects whose change state is kept."""
+    return Scanner(registry.ci_accounts, registry.review_projects)
+
+
 def examine(scanner: Scanner, registry: Registry, block: bytes, start: int = 0, end: int | None = None) -> Outcome:
     """Scan a block of complete lines and match its CI comments. No state, no I/O: safe in any process."""
     scan = scanner.scan(block, start, end)
-    outcome = Outcome(lines=scan.lines, by_type=scan.by_type, malformed=scan.malformed,
+    outcome = Outcome(lines=scan.lines, by_type=scan.by_type, malformed=scan.malformed, changes=scan.changes,
                       newest_event_time=scan.newest_event_time)
     _match(scan.comments, registry, outcome)
     return outcome
 
 
 def _match(comments: Iterable[CommentAdded], registry: Registry, outcome: Outcome) -> None:
+    projects = registry.review_projects
     for comment in comments:
+        if comment.change.project in projects:
+            outcome.changes.append(comment_fact(comment))
         result = match_comment(comment, registry)
         if not result.is_ci_comment:
             continue
@@ -97,7 +107,7 @@ class Pipeline:
         self.stats = Stats()
         self._lock = threading.Lock()
         self.registry = registry
-        self.scanner = Scanner(registry.ci_accounts)
+        self.scanner = new_scanner(registry)
         self.store.sync_drivers(registry)
         self.metrics.registry_drivers.set(len(registry.drivers))
         self.metrics.registry_ci_accounts.set(len(registry.by_account))
@@ -117,7 +127,7 @@ class Pipeline:
     def swap_registry(self, registry: Registry) -> None:
         """Use a new (already validated) registry from the next block on; sync the drivers table first."""
         self.store.sync_drivers(registry)
-        scanner = Scanner(registry.ci_accounts)
+        scanner = new_scanner(registry)
         with self._lock:
             self.registry, self.scanner = registry, scanner
         self.metrics.registry_drivers.set(len(registry.drivers))
@@ -136,11 +146,13 @@ class Pipeline:
         self.absorb(outcome, into)
         return outcome.dropped_output
 
-    def process_comments(self, comments: Iterable[CommentAdded], into: Pending) -> None:
-        """Backfill's entry: review messages already decoded into :class:`CommentAdded`."""
+    def process_comments(self, comments: Iterable[CommentAdded], into: Pending,
+                         changes: Iterable[ChangeFact] = ()) -> None:
+        """Backfill's entry: review messages already decoded into :class:`CommentAdded`, and change facts."""
         with self._lock:
             registry = self.registry
-        outcome = Outcome()
+        projects = registry.review_projects
+        outcome = Outcome(changes=[c for c in changes if c.project in projects])
         _match(comments, registry, outcome)
         self.absorb(outcome, into)
 
@@ -161,6 +173,7 @@ class Pipeline:
         for account, n in outcome.unmatched.items():
             self.metrics.ci_comments_unmatched.labels(account).inc(n)
         into.verifications.extend(outcome.verifications)
+        into.changes.extend(outcome.changes)
         t = outcome.newest_event_time
         if t is not None:
             if into.newest_event_time is None or t > into.newest_event_time:
@@ -179,7 +192,7 @@ class Pipeline:
         if self.server is not None and pending.newest_event_time is not None and source == "stream":
             cursor = (self.server, pending.newest_event_time)
         retries_before = self.store.write_retries
-        result = self.store.record(pending.verifications, source, cursor)
+        result = self.store.record(pending.verifications, source, cursor, changes=pending.changes)
         if self.store.write_retries != retries_before:
             self.metrics.db_write_retries.inc(self.store.write_retries - retries_before)
         self.stats.recorded += result.inserted
@@ -197,6 +210,7 @@ class Pipeline:
         if result.already_present:
             self.metrics.duplicates.labels(source).inc(result.already_present)
         pending.verifications = []
+        pending.changes = []
         pending.newest_event_time = None
         return result
 
@@ -207,6 +221,7 @@ class Pipeline:
 @dataclass(slots=True)
 class _Backfilled:
     comments: list[CommentAdded]
+    changes: list[ChangeFact]
     done: Future[BatchResult]
 
 
@@ -245,9 +260,10 @@ class Writer:
         self.queue.put(block)
         self.pipeline.metrics.queue_depth.set(self.queue.qsize())
 
-    def put_backfill(self, comments: list[CommentAdded]) -> Future[BatchResult]:
+    def put_backfill(self, comments: list[CommentAdded], changes: list[ChangeFact] | None = None
+                     ) -> Future[BatchResult]:
         done: Future[BatchResult] = Future()
-        self.queue.put(_Backfilled(comments, done))
+        self.queue.put(_Backfilled(comments, changes or [], done))
         return done
 
     def reload(self, registry: Registry) -> Future[None]:
@@ -295,7 +311,7 @@ class Writer:
             elif isinstance(item, _Backfilled):
                 self._commit_stream()
                 batch = Pending()
-                self.pipeline.process_comments(item.comments, batch)
+                self.pipeline.process_comments(item.comments, batch, item.changes)
                 result = self._commit(batch, "backfill")
                 item.done.set_result(result)
             elif isinstance(item, _Reload):
@@ -307,7 +323,7 @@ class Writer:
                 else:
                     item.done.set_result(None)
             due = self._pending_since is not None and self.clock() - self._pending_since >= self.flush_seconds
-            if len(self._pending.verifications) >= self.batch_rows or due or (
+            if len(self._pending.verifications) + len(self._pending.changes) >= self.batch_rows or due or (
                     self._pending.newest_event_time is not None and self.queue.empty()):
                 self._commit_stream()
             self.last_progress = self.clock()

@@ -46,12 +46,21 @@ class RegistryError(Exception):
         super().__init__(f"{source}: " + "; ".join(errors))
 
 
+#: OpenStack's published series numbers by release name (https://releases.openstack.org): stable branches are
+#: named after them since 2023 (``stable/2024.1``). Used for a registry release without a ``series`` key.
+OPENSTACK_SERIES: Mapping[str, str] = MappingProxyType({
+    "Antelope": "2023.1", "Bobcat": "2023.2", "Caracal": "2024.1", "Dalmatian": "2024.2", "Epoxy": "2025.1",
+    "Flamingo": "2025.2", "Gazpacho": "2026.1", "Hibiscus": "2026.2",
+})
+
+
 @dataclass(frozen=True, slots=True)
 class Release:
     id: str
     wiki: str
     start: datetime  # midnight UTC of the release's start date
     active: bool = False
+    series: str | None = None  # the registry's ``series`` key, else OpenStack's published number, else None
     start_epoch: int = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -100,6 +109,11 @@ class Registry:
     by_account: Mapping[str, tuple[Driver, ...]]  # CI account -> the drivers it reports for
     releases_by_lower_id: Mapping[str, Release]  # release id in lower case -> release
     source: str = ""
+    #: what may follow ``stable/`` or ``unmaintained/`` in a branch name -> release: the id in lower case, and
+    #: the series number (``2024.1``)
+    releases_by_branch_name: Mapping[str, Release] = field(default_factory=lambda: MappingProxyType({}))
+    #: the Gerrit projects the CI-bound drivers report on (whose change state is kept)
+    review_projects: frozenset[str] = frozenset()
 
     @property
     def ci_accounts(self) -> frozenset[str]:
@@ -234,7 +248,13 @@ def _semantic_errors(document: Any) -> Iterator[str]:
     releases = _items(document, "releases")
     release_ids = {_str(r, "id") for _, r in releases}
     project_ids = {_str(p, "id") for _, p in _items(document, "projects")}
+    series_seen: dict[str, int] = {}
     for index, release in releases:
+        series = _str(release, "series")
+        if series is not None:
+            if series in series_seen:
+                yield f"releases[{index}].series: {series!r} is already the series of releases[{series_seen[series]}]"
+            series_seen.setdefault(series, index)
         start = _str(release, "start")
         if start is None or not _DATE_SHAPE.match(start):
             continue  # the schema reports it
@@ -269,9 +289,12 @@ def _semantic_errors(document: Any) -> Iterator[str]:
 
 def _build(document: Mapping[str, Any], source: str) -> Registry:
     releases = tuple(
-        Release(id=r["id"], wiki=r["wiki"], start=parse_start_date(r["start"]), active=bool(r.get("active", False)))
+        Release(id=r["id"], wiki=r["wiki"], start=parse_start_date(r["start"]), active=bool(r.get("active", False)),
+                series=r.get("series") or OPENSTACK_SERIES.get(r["id"]))
         for r in document.get("releases", [])
     )
+    by_branch_name = {r.series: r for r in releases if r.series}
+    by_branch_name.update({r.id.lower(): r for r in releases})
     drivers: list[Driver] = []
     by_account: dict[str, list[Driver]] = {}
     for raw in document["drivers"]:
@@ -306,4 +329,6 @@ def _build(document: Mapping[str, Any], source: str) -> Registry:
         by_account=MappingProxyType({k: tuple(v) for k, v in by_account.items()}),
         releases_by_lower_id=MappingProxyType({r.id.lower(): r for r in releases}),
         source=source,
+        releases_by_branch_name=MappingProxyType(by_branch_name),
+        review_projects=frozenset(d.review_project for ds in by_account.values() for d in ds),
     )

@@ -20,10 +20,10 @@ from typing import Any
 
 import sqlite_utils
 
-from driverlog_daemon.model import Source, Verification
+from driverlog_daemon.model import ChangeFact, Source, Verification
 from driverlog_daemon.registry import Registry
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 5000
 WRITER_CACHE_KIB = 8192
 
@@ -143,8 +143,117 @@ JOIN drivers d ON d.id = s.driver_id
 JOIN verifications v ON v.id = s.last_verification_id;
 """
 
+_MARK_COLUMNS = "driver_id, release, verification_id, result, comment_time, change_number, patch_set, comment_sha256"
+# Keep the newest candidate: by comment time, then (for equal times, whatever the arrival order) change number,
+# patch set and comment hash. Every candidate only ever adds to the set, so the mark is a running maximum.
+_MARK_UPSERT = """
+    ON CONFLICT (driver_id, release) DO UPDATE SET
+        verification_id = excluded.verification_id, result = excluded.result,
+        comment_time = excluded.comment_time, change_number = excluded.change_number,
+        patch_set = excluded.patch_set, comment_sha256 = excluded.comment_sha256
+    WHERE (excluded.comment_time, excluded.change_number, excluded.patch_set, excluded.comment_sha256)
+        > (driver_marks.comment_time, driver_marks.change_number, driver_marks.patch_set,
+           driver_marks.comment_sha256)"""
+_MARKS_OF_MERGED_CHANGE = f"""
+    INSERT INTO driver_marks ({_MARK_COLUMNS})
+    SELECT v.driver_id, v.release, v.id, v.result, v.comment_time, v.change_number, v.patch_set, v.comment_sha256
+    FROM verifications v
+    WHERE v.change_number = NEW.change_number AND v.patch_set = NEW.merged_patch_set AND v.release != ''
+    {_MARK_UPSERT};"""
+
+_SCHEMA_V2 = f"""
+-- Change state, for the changes of the registry's review projects. Times are Gerrit's (*_time).
+CREATE TABLE changes (
+    change_number     INTEGER PRIMARY KEY,
+    project           TEXT NOT NULL,
+    branch            TEXT NOT NULL,
+    status            TEXT CHECK (status IN ('NEW', 'MERGED', 'ABANDONED')),
+    status_time       INTEGER NOT NULL DEFAULT 0,
+    current_patch_set INTEGER,
+    merged_patch_set  INTEGER,
+    merged_time       INTEGER,
+    change_id         TEXT,
+    review_url        TEXT,
+    last_update_time  INTEGER NOT NULL
+);
+CREATE INDEX changes_merge_unknown ON changes (change_number) WHERE status = 'MERGED' AND merged_patch_set IS NULL;
+
+-- DriverLog's "CI tested" mark: per driver and release, the newest verification on the patch set that merged.
+CREATE TABLE driver_marks (
+    driver_id        INTEGER NOT NULL REFERENCES drivers (id),
+    release          TEXT NOT NULL,
+    verification_id  INTEGER NOT NULL REFERENCES verifications (id),
+    result           TEXT NOT NULL,
+    comment_time     INTEGER NOT NULL,
+    change_number    INTEGER NOT NULL,
+    patch_set        INTEGER NOT NULL,
+    comment_sha256   TEXT NOT NULL,
+    PRIMARY KEY (driver_id, release)
+);
+CREATE INDEX driver_marks_release ON driver_marks (release);
+
+CREATE TRIGGER verifications_update_mark AFTER INSERT ON verifications
+WHEN NEW.release != '' AND EXISTS (SELECT 1 FROM changes c WHERE c.change_number = NEW.change_number
+                                                            AND c.merged_patch_set = NEW.patch_set)
+BEGIN
+    INSERT INTO driver_marks ({_MARK_COLUMNS})
+    VALUES (NEW.driver_id, NEW.release, NEW.id, NEW.result, NEW.comment_time, NEW.change_number, NEW.patch_set,
+            NEW.comment_sha256)
+    {_MARK_UPSERT};
+END;
+
+CREATE TRIGGER changes_merged_insert AFTER INSERT ON changes WHEN NEW.merged_patch_set IS NOT NULL
+BEGIN {_MARKS_OF_MERGED_CHANGE}
+END;
+
+CREATE TRIGGER changes_merged_update AFTER UPDATE OF merged_patch_set ON changes
+WHEN NEW.merged_patch_set IS NOT NULL AND NEW.merged_patch_set IS NOT OLD.merged_patch_set
+BEGIN {_MARKS_OF_MERGED_CHANGE}
+END;
+
+CREATE VIEW driverlog_marks AS
+SELECT
+    d.id                                            AS driver_id,
+    d.project_id                                    AS project_id,
+    d.vendor                                        AS vendor,
+    d.name                                          AS driver,
+    d.ci_account                                    AS ci_account,
+    m.release                                       AS release,
+    m.result                                        AS result,
+    v.evidence                                      AS evidence,
+    m.comment_time                                  AS comment_time,
+    datetime(m.comment_time, 'unixepoch')           AS comment_at,
+    v.review_url                                    AS review_url,
+    m.change_number                                 AS change_number,
+    m.patch_set                                     AS patch_set,
+    datetime(c.merged_time, 'unixepoch')            AS merged_at,
+    d.removed_at IS NOT NULL                        AS removed
+FROM driver_marks m
+JOIN drivers d ON d.id = m.driver_id
+JOIN verifications v ON v.id = m.verification_id
+LEFT JOIN changes c ON c.change_number = m.change_number;
+
+-- From a version-1 file: what the verifications say of their changes (the status at comment time). A change
+-- seen MERGED has an unknown merged patch set until the next backfill asks Gerrit (changes_merge_unknown).
+WITH newest AS (
+    SELECT change_number, project, branch, change_status, max(comment_time) AS t, change_id, review_url
+    FROM verifications GROUP BY change_number
+), seen AS (
+    SELECT change_number, max(patch_set) AS ps,
+           min(CASE WHEN change_status = 'MERGED' THEN comment_time END) AS merged_by
+    FROM verifications GROUP BY change_number
+)
+INSERT INTO changes (change_number, project, branch, status, status_time, current_patch_set, merged_patch_set,
+                     merged_time, change_id, review_url, last_update_time)
+SELECT n.change_number, n.project, n.branch,
+       CASE WHEN s.merged_by IS NOT NULL THEN 'MERGED'
+            WHEN n.change_status IN ('NEW', 'ABANDONED') THEN n.change_status END,
+       n.t, s.ps, NULL, s.merged_by, n.change_id, n.review_url, n.t
+FROM newest n JOIN seen s ON s.change_number = n.change_number WHERE true;
+"""
+
 #: MIGRATIONS[n] upgrades a file from schema version n to n + 1.
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -215,6 +324,33 @@ _INSERT_VERIFICATION = """
         (driver_id, ci_account, change_number, patch_set, comment_sha256, comment_time, result, evidence, project,
          branch, release, change_status, review_url, change_id, received_at, source)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+
+
+# Facts merge order-independently: a merge is final (MERGED wins, and the merged patch set is set once, as in
+# Gerrit); otherwise the status of the newest fact wins (equal times: ABANDONED over NEW, a fixed order); patch
+# set numbers and the last update only grow; the merge time is the earliest said (a query row gives an upper
+# bound). SQLite's max()/min() of a NULL is NULL, hence coalesce(max(a, b), a, b).
+_UPSERT_CHANGE = """
+    INSERT INTO changes (change_number, project, branch, status, status_time, current_patch_set, merged_patch_set,
+                         merged_time, change_id, review_url, last_update_time)
+    VALUES (?1, ?2, ?3, ?4, CASE WHEN ?4 IS NULL THEN 0 ELSE ?5 END, ?6, ?7, ?8, ?9, ?10, ?5)
+    ON CONFLICT (change_number) DO UPDATE SET
+        status = CASE
+            WHEN excluded.status IS NULL OR changes.status = 'MERGED' THEN changes.status
+            WHEN excluded.status = 'MERGED' OR changes.status IS NULL THEN excluded.status
+            WHEN (excluded.status_time, excluded.status = 'ABANDONED')
+                 > (changes.status_time, changes.status = 'ABANDONED') THEN excluded.status
+            ELSE changes.status END,
+        status_time = CASE WHEN excluded.status IS NULL THEN changes.status_time
+                           ELSE max(changes.status_time, excluded.status_time) END,
+        current_patch_set = coalesce(max(changes.current_patch_set, excluded.current_patch_set),
+                                     changes.current_patch_set, excluded.current_patch_set),
+        merged_patch_set = coalesce(changes.merged_patch_set, excluded.merged_patch_set),
+        merged_time = coalesce(min(changes.merged_time, excluded.merged_time), changes.merged_time,
+                               excluded.merged_time),
+        change_id = coalesce(changes.change_id, excluded.change_id),
+        review_url = coalesce(changes.review_url, excluded.review_url),
+        last_update_time = max(changes.last_update_time, excluded.last_update_time)"""
 
 
 class Store:
@@ -298,9 +434,14 @@ class Store:
     # ------------------------------------------------------------------------------------ verifications
 
     def record(self, verifications: Iterable[Verification], source: Source,
-               cursor: tuple[str, int] | None = None) -> BatchResult:
-        """Insert a batch in one transaction (retried on failure, never dropped) and advance the cursor."""
+               cursor: tuple[str, int] | None = None, changes: Sequence[ChangeFact] = ()) -> BatchResult:
+        """Insert a batch in one transaction (retried on failure, never dropped) and advance the cursor.
+
+        ``changes`` are merged into the change state in the same transaction; the marks follow by trigger.
+        """
         received_at = self._clock()
+        change_rows = [(c.number, c.project, c.branch, c.status, c.time, c.patch_set, c.merged_patch_set,
+                        c.merged_at, c.change_id, c.url) for c in changes]
         rows = [
             (
                 self._driver_ids[v.driver_key], v.ci_account, v.change_number, v.patch_set, v.comment_sha256,
@@ -318,6 +459,8 @@ class Store:
             try:
                 inserted = {}
                 with self._transaction():
+                    if change_rows:
+                        self.conn.executemany(_UPSERT_CHANGE, change_rows)
                     for result, part in by_result.items():
                         cur = self.conn.executemany(_INSERT_VERIFICATION, part)
                         inserted[result] = max(cur.rowcount, 0) if part else 0
@@ -368,10 +511,17 @@ class _Transaction:
             self.conn.execute("ROLLBACK")
 
 
+def unknown_merges(conn: sqlite3.Connection, limit: int = 500) -> list[int]:
+    """Changes known to be merged whose merged patch set is not known yet (backfill asks Gerrit for them)."""
+    return [n for (n,) in conn.execute(
+        "SELECT change_number FROM changes WHERE status = 'MERGED' AND merged_patch_set IS NULL "
+        "ORDER BY change_number DESC LIMIT ?", (limit,))]
+
+
 def summary(conn: sqlite3.Connection) -> dict[str, Any]:
     """Counts a person wants to see first: rows per table, results by source, newest verification."""
     out: dict[str, Any] = {}
-    for table in ("drivers", "verifications", "driver_status", "stream_state"):
+    for table in ("drivers", "verifications", "driver_status", "changes", "driver_marks", "stream_state"):
         out[table] = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
     out["by_source"] = dict(conn.execute("SELECT source, count(*) FROM verifications GROUP BY source").fetchall())
     out["by_result"] = dict(conn.execute("SELECT result, count(*) FROM verifications GROUP BY result").fetchall())

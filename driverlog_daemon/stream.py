@@ -171,7 +171,7 @@ class StreamListener:
                 data = channel.recv(1 << 16)
             except TimeoutError:
                 if self.clock() - last_bytes >= self.cfg.stall_timeout_seconds:
-                    self._stalled(client, last_bytes_wall)
+                    self._stalled(client, channel, last_bytes_wall)
                     last_bytes, last_bytes_wall = self.clock(), time.time()
                 continue
             if not data:
@@ -223,7 +223,7 @@ class StreamListener:
             raise StreamEnded(status, stderr.decode("utf-8", "replace"))
         raise Reconnect("closed")
 
-    def _stalled(self, client: paramiko.SSHClient, quiet_since_wall: float) -> None:
+    def _stalled(self, client: paramiko.SSHClient, channel: paramiko.Channel, quiet_since_wall: float) -> None:
         self.metrics.stalls.inc()
         log.warning("stream_stalled", server=self.server, quiet_seconds=self.cfg.stall_timeout_seconds)
         try:
@@ -234,7 +234,9 @@ class StreamListener:
         if probe.status != 0:
             raise Reconnect("stall")
         missed = self.hooks.quiet_window(client, quiet_since_wall)
-        if missed:
+        # Results the stream should have delivered, and it still has not said a word: dead. (Bytes waiting now
+        # mean the backfill merely overtook the stream's own delivery of them.)
+        if missed and not channel.recv_ready():
             log.warning("stream_silently_dead", server=self.server, missed_results=missed)
             raise Reconnect("dead-stream")
         log.info("stream_quiet_but_alive", server=self.server)

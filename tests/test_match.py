@@ -16,7 +16,7 @@ from driverlog_daemon.match import (
     release_for,
 )
 from driverlog_daemon.model import Account, Change, CommentAdded
-from driverlog_daemon.registry import Registry, parse_registry
+from driverlog_daemon.registry import Registry, RegistryError, parse_registry
 
 
 def make_registry(*drivers: dict[str, object], releases: list[dict[str, object]] | None = None) -> Registry:
@@ -187,3 +187,39 @@ def test_read_comment_agrees_with_the_reference_definitions(text: str) -> None:
     lines, digest = read_comment(text)
     assert lines == comment_lines(text)
     assert digest() == comment_sha256(text)
+
+
+SERIES_RELEASES: list[dict[str, object]] = [
+    {"id": "Antelope", "wiki": "", "start": "2022-Sep-21"},  # no key: OpenStack's published table says 2023.1
+    {"id": "Caracal", "wiki": "", "start": "2023-Oct-04", "series": "2024.1"},
+    {"id": "Custom", "wiki": "", "start": "2024-Oct-02", "series": "2024.2"},  # the registry's key wins
+]
+
+
+@pytest.mark.parametrize(
+    ("branch", "expected"),
+    [
+        ("stable/2024.1", "Caracal"),  # by the registry's series key
+        ("stable/2023.1", "Antelope"),  # by the built-in table of published series
+        ("unmaintained/2023.1", "Antelope"),
+        ("unmaintained/antelope", "Antelope"),
+        ("unmaintained/Caracal", "Caracal"),
+        ("stable/2024.2", "Custom"),
+        ("stable/2025.1", ""),  # Epoxy's series, but Epoxy is not a release of this registry
+        ("stable/2024", ""),
+    ],
+)
+def test_series_branches_map_to_releases(branch: str, expected: str) -> None:
+    reg = make_registry(CISCO, releases=SERIES_RELEASES)
+    assert release_for(branch, ts("2025-01-01"), reg) == expected
+
+
+def test_a_series_given_twice_is_an_error() -> None:
+    with pytest.raises(RegistryError, match=r"releases\[1\]\.series: '2024\.1' is already the series of releases\[0\]"):
+        make_registry(CISCO, releases=[{"id": "Caracal", "wiki": "", "start": "2023-Oct-04", "series": "2024.1"},
+                                       {"id": "Other", "wiki": "", "start": "2024-Oct-04", "series": "2024.1"}])
+
+
+def test_a_malformed_series_is_a_schema_error() -> None:
+    with pytest.raises(RegistryError, match=r"releases\[0\]\.series: '24\.1' does not match"):
+        make_registry(CISCO, releases=[{"id": "Caracal", "wiki": "", "start": "2023-Oct-04", "series": "24.1"}])

@@ -59,7 +59,7 @@ def test_file_from_a_newer_version_is_refused(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
-    with pytest.raises(StoreError, match=r"schema version 2 is newer than this driverlog-daemon supports \(1\)"):
+    with pytest.raises(StoreError, match=r"schema version 3 is newer than this driverlog-daemon supports \(2\)"):
         Store(path)
 
 

@@ -1,0 +1,350 @@
+"""DriverLog's "CI tested" marks: change state x verifications -> driver_marks, whatever the order and the source.
+
+The expected marks come from :func:`reference_marks`, written here from the definition (issue: the newest
+verification, by comment time, on the patch set that merged), not from the daemon's code.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from driverlog_daemon import store as store_mod
+from driverlog_daemon.events import Scanner, parse_line
+from driverlog_daemon.model import ChangeFact, Verification
+from driverlog_daemon.registry import Registry
+from driverlog_daemon.store import MIGRATIONS, SCHEMA_VERSION, Store, schema_version
+
+from .conftest import line
+
+# ------------------------------------------------------------------------------------------------ the reference
+
+
+@dataclass(frozen=True)
+class Vote:
+    """A CI result as the generator wrote it: for ``driver`` (an index into the CI drivers), on a change."""
+
+    driver: int
+    release: str
+    change: int
+    ps: int
+    time: int
+    sha: str
+    result: str
+
+
+@dataclass(frozen=True)
+class State:
+    """A change-state fact: kind is patchset-created, change-merged, change-abandoned, change-restored,
+    merged-row (a ``gerrit query`` row of a merged change) or comment-merged (a comment saw status MERGED)."""
+
+    change: int
+    kind: str
+    ps: int
+    time: int
+
+
+def reference_marks(votes: list[Vote], states: list[State]) -> dict[tuple[int, str], tuple[int, int, str, int]]:
+    """(driver, release) -> (change, patch set, result, comment time) of the mark, from the definition."""
+    merged = {s.change: s.ps for s in states if s.kind in ("change-merged", "merged-row")}
+    best: dict[tuple[int, str], Vote] = {}
+    for v in votes:
+        if v.release == "" or merged.get(v.change) != v.ps:
+            continue
+        key = (v.driver, v.release)
+        old = best.get(key)
+        if old is None or (v.time, v.change, v.ps, v.sha) > (old.time, old.change, old.ps, old.sha):
+            best[key] = v
+    return {k: (v.change, v.ps, v.result, v.time) for k, v in best.items()}
+
+
+def reference_status(states: list[State]) -> dict[int, str]:
+    """A merge is final; otherwise the newest fact's status (equal times: abandoned first)."""
+    out: dict[int, tuple[int, int, str]] = {}
+    status_of = {"change-merged": "MERGED", "merged-row": "MERGED", "comment-merged": "MERGED",
+                 "change-abandoned": "ABANDONED", "change-restored": "NEW", "patchset-created": "NEW"}
+    for s in states:
+        status = status_of[s.kind]
+        rank = (2 if status == "MERGED" else 0, s.time, status == "ABANDONED")
+        if s.change not in out or rank > (*out[s.change][:2], out[s.change][2] == "ABANDONED"):
+            out[s.change] = (rank[0], s.time, status)
+    return {c: v[2] for c, v in out.items()}
+
+
+# ------------------------------------------------------------------------------------- building store inputs
+
+PROJECT = "openstack/cinder"
+
+
+def ci_drivers(registry: Registry) -> list[Any]:
+    return [d for d in registry.drivers if d.ci and d.review_project == PROJECT]
+
+
+def as_verification(v: Vote, registry: Registry) -> Verification:
+    d = ci_drivers(registry)[v.driver]
+    assert d.ci is not None
+    return Verification(driver_key=d.key, ci_account=d.ci.account, change_number=v.change, patch_set=v.ps,
+                        comment_sha256=v.sha * 64, comment_time=v.time, result=v.result,  # type: ignore[arg-type]
+                        evidence=f"- job : {v.result}", project=PROJECT, branch="master", release=v.release,
+                        change_status=None, review_url=f"https://review.example.org/{v.change}", change_id=None)
+
+
+def as_fact(s: State) -> ChangeFact:
+    status = {"change-merged": "MERGED", "merged-row": "MERGED", "comment-merged": "MERGED",
+              "change-abandoned": "ABANDONED", "change-restored": "NEW", "patchset-created": "NEW"}[s.kind]
+    merged_ps = s.ps if s.kind in ("change-merged", "merged-row") else None
+    return ChangeFact(number=s.change, project=PROJECT, branch="master", status=status, time=s.time,
+                      patch_set=s.ps, merged_patch_set=merged_ps,
+                      merged_at=s.time if status == "MERGED" else None)
+
+
+def marks(conn: sqlite3.Connection, registry: Registry) -> dict[tuple[int, str], tuple[int, int, str, int]]:
+    index = {d.key: i for i, d in enumerate(ci_drivers(registry))}
+    rows = conn.execute("""SELECT d.project_id, d.vendor, d.name, m.release, m.change_number, m.patch_set,
+                                  m.result, m.comment_time
+                           FROM driver_marks m JOIN drivers d ON d.id = m.driver_id""").fetchall()
+    return {(index[(p, vd, n)], rel): (c, ps, res, t) for p, vd, n, rel, c, ps, res, t in rows}
+
+
+@pytest.fixture
+def store(tmp_path: Path, registry: Registry) -> Store:
+    s = Store(tmp_path / "d.sqlite")
+    s.sync_drivers(registry)
+    return s
+
+
+def apply(store: Store, registry: Registry, items: list[Vote | State]) -> None:
+    for item in items:
+        if isinstance(item, Vote):
+            store.record([as_verification(item, registry)], "stream")
+        else:
+            store.record([], "stream", changes=[as_fact(item)])
+
+
+def status(store: Store) -> dict[int, str]:
+    return dict(store.conn.execute("SELECT change_number, status FROM changes").fetchall())
+
+
+# --------------------------------------------------------------------------------------------- scenarios
+
+T = 1_780_000_000
+
+
+def test_vote_before_the_merge_and_after_it_both_count(store: Store, registry: Registry) -> None:
+    apply(store, registry, [Vote(0, "Caracal", 1, 1, T, "a", "success"), State(1, "change-merged", 1, T + 50)])
+    apply(store, registry, [State(2, "change-merged", 3, T + 60), Vote(1, "Caracal", 2, 3, T + 90, "a", "failure")])
+    assert marks(store.conn, registry) == {(0, "Caracal"): (1, 1, "success", T),
+                                           (1, "Caracal"): (2, 3, "failure", T + 90)}
+
+
+def test_a_vote_on_a_patch_set_that_did_not_merge_never_counts(store: Store, registry: Registry) -> None:
+    apply(store, registry, [
+        Vote(0, "Caracal", 1, 1, T, "a", "success"),
+        State(1, "patchset-created", 2, T + 10),
+        Vote(0, "Caracal", 1, 2, T + 20, "a", "failure"),
+        State(1, "change-merged", 2, T + 30),
+        Vote(0, "Caracal", 1, 1, T + 40, "b", "success"),  # a late vote on the older patch set
+    ])
+    assert marks(store.conn, registry) == {(0, "Caracal"): (1, 2, "failure", T + 20)}
+
+
+def test_open_abandoned_and_restored_changes_make_no_mark_until_merged(store: Store, registry: Registry) -> None:
+    apply(store, registry, [Vote(0, "Epoxy", 7, 1, T, "a", "success"), State(7, "change-abandoned", 1, T + 5),
+                            State(7, "change-restored", 1, T + 6)])
+    assert marks(store.conn, registry) == {}
+    assert status(store) == {7: "NEW"}
+    apply(store, registry, [State(7, "change-merged", 1, T + 100)])
+    assert marks(store.conn, registry) == {(0, "Epoxy"): (7, 1, "success", T)}
+    assert status(store) == {7: "MERGED"}
+
+
+def test_the_newest_merged_result_wins_whatever_arrives_last(store: Store, registry: Registry) -> None:
+    apply(store, registry, [
+        State(1, "change-merged", 1, T + 10), State(2, "change-merged", 1, T + 20),
+        Vote(0, "Caracal", 2, 1, T + 200, "a", "failure"),
+        Vote(0, "Caracal", 1, 1, T + 100, "a", "success"),  # older by comment time: arrives later, loses
+        Vote(0, "", 1, 1, T + 300, "b", "success"),  # no release: no mark
+    ])
+    assert marks(store.conn, registry) == {(0, "Caracal"): (2, 1, "failure", T + 200)}
+
+
+def test_equal_comment_times_are_decided_by_the_facts_not_by_arrival(tmp_path: Path, registry: Registry) -> None:
+    facts: list[Vote | State] = [State(1, "change-merged", 1, T), State(2, "change-merged", 1, T),
+                                 Vote(0, "Caracal", 2, 1, T + 9, "a", "success"),
+                                 Vote(0, "Caracal", 1, 1, T + 9, "b", "failure")]
+    seen = set()
+    for i, order in enumerate((facts, facts[::-1], [facts[2], facts[0], facts[3], facts[1]])):
+        with Store(tmp_path / f"{i}.sqlite") as s:
+            s.sync_drivers(registry)
+            apply(s, registry, order)
+            seen.add(tuple(marks(s.conn, registry).items()))
+    assert seen == {(((0, "Caracal"), (2, 1, "success", T + 9)),)}  # the higher change number
+
+
+def test_marks_view_joins_driver_evidence_and_merge_time(store: Store, registry: Registry) -> None:
+    apply(store, registry, [Vote(0, "Caracal", 1, 1, T, "a", "success"), State(1, "change-merged", 1, T + 50)])
+    row = store.conn.execute("SELECT driver, vendor, release, result, evidence, comment_at, merged_at, change_number, "
+                             "patch_set, removed FROM driverlog_marks").fetchone()
+    assert row == (ci_drivers(registry)[0].name, ci_drivers(registry)[0].vendor, "Caracal", "success",
+                   "- job : success", "2026-05-28 20:26:40", "2026-05-28 20:27:30", 1, 1, 0)
+
+
+# --------------------------------------------------------------------------- property: any order, same marks
+
+# Few values of each, so that equal comment times on different merged changes are common.
+vote_strategy = st.builds(Vote, st.integers(0, 1), st.sampled_from(["Caracal", "Caracal", ""]), st.integers(1, 3),
+                          st.integers(1, 2), st.integers(T, T + 1), st.sampled_from("ab"),
+                          st.sampled_from(["success", "failure"]))
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> tuple[list[Vote], list[State], list[Vote | State], list[int]]:
+    votes = draw(st.lists(vote_strategy, max_size=25))
+    # one row per natural key (driver, change, patch set, comment): a second copy of a comment is the same row
+    unique: dict[tuple[int, int, int, str], Vote] = {}
+    for v in votes:
+        unique.setdefault((v.driver, v.change, v.ps, v.sha), v)
+    votes = list(unique.values())
+    states: list[State] = []
+    for change in range(1, 4):
+        merged_ps = draw(st.one_of(st.none(), st.integers(1, 2), st.integers(1, 2)))
+        for kind in draw(st.lists(st.sampled_from(["patchset-created", "change-abandoned", "change-restored",
+                                                   "comment-merged"]), max_size=3)):
+            if kind == "comment-merged" and merged_ps is None:
+                continue
+            states.append(State(change, kind, draw(st.integers(1, 3)), draw(st.integers(T, T + 6))))
+        if merged_ps is not None:  # learned from the stream, from a query row, or both
+            for kind in draw(st.lists(st.sampled_from(["change-merged", "merged-row"]), min_size=1, max_size=2)):
+                states.append(State(change, kind, merged_ps, draw(st.integers(T, T + 6))))
+    items: list[Vote | State] = [*votes, *states]
+    order = draw(st.permutations(items))
+    cuts = sorted(draw(st.lists(st.integers(0, len(items)), max_size=4)))
+    return votes, states, list(order), cuts
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(histories())
+def test_any_order_and_batching_of_the_same_facts_gives_the_same_marks(
+        tmp_path_factory: pytest.TempPathFactory, registry: Registry,
+        history: tuple[list[Vote], list[State], list[Vote | State], list[int]]) -> None:
+    votes, states, order, cuts = history
+    with Store(tmp_path_factory.mktemp("p") / "d.sqlite") as s:
+        s.sync_drivers(registry)
+        bounds = [0, *cuts, len(order)]
+        for a, b in itertools.pairwise(bounds):  # batches as the writer would commit them
+            chunk = order[a:b]
+            s.record([as_verification(v, registry) for v in chunk if isinstance(v, Vote)], "backfill",
+                     changes=[as_fact(x) for x in chunk if isinstance(x, State)])
+        assert marks(s.conn, registry) == reference_marks(votes, states)
+        assert status(s) == reference_status(states)
+
+
+# ------------------------------------------------------------------------------------------------- the scanner
+
+
+def state_event(kind: str, number: int, ps: int, project: str = PROJECT, t: int = T) -> dict[str, Any]:
+    status = {"change-merged": "MERGED", "change-abandoned": "ABANDONED"}.get(kind, "NEW")
+    return {"submitter": {"name": "Core", "username": "core"}, "patchSet": {"number": ps, "revision": "ab" * 20},
+            "change": {"project": project, "branch": "stable/2024.1", "id": "I" + "1" * 40, "number": number,
+                       "url": f"https://review.example.org/c/{project}/+/{number}", "status": status},
+            "project": project, "refName": "refs/heads/stable/2024.1", "type": kind, "eventCreatedOn": t}
+
+
+def test_scanner_reads_state_events_of_review_projects_only(registry: Registry) -> None:
+    scanner = Scanner(registry.ci_accounts, registry.review_projects)
+    block = b"".join([
+        line(state_event("change-merged", 10, 4)),
+        line(state_event("patchset-created", 11, 2, project="openstack/horizon")),  # not a review project
+        line(state_event("change-abandoned", 12, 1, project="x/networking-globex")),  # a driver's repo
+        line(state_event("change-merged", 13, 1)).replace(b'"project":"openstack/cinder"',
+                                                          b'"project":"openstack\\/cinder"'),  # escaped
+        line(state_event("change-merged", 14, 1)).replace(b'"patchSet":{"number":1,', b'"patchSet":{'),
+    ])
+    scan = scanner.scan(block)
+    assert [(f.number, f.status, f.merged_patch_set) for f in scan.changes] == [
+        (10, "MERGED", 4), (12, "ABANDONED", None), (13, "MERGED", 1)]
+    assert scan.by_type == {"change-merged": 2, "patchset-created": 1, "change-abandoned": 1}
+    assert [m.reason for m in scan.malformed] == ["missing_field:patchSet.number"]
+
+
+def test_a_merge_fact_from_parse_line() -> None:
+    event = parse_line(line(state_event("change-merged", 10, 4, t=T + 5)))
+    assert getattr(event, "fact", None) == ChangeFact(
+        number=10, project=PROJECT, branch="stable/2024.1", status="MERGED", time=T + 5, patch_set=4,
+        merged_patch_set=4, merged_at=T + 5, change_id="I" + "1" * 40,
+        url="https://review.example.org/c/openstack/cinder/+/10")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["patchset-created", "change-merged", "change-abandoned",
+                                            "change-restored", "ref-updated"]),
+                          st.sampled_from([PROJECT, "openstack/nova", "openstack/cinder-backup", "x/ü"]),
+                          st.integers(1, 99), st.sampled_from(["compact", "spaced", "ascii", "reordered"])),
+                max_size=12))
+def test_scanner_state_facts_equal_decoding_every_line(specs: list[tuple[str, str, int, str]]) -> None:
+    projects = frozenset({PROJECT, "x/ü"})
+    raw = []
+    for kind, project, number, fmt in specs:
+        ev = state_event(kind, number, 1 + number % 3, project=project)
+        if fmt == "reordered":
+            items = list(ev.items())
+            random.Random(number).shuffle(items)
+            ev = dict(items)
+        text = json.dumps(ev, separators=None if fmt == "spaced" else (",", ":"), ensure_ascii=fmt == "ascii")
+        raw.append(text.encode() + b"\n")
+    status_of = {"change-merged": "MERGED", "change-abandoned": "ABANDONED", "change-restored": "NEW",
+                 "patchset-created": "NEW"}
+    expected = []
+    for r in raw:
+        ev = json.loads(r)
+        if ev["type"] in status_of and ev["change"]["project"] in projects:
+            expected.append((ev["change"]["number"], status_of[ev["type"]]))
+    scan = Scanner([], projects).scan(b"".join(raw))
+    assert [(f.number, f.status) for f in scan.changes] == expected
+
+
+# ---------------------------------------------------------------------------------------- version 1 upgrade
+
+
+def test_a_version_1_file_upgrades_in_place_and_derives_change_state(tmp_path: Path, registry: Registry) -> None:
+    path = tmp_path / "v1.sqlite"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in store_mod._split_sql(MIGRATIONS[0]):  # the schema version 1 as released
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    d = ci_drivers(registry)[0]
+    conn.execute("INSERT INTO drivers (id, project_id, vendor, name, review_project, ci_account, first_seen_at, "
+                 "updated_at) VALUES (1, ?, ?, ?, ?, ?, 0, 0)", (d.project_id, d.vendor, d.name, PROJECT,
+                                                                d.ci.account if d.ci else None))
+    rows = [(1, 1, "NEW", T, "success", "Caracal"), (1, 2, "MERGED", T + 50, "failure", "Caracal"),
+            (2, 1, "ABANDONED", T + 10, "success", "Epoxy")]
+    for number, ps, change_status, t, result, release in rows:
+        conn.execute("""INSERT INTO verifications (driver_id, ci_account, change_number, patch_set, comment_sha256,
+                        comment_time, result, evidence, project, branch, release, change_status, review_url,
+                        received_at, source) VALUES (1, 'acme-storage-ci', ?, ?, ?, ?, ?, 'e', ?, 'master', ?, ?,
+                        'https://r/1', 0, 'stream')""",
+                     (number, ps, f"{number}{ps}" * 32, t, result, PROJECT, release, change_status))
+    conn.close()
+
+    with Store(path) as s:
+        assert schema_version(s.conn) == SCHEMA_VERSION
+        changes = s.conn.execute("SELECT change_number, status, current_patch_set, merged_patch_set, merged_time "
+                                 "FROM changes ORDER BY change_number").fetchall()
+        assert changes == [(1, "MERGED", 2, None, T + 50), (2, "ABANDONED", 1, None, None)]
+        assert store_mod.unknown_merges(s.conn) == [1]  # the next backfill asks Gerrit which patch set merged
+        assert s.conn.execute("SELECT count(*) FROM driver_marks").fetchone()[0] == 0
+        # what that backfill learns: a merged row whose current patch set is 2
+        s.record([], "backfill", changes=[ChangeFact(1, PROJECT, "master", "MERGED", T + 60, 2, 2, T + 60)])
+        assert store_mod.unknown_merges(s.conn) == []
+        assert s.conn.execute("SELECT release, result, change_number, patch_set, merged_at FROM driverlog_marks"
+                              ).fetchall() == [("Caracal", "failure", 1, 2, "2026-05-28 20:27:30")]
