@@ -82,6 +82,7 @@ def sample_events(registry: Registry, events: int, *, seed: int = 1, start: int 
     projects = sorted({d.review_project for ds in registry.by_account.values() for d in ds})
     t = start
     change_base = 900_000
+    voted: list[tuple[int, int, str, str]] = []  # (change, patch set, project, branch) a CI voted on, not merged
     for _ in range(events):
         t += rng.choice((0, 0, 1, 1, 2, 5))
         number = change_base + rng.randint(0, 40_000)
@@ -111,6 +112,8 @@ def sample_events(registry: Registry, events: int, *, seed: int = 1, start: int 
             chosen = [d for d in drivers if d.review_project == d0.review_project]
             chosen = rng.sample(chosen, k=rng.randint(1, len(chosen)))
             comment, approvals = _ci_comment(rng, chosen, ps, rng.randint(200, 3000))
+            voted.append((number, ps, d0.review_project, branch))
+            del voted[:-200]
             ev = {"author": {"name": f"{account} CI", "email": f"{account}@ci.example.org", "username": account},
                   "approvals": approvals, "comment": comment}
             kind = "comment-added"
@@ -123,6 +126,11 @@ def sample_events(registry: Registry, events: int, *, seed: int = 1, start: int 
         elif r < 0.50:
             ev, kind = {"uploader": owner}, "patchset-created"
         elif r < 0.58:
+            if voted and rng.random() < 0.5:  # most CI-tested changes merge at the patch set the CI voted on
+                number, ps, project, branch = voted.pop(rng.randrange(len(voted)))
+                change.update(number=number, project=project, branch=branch,
+                              url=f"https://review.example.org/c/{project}/+/{number}")
+                patch_set.update(number=ps, ref=f"refs/changes/{number % 100:02d}/{number}/{ps}")
             change["status"] = "MERGED"
             ev, kind = {"submitter": _account(rng), "newRev": f"{rng.getrandbits(160):040x}"}, "change-merged"
         elif r < 0.70:

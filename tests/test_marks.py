@@ -10,6 +10,7 @@ import itertools
 import json
 import random
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from driverlog_daemon.model import ChangeFact, Verification
 from driverlog_daemon.registry import Registry
 from driverlog_daemon.store import MIGRATIONS, SCHEMA_VERSION, Store, schema_version
 
-from .conftest import line
+from .conftest import comment_event, line
 
 # ------------------------------------------------------------------------------------------------ the reference
 
@@ -348,3 +349,95 @@ def test_a_version_1_file_upgrades_in_place_and_derives_change_state(tmp_path: P
         assert store_mod.unknown_merges(s.conn) == []
         assert s.conn.execute("SELECT release, result, change_number, patch_set, merged_at FROM driverlog_marks"
                               ).fetchall() == [("Caracal", "failure", 1, 2, "2026-05-28 20:27:30")]
+
+
+# ------------------------------------------------------------------------ end to end: SSH, restart, backfill
+
+BRANCH_RELEASE = {"stable/2024.1": "Caracal", "stable/2025.1": "Epoxy", "unmaintained/2023.1": "Antelope"}
+JOB = {"Acme Volume Driver (FC)": "acme-cinder-fc", "Acme Volume Driver (iSCSI)": "acme-cinder-iscsi"}
+
+
+def vote_event(driver: str, result: str, number: int, ps: int, branch: str, t: int) -> dict[str, Any]:
+    text = f"Patch Set {ps}: Verified{'+1' if result == 'success' else '-1'}\n\nBuild done.\n\n" \
+           f"- {JOB[driver]} https://ci.example.org/{number}/{ps} : {result.upper()} in 1h 2m"
+    return comment_event(comment=text, number=number, patch_set=ps, branch=branch, created_on=t)
+
+
+def test_marks_over_ssh_through_a_restart_with_merges_learned_only_by_backfill(ssh_env: Any, tmp_path: Path) -> None:
+    from .gerrit import wait_until
+    from .test_stream import Harness
+
+    t0 = int(time.time()) - 300
+    fc, iscsi = "Acme Volume Driver (FC)", "Acme Volume Driver (iSCSI)"
+    live: list[dict[str, Any]] = [
+        vote_event(fc, "success", 501, 1, "stable/2024.1", t0),
+        state_event("patchset-created", 501, 2, t=t0 + 1),
+        vote_event(fc, "failure", 501, 2, "stable/2024.1", t0 + 2),  # the vote on the patch set that merges
+        state_event("change-merged", 501, 2, t=t0 + 3),
+        state_event("change-merged", 502, 1, t=t0 + 4),
+        vote_event(fc, "success", 502, 1, "stable/2025.1", t0 + 5),  # a late vote, after the merge
+        vote_event(fc, "failure", 503, 3, "stable/2025.1", t0 + 6),
+        state_event("change-abandoned", 503, 3, t=t0 + 7),
+        state_event("change-restored", 503, 3, t=t0 + 8),
+        vote_event(iscsi, "success", 504, 1, "unmaintained/2023.1", t0 + 9),
+    ]
+    for ev in live[4:6]:
+        ev["change"]["branch"] = "stable/2025.1"
+    away: list[dict[str, Any]] = [  # while the daemon is stopped: only backfill can learn these
+        state_event("change-merged", 503, 3, t=t0 + 20),
+        vote_event(fc, "success", 505, 1, "stable/2024.1", t0 + 21),
+        state_event("change-merged", 505, 1, t=t0 + 22),
+        state_event("change-merged", 504, 1, t=t0 + 23),
+        state_event("change-merged", 506, 2, t=t0 + 24),  # no CI comment on it yet: found as a merged change
+    ]
+    for ev in away[:1]:
+        ev["change"]["branch"] = "stable/2025.1"
+    away[3]["change"]["branch"] = "unmaintained/2023.1"
+
+    def expected(events: list[dict[str, Any]]) -> set[tuple[str, str, int, int, str]]:
+        """The marks, from what this test wrote (driver by job name, release by branch), by the definition."""
+        merged = {e["change"]["number"]: e["patchSet"]["number"] for e in events if e["type"] == "change-merged"}
+        best: dict[tuple[str, str], tuple[int, int, int, str]] = {}
+        for e in events:
+            if e["type"] != "comment-added" or merged.get(e["change"]["number"]) != e["patchSet"]["number"]:
+                continue
+            driver = next(d for d, job in JOB.items() if f"- {job} " in e["comment"])
+            key = (driver, BRANCH_RELEASE[e["change"]["branch"]])
+            cand = (e["eventCreatedOn"], e["change"]["number"], e["patchSet"]["number"],
+                    "success" if ": SUCCESS" in e["comment"] else "failure")
+            best[key] = max(best.get(key, cand), cand)
+        return {(d, r, c, ps, res) for (d, r), (_, c, ps, res) in best.items()}
+
+    def observed(db: Path) -> set[tuple[str, str, int, int, str]]:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            return set(conn.execute("SELECT driver, release, change_number, patch_set, result FROM driverlog_marks"))
+        finally:
+            conn.close()
+
+    first = Harness(ssh_env, tmp_path)
+    with first:
+        assert wait_until(first.settled)
+        for ev in live:
+            ssh_env.server.push_event(ev)
+        assert wait_until(lambda: sum(first.metric("driverlog_events_total", {"type": k}) for k in
+                                      {e["type"] for e in live}) >= len(live))
+        assert wait_until(lambda: observed(first.db) == expected(live))
+    assert expected(live) == {(fc, "Caracal", 501, 2, "failure"), (fc, "Epoxy", 502, 1, "success")}
+
+    for ev in away:
+        ssh_env.server.record_only(ev)
+    second = Harness(ssh_env, tmp_path)  # the same database file: a restart
+    with second:
+        assert wait_until(lambda: second.settled() and second.service.backfiller.completed >= 1)
+        assert observed(second.db) == expected(live + away) == {
+            (fc, "Caracal", 505, 1, "success"), (fc, "Epoxy", 503, 3, "failure"),
+            (iscsi, "Antelope", 504, 1, "success")}
+        late = vote_event(fc, "failure", 506, 2, "stable/2024.1", t0 + 30)  # the CI's late vote, live
+        ssh_env.server.push_event(late)
+        assert wait_until(lambda: observed(second.db) == expected(live + away + [late]))
+        assert (fc, "Caracal", 506, 2, "failure") in observed(second.db)
+        conn = sqlite3.connect(f"file:{second.db}?mode=ro", uri=True)
+        states = dict(conn.execute("SELECT change_number, status FROM changes").fetchall())
+        conn.close()
+        assert states == {n: "MERGED" for n in range(501, 507)}

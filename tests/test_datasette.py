@@ -1,0 +1,115 @@
+"""The database as its users browse it: Datasette with deploy/datasette/metadata.yml, over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from driverlog_daemon.registry import load_registry
+from driverlog_daemon.samples import sample_events
+
+from .conftest import DATA, ROOT
+
+METADATA = ROOT / "deploy" / "datasette" / "metadata.yml"
+
+
+@pytest.fixture(scope="module")
+def database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database built the way users build one from a recording: ``driverlog-daemon replay``."""
+    tmp = tmp_path_factory.mktemp("datasette")
+    recording = tmp / "stream.jsonl"
+    start = int(time.time()) - 20 * 86400  # three weeks ago: every CI account is silent for more than 7 days
+    with recording.open("w") as out:
+        for ev in sample_events(load_registry(DATA), 3000, seed=5, start=start, ci_share=0.2):
+            out.write(json.dumps(ev, separators=(",", ":")) + "\n")
+    db = tmp / "driverlog.sqlite"
+    subprocess.run([sys.executable, "-m", "driverlog_daemon", "replay", str(recording), "--database", str(db),
+                    "--registry", str(DATA), "--quiet"], check=True, capture_output=True, timeout=60)
+    return db
+
+
+def metadata() -> dict[str, Any]:
+    return dict(yaml.safe_load(METADATA.read_text())["databases"]["driverlog"])
+
+
+def test_metadata_describes_every_table_view_and_column(database: Path) -> None:
+    conn = sqlite3.connect(database)
+    objects = [name for (name,) in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+    described = metadata()["tables"]
+    assert sorted(described) == objects
+    for name in objects:
+        columns = [row[1] for row in conn.execute(f"PRAGMA table_info({name})")]
+        assert list(described[name]["columns"]) == columns, name
+        assert described[name]["description"]
+        assert all(described[name]["columns"].values()), name
+    conn.close()
+
+
+@pytest.fixture(scope="module")
+def datasette(database: Path) -> Iterator[str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "datasette", "serve", str(database), "-m", str(METADATA),
+                             "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/-/versions.json", timeout=2).close()
+                break
+            except OSError as exc:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    stderr = proc.stderr.read() if proc.stderr else b""
+                    raise AssertionError(f"datasette did not start: {stderr!r}") from exc
+                time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def get_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.status == 200
+        return dict(json.load(response))
+
+
+def test_every_canned_query_answers_json(datasette: str, database: Path) -> None:
+    conn = sqlite3.connect(database)
+    failing = conn.execute("SELECT count(*) FROM driverlog_marks WHERE result = 'failure'").fetchone()[0]
+    history = conn.execute("SELECT count(*) FROM verifications v JOIN drivers d ON d.id = v.driver_id "
+                           "WHERE d.name = 'Acme Volume Driver (FC)'").fetchone()[0]
+    accounts = {a for (a,) in conn.execute("SELECT DISTINCT ci_account FROM drivers WHERE ci_account IS NOT NULL")}
+    conn.close()
+    assert failing > 0 and history > 0
+    params = {"driver_history": {"driver": "Acme Volume Driver (FC)"}}
+    counts = {}
+    for name in metadata()["queries"]:
+        query = urllib.parse.urlencode({"_shape": "objects", **params.get(name, {})})
+        body = get_json(f"{datasette}/driverlog/{name}.json?{query}")
+        assert body.get("ok", True), body
+        counts[name] = len(body["rows"])
+        if name == "silent_ci_accounts":
+            assert {r["ci_account"] for r in body["rows"]} == accounts
+    assert counts == {"failing_marks": failing, "silent_ci_accounts": len(accounts), "driver_history": history}
+
+
+def test_descriptions_are_served(datasette: str) -> None:
+    body = get_json(f"{datasette}/-/metadata.json")
+    assert "DriverLog's CI tested mark" in body["databases"]["driverlog"]["tables"]["driver_marks"]["description"]
