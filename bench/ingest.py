@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from driverlog_daemon.registry import Registry, load_registry  # noqa: E402
-from driverlog_daemon.samples import sample_events  # noqa: E402
+from driverlog_daemon.testing.samples import sample_events  # noqa: E402
 
 UPSTREAM = ROOT.parent / "shared" / "driverlog" / "default_data.json"
 

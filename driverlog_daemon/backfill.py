@@ -106,7 +106,7 @@ def fact_from_row(row: dict[str, Any]) -> ChangeFact | None:
     return ChangeFact(number=number, project=project, branch=branch,
                       status=status if status in ("NEW", "MERGED", "ABANDONED") else None, time=updated,
                       patch_set=patch_set, merged_patch_set=patch_set if merged else None,
-                      merged_at=updated if merged else None, change_id=_str(row.get("id")), url=_str(row.get("url")))
+                      merged_at=updated if merged else None)
 
 
 def _str(value: Any) -> str | None:

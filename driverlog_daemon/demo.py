@@ -28,10 +28,10 @@ import paramiko
 
 from driverlog_daemon import store as store_mod
 from driverlog_daemon.config import GerritConfig
-from driverlog_daemon.gerrit_server import GerritTestServer
 from driverlog_daemon.registry import DEFAULT_REGISTRY_PATH, Registry, load_registry
-from driverlog_daemon.samples import sample_events
 from driverlog_daemon.ssh import host_label
+from driverlog_daemon.testing.gerrit_server import GerritTestServer
+from driverlog_daemon.testing.samples import sample_events
 
 
 def _free_port(preferred: int) -> int:

@@ -159,6 +159,18 @@ _STATUS_BY_EVENT = {"change-merged": "MERGED", "change-abandoned": "ABANDONED", 
 
 def change_event_from(obj: Mapping[str, Any], kind: str) -> ChangeEvent:
     """Build a :class:`ChangeEvent` from a decoded change-state event; raises ``_Missing``."""
+    try:  # the common, well-formed case without the per-field checks below
+        change, created, ps = obj["change"], obj["eventCreatedOn"], obj["patchSet"]["number"]
+        number, project, branch = change["number"], change["project"], change["branch"]
+        if (type(number) is int and type(ps) is int and type(created) is int and type(project) is str
+                and type(branch) is str and number >= 0 and ps >= 0):
+            merged = kind == "change-merged"
+            status = _STATUS_BY_EVENT.get(kind) or change.get("status")
+            return ChangeEvent(kind, created, ChangeFact(
+                number, project, branch, status if type(status) is str else None, created, ps,
+                ps if merged else None, created if merged else None))
+    except (KeyError, TypeError):
+        pass
     change = _get(obj, "change", dict)
     created = _get(obj, "eventCreatedOn", int)
     patch_set = _number(obj, "patchSet.number") if isinstance(obj.get("patchSet"), dict) else None
@@ -169,7 +181,7 @@ def change_event_from(obj: Mapping[str, Any], kind: str) -> ChangeEvent:
         number=_number(obj, "change.number"), project=_get(obj, "change.project", str),
         branch=_get(obj, "change.branch", str), status=_STATUS_BY_EVENT.get(kind) or _opt_str(change, "status"),
         time=created, patch_set=patch_set, merged_patch_set=patch_set if merged else None,
-        merged_at=created if merged else None, change_id=_opt_str(change, "id"), url=_opt_str(change, "url"))
+        merged_at=created if merged else None)
     return ChangeEvent(kind, created, fact)
 
 
@@ -179,7 +191,7 @@ def comment_fact(comment: CommentAdded) -> ChangeFact:
     merged = c.status == "MERGED"
     return ChangeFact(number=c.number, project=c.project, branch=c.branch, status=c.status, time=comment.created_on,
                       patch_set=comment.patch_set, merged_patch_set=None,
-                      merged_at=comment.created_on if merged else None, change_id=c.id, url=c.url)
+                      merged_at=comment.created_on if merged else None)
 
 
 def parse_line(line: bytes) -> Event | Malformed:

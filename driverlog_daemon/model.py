@@ -93,5 +93,3 @@ class ChangeFact(NamedTuple):
     patch_set: int | None  # a patch set that exists (the current one is at least this)
     merged_patch_set: int | None  # the patch set that merged (change-merged's patchSet; a merged row's current)
     merged_at: int | None  # the merge time, or an upper bound of it (a merged query row's lastUpdated)
-    change_id: str | None = None
-    url: str | None = None

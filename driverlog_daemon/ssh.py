@@ -7,6 +7,8 @@ A key that differs from the recorded one is always refused.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,6 @@ from pathlib import Path
 import paramiko
 
 from driverlog_daemon.config import GerritConfig
-from driverlog_daemon.gerrit_server import fingerprint
 
 
 class HostKeyError(paramiko.SSHException):
@@ -25,6 +26,12 @@ class CommandError(Exception):
     def __init__(self, command: str, status: int, stderr: str) -> None:
         self.command, self.status, self.stderr = command, status, stderr
         super().__init__(f"{command.split(' ', 2)[:2]} exited {status}: {stderr.strip()[:300]}")
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH's ``SHA256:…`` fingerprint of a key."""
+    digest: bytes = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
 def host_label(host: str, port: int) -> str:

@@ -172,8 +172,6 @@ CREATE TABLE changes (
     current_patch_set INTEGER,
     merged_patch_set  INTEGER,
     merged_time       INTEGER,
-    change_id         TEXT,
-    review_url        TEXT,
     last_update_time  INTEGER NOT NULL
 );
 CREATE INDEX changes_merge_unknown ON changes (change_number) WHERE status = 'MERGED' AND merged_patch_set IS NULL;
@@ -236,7 +234,7 @@ LEFT JOIN changes c ON c.change_number = m.change_number;
 -- From a version-1 file: what the verifications say of their changes (the status at comment time). A change
 -- seen MERGED has an unknown merged patch set until the next backfill asks Gerrit (changes_merge_unknown).
 WITH newest AS (
-    SELECT change_number, project, branch, change_status, max(comment_time) AS t, change_id, review_url
+    SELECT change_number, project, branch, change_status, max(comment_time) AS t
     FROM verifications GROUP BY change_number
 ), seen AS (
     SELECT change_number, max(patch_set) AS ps,
@@ -244,11 +242,11 @@ WITH newest AS (
     FROM verifications GROUP BY change_number
 )
 INSERT INTO changes (change_number, project, branch, status, status_time, current_patch_set, merged_patch_set,
-                     merged_time, change_id, review_url, last_update_time)
+                     merged_time, last_update_time)
 SELECT n.change_number, n.project, n.branch,
        CASE WHEN s.merged_by IS NOT NULL THEN 'MERGED'
             WHEN n.change_status IN ('NEW', 'ABANDONED') THEN n.change_status END,
-       n.t, s.ps, NULL, s.merged_by, n.change_id, n.review_url, n.t
+       n.t, s.ps, NULL, s.merged_by, n.t
 FROM newest n JOIN seen s ON s.change_number = n.change_number WHERE true;
 """
 
@@ -319,21 +317,25 @@ class BatchResult:
         return self.inserted_success + self.inserted_failure
 
 
-_INSERT_VERIFICATION = """
+# Rows go in as one JSON array per statement: SQLite walks it (json_each) in one call, where executemany would
+# release and retake the GIL around every row and, beside a busy thread (replay's), wait for it each time.
+_INSERT_VERIFICATIONS = """
     INSERT OR IGNORE INTO verifications
         (driver_id, ci_account, change_number, patch_set, comment_sha256, comment_time, result, evidence, project,
          branch, release, change_status, review_url, change_id, received_at, source)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+    SELECT r->>0, r->>1, r->>2, r->>3, r->>4, r->>5, r->>6, r->>7, r->>8, r->>9, r->>10, r->>11, r->>12, r->>13, ?2, ?3
+    FROM (SELECT value AS r FROM json_each(?1))"""
 
 
 # Facts merge order-independently: a merge is final (MERGED wins, and the merged patch set is set once, as in
 # Gerrit); otherwise the status of the newest fact wins (equal times: ABANDONED over NEW, a fixed order); patch
 # set numbers and the last update only grow; the merge time is the earliest said (a query row gives an upper
 # bound). SQLite's max()/min() of a NULL is NULL, hence coalesce(max(a, b), a, b).
-_UPSERT_CHANGE = """
+_UPSERT_CHANGES = """
     INSERT INTO changes (change_number, project, branch, status, status_time, current_patch_set, merged_patch_set,
-                         merged_time, change_id, review_url, last_update_time)
-    VALUES (?1, ?2, ?3, ?4, CASE WHEN ?4 IS NULL THEN 0 ELSE ?5 END, ?6, ?7, ?8, ?9, ?10, ?5)
+                         merged_time, last_update_time)
+    SELECT r->>0, r->>1, r->>2, r->>3, CASE WHEN r->>3 IS NULL THEN 0 ELSE r->>4 END, r->>5, r->>6, r->>7, r->>4
+    FROM (SELECT value AS r FROM json_each(?1)) WHERE true
     ON CONFLICT (change_number) DO UPDATE SET
         status = CASE
             WHEN excluded.status IS NULL OR changes.status = 'MERGED' THEN changes.status
@@ -348,8 +350,6 @@ _UPSERT_CHANGE = """
         merged_patch_set = coalesce(changes.merged_patch_set, excluded.merged_patch_set),
         merged_time = coalesce(min(changes.merged_time, excluded.merged_time), changes.merged_time,
                                excluded.merged_time),
-        change_id = coalesce(changes.change_id, excluded.change_id),
-        review_url = coalesce(changes.review_url, excluded.review_url),
         last_update_time = max(changes.last_update_time, excluded.last_update_time)"""
 
 
@@ -440,34 +440,29 @@ class Store:
         ``changes`` are merged into the change state in the same transaction; the marks follow by trigger.
         """
         received_at = self._clock()
-        change_rows = [(c.number, c.project, c.branch, c.status, c.time, c.patch_set, c.merged_patch_set,
-                        c.merged_at, c.change_id, c.url) for c in changes]
-        rows = [
-            (
-                self._driver_ids[v.driver_key], v.ci_account, v.change_number, v.patch_set, v.comment_sha256,
-                v.comment_time, v.result, v.evidence, v.project, v.branch, v.release, v.change_status,
-                v.review_url, v.change_id, received_at, source,
-            )
-            for v in verifications
-        ]
-        by_result = {
-            "success": [r for r in rows if r[6] == "success"],
-            "failure": [r for r in rows if r[6] != "success"],
-        }
+        changes_json = json.dumps(changes) if changes else None  # named tuples: JSON arrays in field order
+        ids = self._driver_ids
+        by_result: dict[str, list[tuple[Any, ...]]] = {"success": [], "failure": []}
+        total = 0
+        for v in verifications:
+            total += 1
+            by_result["success" if v.result == "success" else "failure"].append(
+                (ids[v.driver_key], *v[1:]))
+        parts = {result: json.dumps(rows) for result, rows in by_result.items() if rows}
         attempt = 0
         while True:
             try:
-                inserted = {}
+                inserted = {"success": 0, "failure": 0}
                 with self._transaction():
-                    if change_rows:
-                        self.conn.executemany(_UPSERT_CHANGE, change_rows)
-                    for result, part in by_result.items():
-                        cur = self.conn.executemany(_INSERT_VERIFICATION, part)
-                        inserted[result] = max(cur.rowcount, 0) if part else 0
+                    if changes_json is not None:
+                        self.conn.execute(_UPSERT_CHANGES, (changes_json,))
+                    for result, rows_json in parts.items():
+                        cur = self.conn.execute(_INSERT_VERIFICATIONS, (rows_json, received_at, source))
+                        inserted[result] = max(cur.rowcount, 0)
                     if cursor is not None:
                         self._advance_cursor(*cursor)
                 return BatchResult(inserted["success"], inserted["failure"],
-                                   len(rows) - inserted["success"] - inserted["failure"])
+                                   total - inserted["success"] - inserted["failure"])
             except sqlite3.OperationalError:
                 if attempt >= len(self._retry_delays):
                     raise

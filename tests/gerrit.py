@@ -9,8 +9,8 @@ from pathlib import Path
 import paramiko
 
 from driverlog_daemon.config import GerritConfig
-from driverlog_daemon.gerrit_server import GerritTestServer
 from driverlog_daemon.ssh import host_label
+from driverlog_daemon.testing.gerrit_server import GerritTestServer
 
 
 def new_key() -> paramiko.PKey:

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from driverlog_daemon.registry import load_registry
-from driverlog_daemon.samples import sample_events
+from driverlog_daemon.testing.samples import sample_events
 
 from .conftest import DATA, ROOT
 

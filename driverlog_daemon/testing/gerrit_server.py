@@ -33,6 +33,10 @@ from paramiko.common import (
     OPEN_SUCCEEDED,
 )
 
+from driverlog_daemon.ssh import fingerprint
+
+__all__ = ["GerritTestServer", "fingerprint"]
+
 GERRIT_VERSION = "3.10.2-driverlog-test"
 DEFAULT_QUERY_LIMIT = 500
 
@@ -220,15 +224,6 @@ def parse_query(text: str) -> tuple[Predicate, int]:
 
 
 # ------------------------------------------------------------------------------------------------ server
-
-
-def fingerprint(key: paramiko.PKey) -> str:
-    """OpenSSH's ``SHA256:…`` fingerprint of a key."""
-    import base64
-    import hashlib
-
-    digest: bytes = hashlib.sha256(key.asbytes()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
 class _Interface(paramiko.ServerInterface):
