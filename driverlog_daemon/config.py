@@ -57,6 +57,7 @@ class DatabaseConfig:
 class HttpConfig:
     listen: str = "127.0.0.1"
     port: int = 8080
+    threads: int = 4
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,8 @@ def build_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None, 
             raise ConfigError(f"{section_name}.{key}", f"unknown key (from environment variable {var})")
         coerced = _coerce(section_name, key, value, getattr(section, key), from_env=True)
         config = replace(config, **{section_name: replace(section, **{key: coerced})})
+    if config.http.threads < 1:
+        raise ConfigError("http.threads", f"must be at least 1, got {config.http.threads}")
     return _with_credentials(config, env or {})
 
 

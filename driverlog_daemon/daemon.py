@@ -29,7 +29,8 @@ from driverlog_daemon.pipeline import Pipeline, Writer
 from driverlog_daemon.registry import RegistryError, load_registry
 from driverlog_daemon.store import Store
 from driverlog_daemon.stream import Backoff, StreamHooks, StreamListener
-from driverlog_daemon.web import WebServer
+from driverlog_daemon.web import App, Live, WebServer
+from driverlog_daemon.web import queries as web_queries
 
 log = structlog.get_logger("driverlog.daemon")
 
@@ -66,9 +67,12 @@ class Service:
                                            poll_interval=poll_interval)
         self._client: paramiko.SSHClient | None = None
         self._listener_thread: threading.Thread | None = None
+        self.metrics.watch_releases(self._release_times)
         self.web: WebServer | None = None
         if http:
-            self.web = WebServer(config.http.listen, config.http.port, self.metrics, self.health)
+            app = App(self.store.path, lambda: self.pipeline.registry, self.metrics, self.health, live=self.live,
+                      stale_after_days=config.status.stale_after_days)
+            self.web = WebServer(app, config.http.listen, config.http.port, config.http.threads)
         self.started_at = time.monotonic()
 
     # ------------------------------------------------------------------------------------- lifecycle
@@ -129,6 +133,15 @@ class Service:
             row = self._cursor_conn.execute("SELECT last_event_time FROM stream_state WHERE server = ?",
                                             (self.server_name,)).fetchone()
         return None if row is None else int(row[0])
+
+    def _release_times(self) -> list[tuple[str, str, str, str, int, int | None]]:
+        with self._cursor_lock:
+            return web_queries.release_times(self._cursor_conn)
+
+    def live(self) -> Live:
+        """What the status page's header shows beside the database: the stream's state."""
+        return Live(gerrit=self.listener.state if self.listener else "not configured",
+                    newest_event_time=self.pipeline.stats.newest_event_time)
 
     def _unknown_merges(self) -> list[int]:
         with self._cursor_lock:

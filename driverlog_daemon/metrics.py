@@ -6,12 +6,20 @@ global. Stages report in aggregates (per block, per batch), never per line, to k
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
 
 from driverlog_daemon import __version__
+
+# No `_created` series: they double every counter's series and nothing here reads them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+#: (project, vendor, driver, release, newest verification time, newest mark success time or None)
+ReleaseTimes = Iterable[tuple[str, str, str, str, int, int | None]]
 
 
 class Metrics:
@@ -76,6 +84,13 @@ class Metrics:
             registry=r)
         self.backfill_messages = Counter("driverlog_backfill_messages",
                                          "CI review messages examined by backfill.", registry=r)
+        self.ingest_latency = Histogram(
+            "driverlog_ingest_latency_seconds",
+            "Time from a stream line read to its verification committed, per verification.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
+        # web
+        self.http_requests = Counter("driverlog_http_requests", "HTTP requests answered, by route and status.",
+                                     ["route", "status"], registry=r)
         # registry
         self.registry_reloads = Counter("driverlog_registry_reloads", "Registry reloads, by result.",
                                         ["result"], registry=r)
@@ -84,6 +99,10 @@ class Metrics:
         self.registry_ci_accounts = Gauge("driverlog_registry_ci_accounts",
                                           "CI accounts in the loaded registry.", registry=r)
 
+    def watch_releases(self, read: Callable[[], ReleaseTimes]) -> None:
+        """Per driver x release gauges, read from the database at each scrape (O(drivers x releases))."""
+        self.registry.register(_ReleaseCollector(read))
+
     def count_events(self, by_type: Mapping[str, int]) -> None:
         for kind, n in by_type.items():
             if n:
@@ -91,3 +110,26 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _ReleaseCollector(Collector):
+    def __init__(self, read: Callable[[], ReleaseTimes]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["project", "vendor", "driver", "release"]
+        last = GaugeMetricFamily("driverlog_driver_release_last_verification_timestamp_seconds",
+                                 "Comment time of a driver's newest verification for a release (any change).",
+                                 labels=labels)
+        success = GaugeMetricFamily("driverlog_driver_release_last_mark_success_timestamp_seconds",
+                                    "Comment time of a driver's mark for a release, when the mark is a success.",
+                                    labels=labels)
+        for project, vendor, driver, release, t, mark_success in self.read():
+            last.add_metric([project, vendor, driver, release], t)
+            if mark_success is not None:
+                success.add_metric([project, vendor, driver, release], mark_success)
+        yield last
+        yield success
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())

@@ -48,6 +48,7 @@ class Pending:
     verifications: list[Verification] = field(default_factory=list)
     changes: list[ChangeFact] = field(default_factory=list)
     newest_event_time: int | None = None
+    read_at: list[tuple[float, int]] = field(default_factory=list)  # (monotonic time a block was read, its rows)
 
 
 @dataclass(slots=True)
@@ -209,6 +210,11 @@ class Pipeline:
                 self.metrics.last_verification_time.set(newest)
         if result.already_present:
             self.metrics.duplicates.labels(source).inc(result.already_present)
+        committed = time.monotonic()
+        for read_at, rows in pending.read_at:  # line read -> row committed, per verification
+            for _ in range(rows):
+                self.metrics.ingest_latency.observe(committed - read_at)
+        pending.read_at = []
         pending.verifications = []
         pending.changes = []
         pending.newest_event_time = None
@@ -243,7 +249,8 @@ class Writer:
                  flush_seconds: float = 0.05, on_dropped_output: Callable[[int | None], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.pipeline = pipeline
-        self.queue: queue.Queue[bytes | _Backfilled | _Reload | None] = queue.Queue(maxsize=max_queue)
+        self.queue: queue.Queue[tuple[bytes, float] | bytes | _Backfilled | _Reload | None] = queue.Queue(
+            maxsize=max_queue)
         self.batch_rows = batch_rows
         self.flush_seconds = flush_seconds
         self.on_dropped_output = on_dropped_output
@@ -257,7 +264,7 @@ class Writer:
     # ------------------------------------------------------------------------------------ producers
 
     def put_block(self, block: bytes) -> None:
-        self.queue.put(block)
+        self.queue.put((block, time.monotonic()))
         self.pipeline.metrics.queue_depth.set(self.queue.qsize())
 
     def put_backfill(self, comments: list[CommentAdded], changes: list[ChangeFact] | None = None
@@ -297,9 +304,12 @@ class Writer:
             if item is None:
                 self._commit_stream(final=True)
                 return
-            if isinstance(item, bytes) and item:  # b"" is a tick: only the flush check below
+            if isinstance(item, tuple):  # a block of stream lines and when it was read
+                block, read_at = item
                 before = len(self._pending.verifications)
-                dropped = self.pipeline.process_block(item, self._pending)
+                dropped = self.pipeline.process_block(block, self._pending)
+                if len(self._pending.verifications) > before:
+                    self._pending.read_at.append((read_at, len(self._pending.verifications) - before))
                 for v in self._pending.verifications[before:]:
                     log.info("ci_result", ci_account=v.ci_account, change=v.change_number, patch_set=v.patch_set,
                              driver="/".join(v.driver_key), result=v.result, release=v.release or None)

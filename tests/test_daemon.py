@@ -206,6 +206,25 @@ def test_sigterm_commits_every_received_event(daemon: Daemon, ssh_env: SSHEnv) -
     assert any("STOPPING=1" in m for m in _drain(daemon))
 
 
+def test_metrics_pass_promtool_check_metrics(daemon: Daemon, ssh_env: SSHEnv) -> None:
+    tool = _tool("promtool")
+    daemon.receive(lambda m: "READY=1" in m)
+    assert wait_until(lambda: ssh_env.server.stream_count == 1)
+    event = ci_event(400)
+    event["change"]["branch"] = "stable/2025.1"
+    ssh_env.server.push_event(event)
+    merge = {"type": "change-merged", "eventCreatedOn": event["eventCreatedOn"] + 1, "change": event["change"],
+             "patchSet": event["patchSet"], "submitter": {"username": "core"}}
+    ssh_env.server.push_event(merge)
+    assert wait_until(lambda: "driverlog_driver_release_last_mark_success_timestamp_seconds{" in
+                      daemon.get("/metrics")[1])
+    daemon.get("/")
+    body = daemon.get("/metrics")[1].encode()
+    assert b"driverlog_ingest_latency_seconds_bucket" in body and b'route="/",status="200"' in body
+    proc = subprocess.run([tool, "check", "metrics"], input=body, capture_output=True, timeout=60, check=False)
+    assert proc.returncode == 0 and proc.stdout == b"" and proc.stderr == b"", proc.stdout + proc.stderr
+
+
 def _drain(daemon: Daemon) -> list[str]:
     daemon.notify.settimeout(0.5)
     out = list(daemon.messages)
@@ -299,4 +318,4 @@ def test_alert_rules_pass_promtool() -> None:
     proc = subprocess.run([tool, "check", "rules", str(ROOT / "deploy" / "prometheus" / "alerts.yml")],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 5 rules found" in proc.stdout
+    assert "SUCCESS: 6 rules found" in proc.stdout

@@ -1,71 +1,334 @@
-"""The HTTP side over real requests: /metrics, /healthz, GET/HEAD only."""
+"""The web side over real HTTP (waitress on 127.0.0.1): page, DriverLog's API, badges, /healthz, /metrics."""
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
+import re
+import sqlite3
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from driverlog_daemon.config import HttpConfig
 from driverlog_daemon.metrics import Metrics
-from driverlog_daemon.web import WebServer
+from driverlog_daemon.model import ChangeFact, Verification
+from driverlog_daemon.registry import Registry
+from driverlog_daemon.store import Store
+from driverlog_daemon.web import App, Live, WebServer
+from driverlog_daemon.web import queries as web_queries
+
+NOW = int(time.time())
+XSS_SCRIPT = "- acme-cinder-fc <script>alert(1)</script> : SUCCESS"
+XSS_ATTR = '- acme-cinder-iscsi "><img src=x onerror=alert(1)> : FAILURE'
+EVIL_URL = "javascript:alert(1)"
+EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+")
+
+
+def driver(registry: Registry, name: str) -> Any:
+    return next(d for d in registry.drivers if d.name == name)
+
+
+def vote(registry: Registry, name: str, number: int, ps: int, t: int, result: str, release: str,
+         evidence: str | None = None, url: str | None = None, sha: str = "a") -> Verification:
+    d = driver(registry, name)
+    return Verification(driver_key=d.key, ci_account=d.ci.account, change_number=number, patch_set=ps,
+                        comment_sha256=sha * 64, comment_time=t, result=result,  # type: ignore[arg-type]
+                        evidence=evidence or f"- job https://ci/{number} : {result.upper()}",
+                        project=d.review_project, branch="master", release=release, change_status="NEW",
+                        review_url=url or f"https://review.example.org/c/{d.review_project}/+/{number}",
+                        change_id=None)
+
+
+def merged(number: int, ps: int, t: int, project: str = "openstack/cinder") -> ChangeFact:
+    return ChangeFact(number, project, "master", "MERGED", t, ps, ps, t)
+
+
+@dataclass
+class Site:
+    web: WebServer
+    db: Path
+    store: Store
+    registry: Registry
+    health: dict[str, Any]
+
+    def get(self, path: str, method: str = "GET", headers: dict[str, str] | None = None
+            ) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.web.port, timeout=10)
+        try:
+            conn.request(method, path, headers=headers or {})
+            r = conn.getresponse()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+        finally:
+            conn.close()
+
+    def json(self, path: str) -> Any:
+        status, _, body = self.get(path)
+        assert status == 200, (path, body)
+        return json.loads(body)
+
+    def driver_id(self, name: str) -> int:
+        return int(self.store.conn.execute("SELECT id FROM drivers WHERE name = ?", (name,)).fetchone()[0])
 
 
 @pytest.fixture
-def server() -> Iterator[tuple[WebServer, dict[str, Any]]]:
-    state: dict[str, Any] = {"ok": True}
+def site(tmp_path: Path, registry: Registry) -> Iterator[Site]:
+    db = tmp_path / "driverlog.sqlite"
+    store = Store(db)
+    store.sync_drivers(registry)
+    fc, iscsi, nova = "Acme Volume Driver (FC)", "Acme Volume Driver (iSCSI)", "Hooli Hypervisor Driver"
+    store.record([
+        vote(registry, fc, 100, 2, NOW - 3600, "success", "Gazpacho", evidence=XSS_SCRIPT, url=EVIL_URL),
+        vote(registry, iscsi, 100, 2, NOW - 3600, "failure", "Gazpacho", evidence=XSS_ATTR),
+        vote(registry, fc, 101, 1, NOW - 60, "failure", "Gazpacho"),  # latest activity, not merged: no mark
+        vote(registry, nova, 300, 1, NOW - 30 * 86400, "success", "Flamingo"),  # stale
+    ], "stream", changes=[merged(100, 2, NOW - 1800), merged(300, 1, NOW - 30 * 86400, "openstack/nova")])
+    health: dict[str, Any] = {"ok": True}
     metrics = Metrics()
-    metrics.events.labels("comment-added").inc(3)
-    web = WebServer(HttpConfig().listen, 0, metrics, lambda: (state["ok"], {"events": 3}))
+    metrics.watch_releases(lambda: web_queries.release_times(store.conn))
+    app = App(db, lambda: registry, metrics, lambda: (health["ok"], {"events": 3}),
+              live=lambda: Live("connected", int(time.time()) - 5, None), stale_after_days=7)
+    web = WebServer(app, HttpConfig().listen, 0)
     web.start()
-    yield web, state
+    yield Site(web, db, store, registry, health)
     web.stop()
+    store.close()
 
 
-def request(web: WebServer, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", web.port, timeout=5)
-    try:
-        conn.request(method, path)
-        r = conn.getresponse()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-    finally:
-        conn.close()
+# ------------------------------------------------------------------------------------------------- serving
 
 
-def test_binds_loopback_by_default(server: tuple[WebServer, dict[str, Any]]) -> None:
-    web, _ = server
-    assert web.server_address[0] == "127.0.0.1"
-
-
-def test_metrics(server: tuple[WebServer, dict[str, Any]]) -> None:
-    status, headers, body = request(server[0], "GET", "/metrics")
-    assert status == 200 and headers["content-type"].startswith("text/plain")
-    assert b'driverlog_events_total{type="comment-added"} 3.0' in body
-    assert b"process_resident_memory_bytes" in body and b"driverlog_build_info{version=" in body
-
-
-def test_healthz_follows_health(server: tuple[WebServer, dict[str, Any]]) -> None:
-    web, state = server
-    status, _, body = request(web, "GET", "/healthz")
-    assert status == 200 and json.loads(body) == {"status": "ok", "events": 3}
-    state["ok"] = False
-    status, _, body = request(web, "GET", "/healthz")
-    assert status == 503 and json.loads(body)["status"] == "unhealthy"
-
-
-def test_head_has_headers_and_no_body(server: tuple[WebServer, dict[str, Any]]) -> None:
-    status, headers, body = request(server[0], "HEAD", "/metrics")
-    assert status == 200 and int(headers["content-length"]) > 0 and body == b""
+def test_binds_loopback_by_default(site: Site) -> None:
+    assert site.web.listen == "127.0.0.1"
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
-def test_only_get_and_head(server: tuple[WebServer, dict[str, Any]], method: str) -> None:
-    status, headers, _ = request(server[0], method, "/metrics")
-    assert status == 405 and headers["allow"] == "GET, HEAD"
+def test_only_get_and_head(site: Site, method: str) -> None:
+    for path in ("/", "/api/1.0/drivers", "/metrics", "/nope"):
+        status, headers, _ = site.get(path, method)
+        assert status == 405 and headers["allow"] == "GET, HEAD", (method, path)
 
 
-def test_unknown_path_is_404(server: tuple[WebServer, dict[str, Any]]) -> None:
-    assert request(server[0], "GET", "/nope")[0] == 404
+def test_head_has_the_headers_and_no_body(site: Site) -> None:
+    get = site.get("/api/1.0/drivers")
+    status, headers, body = site.get("/api/1.0/drivers", "HEAD")
+    assert status == 200 and body == b""
+    assert headers["content-length"] == get[1]["content-length"] and headers["etag"] == get[1]["etag"]
+
+
+def test_unknown_path_404_and_bad_values_400_in_one_line(site: Site) -> None:
+    assert site.get("/nope")[0] == 404
+    assert site.get("/drivers/99999")[0] == 404
+    assert site.get("/api/1.0/drivers/99999")[0] == 404
+    assert site.get("/api/1.0/list/project_ids/openstack/swift")[0] == 404
+    for path, reason in (("/api/1.0/verifications?limit=x", b"limit must be an integer, not 'x'\n"),
+                         ("/api/1.0/verifications?driver=-1", b"driver must be at least 0\n"),
+                         ("/drivers/1?page=0", b"page must be at least 1\n")):
+        status, headers, body = site.get(path)
+        assert (status, body) == (400, reason), path
+        assert headers["content-type"].startswith("text/plain")
+
+
+def test_etag_304_and_gzip(site: Site) -> None:
+    status, headers, body = site.get("/")
+    assert status == 200 and headers["etag"]
+    again = site.get("/", headers={"If-None-Match": headers["etag"]})
+    assert again[0] == 304 and again[2] == b""
+    status, zipped_headers, zipped = site.get("/", headers={"Accept-Encoding": "gzip, br"})
+    assert zipped_headers["content-encoding"] == "gzip" and gzip.decompress(zipped) == body
+    assert "Accept-Encoding" in zipped_headers["vary"]
+
+
+def test_cached_answers_follow_the_database(site: Site) -> None:
+    before = site.get("/api/1.0/drivers?release_id=epoxy")
+    fc = next(d for d in json.loads(before[2])["drivers"] if d["name"] == "Acme Volume Driver (FC)")
+    assert fc["releases"]["epoxy"] == {"ci_tested": False}
+    site.store.record([vote(site.registry, "Acme Volume Driver (FC)", 200, 1, NOW - 10, "success", "Epoxy")],
+                      "stream", changes=[merged(200, 1, NOW)])
+    after = site.get("/api/1.0/drivers?release_id=epoxy")
+    assert after[1]["etag"] != before[1]["etag"]
+    fc = next(d for d in json.loads(after[2])["drivers"] if d["name"] == "Acme Volume Driver (FC)")
+    assert fc["releases"]["epoxy"]["ci_tested"] is True
+
+
+def test_the_web_side_cannot_write(site: Site) -> None:
+    app: App = site.web.app
+    with pytest.raises(sqlite3.OperationalError, match="readonly"), app.reader.snapshot() as conn:
+        conn.execute("DELETE FROM verifications")
+    assert site.store.conn.execute("SELECT count(*) FROM verifications").fetchone()[0] == 4
+
+
+def test_healthz(site: Site) -> None:
+    status, _, body = site.get("/healthz")
+    assert status == 200 and json.loads(body)["status"] == "ok"
+    site.health["ok"] = False
+    status, _, body = site.get("/healthz")
+    assert status == 503 and json.loads(body) == {"status": "unhealthy", "events": 3}
+
+
+def test_metrics_without_created_series_with_release_gauges_and_requests(site: Site) -> None:
+    site.get("/api/1.0/drivers")
+    site.get("/nope")
+    status, headers, body = site.get("/metrics")
+    text = body.decode()
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    assert "_created" not in text
+    assert 'driverlog_http_requests_total{route="/api/1.0/drivers",status="200"} 1.0' in text
+    assert 'driverlog_http_requests_total{route="other",status="404"} 1.0' in text
+    samples = {line.rpartition(" ")[0]: float(line.rpartition(" ")[2]) for line in text.splitlines()
+               if line and not line.startswith("#")}
+    labels = '{driver="Acme Volume Driver (FC)",project="openstack/cinder",release="Gazpacho",vendor="Acme Storage"}'
+    assert samples["driverlog_driver_release_last_mark_success_timestamp_seconds" + labels] == NOW - 3600
+    assert samples["driverlog_driver_release_last_verification_timestamp_seconds" + labels] == NOW - 60
+    iscsi = labels.replace("(FC)", "(iSCSI)")
+    assert "driverlog_driver_release_last_mark_success_timestamp_seconds" + iscsi not in samples  # a failing mark
+
+
+# -------------------------------------------------------------------------------------------- DriverLog API
+
+
+def test_drivers_api_has_upstreams_shape_and_ours(site: Site) -> None:
+    drivers = site.json("/api/1.0/drivers")["drivers"]
+    fc = next(d for d in drivers if d["name"] == "Acme Volume Driver (FC)")
+    registry_fc = driver(site.registry, "Acme Volume Driver (FC)")
+    assert set(fc) == {"project_id", "vendor", "name", "description", "wiki", "maintainers", "ci", "releases",
+                       "releases_info", "project_name", "id", "latest", "status"}
+    assert fc["project_name"] == "Cinder (Block Storage)"
+    assert set(fc["releases"]) == {r.lower() for r in registry_fc.releases}
+    assert fc["releases"]["gazpacho"] == {"ci_tested": True, "ci_result": True, "comment": XSS_SCRIPT,
+                                          "timestamp": NOW - 3600, "review_url": EVIL_URL}
+    assert fc["releases"]["caracal"] == {"ci_tested": False}
+    assert [i["release_id"] for i in fc["releases_info"]] == sorted(r.lower() for r in registry_fc.releases)
+    assert fc["releases_info"][0] == {"release_id": "caracal", "name": "Caracal",
+                                      "wiki": "https://releases.openstack.org/caracal/"}
+    assert fc["latest"]["change_number"] == 101 and fc["latest"]["result"] == "failure"
+    assert fc["status"] == "passing"  # the mark, not the latest work-in-progress failure
+    assert fc["maintainers"] == [{"name": "Jane Dev", "launchpad_id": "jdev"}]
+    statuses = {d["name"]: d["status"] for d in drivers}
+    assert statuses["Acme Volume Driver (iSCSI)"] == "failing"
+    assert statuses["Hooli Hypervisor Driver"] == "stale"
+    assert statuses["Stark Arc vGPU"] == "unknown"
+
+
+def test_drivers_api_filters(site: Site) -> None:
+    def names(q: str) -> set[str]:
+        return {d["name"] for d in site.json(f"/api/1.0/drivers{q}")["drivers"]}
+    everything = {d.name for d in site.registry.drivers}
+    active = {d.name for d in site.registry.drivers
+              if any(r.active for r in site.registry.releases if r.id in d.releases)}
+    assert names("") == active
+    assert names("?release_id=yoga") == {"Cyberdyne T-Series NFS"}
+    assert names("?release_id=" + ",".join(r.id.lower() for r in site.registry.releases)) == everything
+    assert names("?release=yoga,zed") == names("?release_id=zed,yoga")
+    assert names("?project_id=OPENSTACK/NOVA") == {"Hooli Hypervisor Driver", "Stark Arc vGPU"}
+    assert names("?vendor=acme%20storage&project_id=openstack/cinder") == {
+        "Acme Volume Driver (FC)", "Acme Volume Driver (iSCSI)"}
+    one = site.json(f"/api/1.0/drivers/{site.driver_id('Stark Arc vGPU')}")["driver"]
+    assert one["name"] == "Stark Arc vGPU" and one["status"] == "unknown"
+
+
+def test_list_endpoints(site: Site) -> None:
+    releases = site.json("/api/1.0/list/releases?vendor=Tyrell")["releases"]
+    assert releases == [{"id": "gazpacho", "text": "Gazpacho"}, {"id": "flamingo", "text": "Flamingo"},
+                        {"id": "epoxy", "text": "Epoxy"}]
+    assert site.json("/api/1.0/list/releases?vendor=Tyrell&query=FLA")["releases"] == [
+        {"id": "flamingo", "text": "Flamingo"}]
+    assert site.json("/api/1.0/list/releases/caracal") == {"release": {"id": "caracal", "text": "Caracal"}}
+    projects = site.json("/api/1.0/list/project_ids?query=net")["project_ids"]
+    assert projects == [{"id": "openstack/neutron", "text": "Neutron (Networking)"}]
+    assert site.json("/api/1.0/list/project_ids/openstack/nova") == {
+        "project_id": {"id": "openstack/nova", "text": "Nova (Compute)"}}
+    vendors = [v["id"] for v in site.json("/api/1.0/list/vendors?project_id=openstack/ironic")["vendors"]]
+    assert vendors == ["Massive Dynamic", "Tyrell"]
+    assert site.json("/api/1.0/list/vendors/tyrell") == {"vendor": {"id": "Tyrell", "text": "Tyrell"}}
+
+
+def test_verifications_api_pages_through_everything_once(site: Site) -> None:
+    fc = "Acme Volume Driver (FC)"
+    site.store.record([vote(site.registry, fc, 1000 + i, 1, NOW - i, "success", "Gazpacho") for i in range(25)],
+                      "replay")
+    seen: list[int] = []
+    url: str | None = f"/api/1.0/verifications?driver={site.driver_id(fc)}&limit=10"
+    while url:
+        page = site.json(url)
+        seen += [v["change_number"] for v in page["verifications"]]
+        assert all(v["driver"] == fc for v in page["verifications"])
+        url = page["next"]
+    assert sorted(seen) == sorted([100, 101, *range(1000, 1025)]) and len(seen) == len(set(seen))
+    site.store.record([vote(site.registry, fc, 5000 + i, 1, NOW - i, "success", "") for i in range(1100)], "replay")
+    capped = site.json("/api/1.0/verifications?limit=5000")
+    assert len(capped["verifications"]) == 1000 and "limit=1000" in capped["next"]
+    assert len(site.json("/api/1.0/verifications")["verifications"]) == 100
+    since = site.json(f"/api/1.0/verifications?since={NOW - 5}&limit=1000")["verifications"]
+    assert {v["change_number"] for v in since if v["change_number"] < 5000} == {1000, 1001, 1002, 1003, 1004, 1005}
+
+
+# ------------------------------------------------------------------------------------------------ the page
+
+
+def test_page_shows_marks_latest_activity_and_header(site: Site) -> None:
+    status, headers, body = site.get("/")
+    page = body.decode()
+    assert status == 200 and headers["content-type"] == "text/html; charset=utf-8"
+    assert "Gerrit: connected" in page and re.search(r"newest event: [5-9] s ago", page)
+    assert f"{len(site.registry.drivers)} drivers" in page
+    assert "3 with a mark" in page  # FC and iSCSI (Gazpacho), Hooli (Flamingo, stale but a mark)
+    assert page.count('class="mark pass"') >= 1 and 'class="mark fail"' in page
+    assert f'href="/drivers/{site.driver_id("Acme Volume Driver (FC)")}"' in page
+    assert '?project_id=openstack%2Fnova' in page  # filters are plain links
+
+
+def test_driver_page_has_facts_and_paginated_history(site: Site) -> None:
+    fc = "Acme Volume Driver (FC)"
+    site.store.record([vote(site.registry, fc, 2000 + i, 1, NOW - 100 - i, "success", "Gazpacho")
+                       for i in range(60)], "replay")
+    did = site.driver_id(fc)
+    first = site.get(f"/drivers/{did}")[2].decode()
+    assert "Fibre Channel volume driver" in first and "Jane Dev" in first
+    assert "page 1 of 2" in first and first.count("<tr>") == 50 + 1
+    second = site.get(f"/drivers/{did}?page=2")[2].decode()
+    assert second.count("<tr>") == 12 + 1 and "page 2 of 2" in second
+
+
+def test_badges(site: Site) -> None:
+    status, headers, body = site.get(f"/badge/{site.driver_id('Acme Volume Driver (FC)')}.svg")
+    assert status == 200 and headers["content-type"] == "image/svg+xml"
+    assert b">passing</text>" in body and b"<script" not in body
+    assert b">stale</text>" in site.get(f"/badge/{site.driver_id('Hooli Hypervisor Driver')}.svg")[2]
+    assert b">unknown</text>" in site.get(f"/badge/{site.driver_id('Stark Arc vGPU')}.svg")[2]
+    assert b">failing</text>" in site.get(f"/badge/{site.driver_id('Acme Volume Driver (iSCSI)')}.svg")[2]
+
+
+# --------------------------------------------------------------------------------------- safe by construction
+
+
+def test_hostile_comments_and_urls_are_inert_everywhere(site: Site) -> None:
+    fc, iscsi = site.driver_id("Acme Volume Driver (FC)"), site.driver_id("Acme Volume Driver (iSCSI)")
+    pages = ["/", f"/drivers/{fc}", f"/drivers/{iscsi}", f"/badge/{fc}.svg", "/api/1.0/drivers",
+             f"/api/1.0/drivers/{fc}", "/api/1.0/verifications"]
+    for path in pages:
+        status, headers, body = site.get(path)
+        text = body.decode()
+        assert status == 200, path
+        assert "<script" not in text and "<img src=x" not in text, path
+        assert 'href="javascript:' not in text and "href='javascript:" not in text, path
+        assert "script-src" not in headers["content-security-policy"], path
+        assert "default-src 'none'" in headers["content-security-policy"], path
+        assert headers["x-content-type-options"] == "nosniff", path
+    page = site.get(f"/drivers/{fc}")[2].decode()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # shown, as text
+    assert "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;" in site.get(f"/drivers/{iscsi}")[2].decode()
+    assert "<td>100,2</td>" in page  # the change whose URL is not http(s) is shown, without a link
+
+
+def test_no_email_address_is_served(site: Site) -> None:
+    assert any("email" in m for d in site.registry.drivers for m in d.maintainers)  # the registry has them
+    for path in ["/", *(f"/drivers/{site.driver_id(d.name)}" for d in site.registry.drivers),
+                 "/api/1.0/drivers?release_id=" + ",".join(r.id.lower() for r in site.registry.releases),
+                 "/api/1.0/verifications"]:
+        assert not EMAIL.search(site.get(path)[2].decode()), path

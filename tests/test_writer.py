@@ -38,6 +38,9 @@ def test_group_commit_and_cursor(tmp_path: Path, registry: Registry) -> None:
     assert store.cursor("gerrit:29418") == 1_750_000_000 + 119
     batches = pipeline.metrics.registry.get_sample_value("driverlog_db_batch_rows_count")
     assert batches is not None and batches < 120  # many rows per transaction
+    sample = pipeline.metrics.registry.get_sample_value
+    assert sample("driverlog_ingest_latency_seconds_count") == 120  # line read -> row committed, every row
+    assert 0 < (sample("driverlog_ingest_latency_seconds_sum") or 0) < 120 * 30
 
 
 def test_failing_write_is_retried_not_dropped(tmp_path: Path, registry: Registry) -> None:

@@ -1,0 +1,355 @@
+"""The WSGI application: the status page, DriverLog's JSON API, badges, ``/healthz`` and ``/metrics``.
+
+Read-only by construction: the database is opened with ``mode=ro`` and only GET and HEAD are answered (405 with
+``Allow`` for the rest). Responses computed from the database are cached, keyed by the database's state
+(``PRAGMA data_version``), the registry and the minute; they carry an ``ETag`` (``If-None-Match`` -> 304) and
+are gzipped for clients that accept it. HTML is rendered by Jinja2 with autoescaping on, and every response
+forbids scripts (``Content-Security-Policy``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import re
+import threading
+import time
+import urllib.parse
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import structlog
+from prometheus_client import make_wsgi_app
+
+from driverlog_daemon.metrics import Metrics
+from driverlog_daemon.registry import Registry
+from driverlog_daemon.web import api, badge, queries
+
+log = structlog.get_logger("driverlog.web")
+
+Health = Callable[[], tuple[bool, dict[str, Any]]]
+StartResponse = Callable[..., Any]
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; "
+       "frame-ancestors 'none'")
+CACHE_ENTRIES = 512
+GZIP_MIN_BYTES = 1024
+HISTORY_PAGE = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Live:
+    """What the page's header shows that the database does not hold."""
+
+    gerrit: str = "not configured"  # connected, connecting, …
+    newest_event_time: int | None = None
+    open_gap: str | None = None  # a backfill gap not yet closed, in words
+
+
+@dataclass(slots=True)
+class Response:
+    status: str
+    content_type: str
+    body: bytes
+    etag: str = ""
+    gzipped: bytes | None = None
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _response(status: str, content_type: str, body: bytes) -> Response:
+    return Response(status, content_type, body, '"' + hashlib.sha256(body).hexdigest()[:24] + '"')
+
+
+_JSON_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
+
+
+def json_response(obj: Any, status: str = "200 OK") -> Response:
+    """JSON with ``<``, ``>`` and ``&`` escaped: the same values, inert even if pasted into HTML."""
+    text = json.dumps(obj, ensure_ascii=False).translate(_JSON_ESCAPES)
+    return _response(status, "application/json", text.encode() + b"\n")
+
+
+def text_response(status: str, text: str) -> Response:
+    return _response(status, "text/plain; charset=utf-8", text.encode() + b"\n")
+
+
+def safe_url(url: object) -> str | None:
+    """Only http and https URLs become links; anything else (``javascript:``, ``data:``) is shown as text."""
+    if not isinstance(url, str):
+        return None
+    scheme = urllib.parse.urlsplit(url.strip()).scheme.lower()
+    return url if scheme in ("http", "https") else None
+
+
+def ago(seconds: float) -> str:
+    s = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if s >= size:
+            return f"{s // size} {unit} ago"
+    return f"{s} s ago"
+
+
+def utc(ts: int | None) -> str:
+    return "" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+class App:
+    def __init__(self, database: str | Path, registry: Callable[[], Registry], metrics: Metrics, health: Health,
+                 *, live: Callable[[], Live] = Live, stale_after_days: float = 7.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.reader = queries.Reader(database)
+        self.registry = registry
+        self.metrics = metrics
+        self.health = health
+        self.live = live
+        self.stale_after_days = stale_after_days
+        self.clock = clock
+        self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                                      undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+        self.env.filters.update(safe_url=safe_url, utc=utc)
+        self.env.globals.update(ago=self._ago, query_link=_query_link)
+        self._metrics_app = make_wsgi_app(metrics.registry)
+        self._cache: OrderedDict[tuple[Any, ...], Response] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._routes: list[tuple[re.Pattern[str], str, Callable[..., Response], bool]] = [
+            (re.compile(p), name, handler, cached) for p, name, handler, cached in (
+                (r"/", "/", self.page_index, True),
+                (r"/drivers/(\d+)", "/drivers/<id>", self.page_driver, True),
+                (r"/static/style\.css", "/static/style.css", self.static_css, True),
+                (r"/badge/(\d+)\.svg", "/badge/<id>.svg", self.badge_svg, True),
+                (r"/api/1\.0/drivers", "/api/1.0/drivers", self.api_drivers, True),
+                (r"/api/1\.0/drivers/(\d+)", "/api/1.0/drivers/<id>", self.api_driver, True),
+                (r"/api/1\.0/list/releases", "/api/1.0/list/releases", self.api_releases, True),
+                (r"/api/1\.0/list/releases/(.+)", "/api/1.0/list/releases/<id>", self.api_release, True),
+                (r"/api/1\.0/list/project_ids", "/api/1.0/list/project_ids", self.api_project_ids, True),
+                (r"/api/1\.0/list/project_ids/(.+)", "/api/1.0/list/project_ids/<id>", self.api_project_id, True),
+                (r"/api/1\.0/list/vendors", "/api/1.0/list/vendors", self.api_vendors, True),
+                (r"/api/1\.0/list/vendors/(.+)", "/api/1.0/list/vendors/<id>", self.api_vendor, True),
+                (r"/api/1\.0/verifications", "/api/1.0/verifications", self.api_verifications, True),
+                (r"/healthz", "/healthz", self.healthz, False),
+            )]
+
+    # ------------------------------------------------------------------------------------------- WSGI
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "/") or "/"
+        route = "other"
+        if path == "/metrics":
+            route = "/metrics"
+            if method in ("GET", "HEAD"):
+                self.metrics.http_requests.labels(route, "200").inc()
+                return self._metrics_app(environ, start_response)  # type: ignore[no-any-return]
+        try:
+            if method not in ("GET", "HEAD"):
+                response = text_response("405 Method Not Allowed", "only GET and HEAD are answered")
+                response.headers.append(("Allow", "GET, HEAD"))
+            else:
+                route, response = self._dispatch(path, environ.get("QUERY_STRING", ""))
+        except Exception as exc:  # never a traceback to the client
+            log.error("http_error", path=path[:200], error=f"{type(exc).__name__}: {exc}")
+            response = text_response("500 Internal Server Error", "internal error; see the daemon's log")
+        self.metrics.http_requests.labels(route, response.status[:3]).inc()
+        return self._send(environ, start_response, response, head=method == "HEAD")
+
+    def _dispatch(self, path: str, query_string: str) -> tuple[str, Response]:
+        query = {k: v[-1] for k, v in urllib.parse.parse_qs(query_string, keep_blank_values=True).items()}
+        for pattern, name, handler, cached in self._routes:
+            m = pattern.fullmatch(path)
+            if m is None:
+                continue
+            try:
+                if not cached:
+                    return name, handler(query, *m.groups())
+                key = (path, tuple(sorted(query.items())), self.reader.version(), id(self.registry()),
+                       int(self.clock() // 60), self._live_key() if name == "/" else None)
+                with self._cache_lock:
+                    hit = self._cache.get(key)
+                    if hit is not None:
+                        self._cache.move_to_end(key)
+                        return name, hit
+                response = handler(query, *(urllib.parse.unquote(g) for g in m.groups()))
+                if response.status.startswith("200"):
+                    with self._cache_lock:
+                        self._cache[key] = response
+                        while len(self._cache) > CACHE_ENTRIES:
+                            self._cache.popitem(last=False)
+                return name, response
+            except api.BadRequest as bad:
+                return name, text_response("400 Bad Request", str(bad))
+        return "other", text_response("404 Not Found", "not found")
+
+    def _send(self, environ: dict[str, Any], start_response: StartResponse, r: Response,
+              head: bool) -> Iterable[bytes]:
+        headers = [("Content-Type", r.content_type), ("X-Content-Type-Options", "nosniff"),
+                   ("Content-Security-Policy", CSP), ("Referrer-Policy", "no-referrer"), *r.headers]
+        if r.etag:
+            headers += [("ETag", r.etag), ("Cache-Control", "no-cache"), ("Vary", "Accept-Encoding")]
+            if r.etag in [t.strip() for t in environ.get("HTTP_IF_NONE_MATCH", "").split(",")]:
+                start_response("304 Not Modified", headers[1:])
+                return [b""]
+        else:
+            headers.append(("Cache-Control", "no-store"))
+        body = r.body
+        if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", "") and len(body) >= GZIP_MIN_BYTES:
+            if r.gzipped is None:
+                r.gzipped = gzip.compress(body, 6)
+            body = r.gzipped
+            headers.append(("Content-Encoding", "gzip"))
+        headers.append(("Content-Length", str(len(body))))
+        start_response(r.status, headers)
+        return [b""] if head else [body]
+
+    # --------------------------------------------------------------------------------------- helpers
+
+    def _live_key(self) -> tuple[str, int | None, str | None]:
+        """The page's header to the minute: a new event does not make a new page every time."""
+        live = self.live()
+        return live.gerrit, None if live.newest_event_time is None else live.newest_event_time // 60, live.open_gap
+
+    def _ago(self, ts: int | None) -> str:
+        return "" if ts is None else ago(self.clock() - ts)
+
+    def _records(self) -> tuple[Registry, list[dict[str, Any]]]:
+        registry = self.registry()
+        with self.reader.snapshot() as conn:
+            rows = queries.drivers(conn)
+        now = self.clock()
+        return registry, [api.driver_record(d, rows.get(d.key), registry, now, self.stale_after_days)
+                          for d in registry.drivers]
+
+    def _html(self, template: str, **context: Any) -> Response:
+        body = self.env.get_template(template).render(**context).encode()
+        return _response("200 OK", "text/html; charset=utf-8", body)
+
+    # ------------------------------------------------------------------------------------------ pages
+
+    def page_index(self, query: Mapping[str, str]) -> Response:
+        registry, records = self._records()
+        filters = api.Filters.parse(query)
+        shown_releases = [r for r in registry.releases
+                          if (r.id.lower() in filters.release_ids if filters.release_ids is not None else r.active)]
+        chosen = [r for r in records if api.passes(r, filters, registry, release=filters.release_ids is not None)]
+        by_project: dict[str, list[dict[str, Any]]] = {}
+        for r in sorted(chosen, key=lambda r: (r["project_name"], r["vendor"].lower(), r["name"].lower())):
+            by_project.setdefault(r["project_name"], []).append(r)
+        now = self.clock()
+        stale = now - self.stale_after_days * 86400
+        accounts: dict[str, int] = {}
+        for r in records:
+            if "ci" in r:
+                last = r["latest"]["timestamp"] if r["latest"] else 0
+                accounts[r["ci"]["id"]] = max(accounts.get(r["ci"]["id"], 0), last)
+        counts = {"drivers": len(records), "with_mark": sum(1 for r in records if any(
+            v["ci_tested"] for v in r["releases"].values())),
+                  "silent": sum(1 for t in accounts.values() if t < stale), "ci_accounts": len(accounts)}
+        return self._html("index.html", by_project=by_project, releases=shown_releases, filters=filters,
+                          registry=registry, live=self.live(), counts=counts, query=query,
+                          vendors=sorted({r["vendor"] for r in records}, key=str.lower),
+                          stale_after_days=self.stale_after_days)
+
+    def page_driver(self, query: Mapping[str, str], driver_id: str) -> Response:
+        page = api.int_param(query, "page", 1, minimum=1) or 1
+        registry, records = self._records()
+        record = next((r for r in records if r["id"] == int(driver_id)), None)
+        with self.reader.snapshot() as conn:
+            row = conn.execute("SELECT project_id, vendor, name, removed_at IS NOT NULL FROM drivers WHERE id = ?",
+                               (int(driver_id),)).fetchone()
+            if row is None:
+                return text_response("404 Not Found", "no such driver")
+            history, total = queries.history(conn, int(driver_id), limit=HISTORY_PAGE,
+                                             offset=(page - 1) * HISTORY_PAGE)
+        pages = max(1, -(-total // HISTORY_PAGE))
+        return self._html("driver.html", record=record, key=row[:3], removed=bool(row[3]), history=history,
+                          page=page, pages=pages, total=total, driver_id=int(driver_id), registry=registry)
+
+    def static_css(self, query: Mapping[str, str]) -> Response:
+        return _response("200 OK", "text/css; charset=utf-8", (TEMPLATES / "style.css").read_bytes())
+
+    def badge_svg(self, query: Mapping[str, str], driver_id: str) -> Response:
+        _, records = self._records()
+        record = next((r for r in records if r["id"] == int(driver_id)), None)
+        if record is None:
+            return text_response("404 Not Found", "no such driver")
+        body = self.env.get_template("badge.svg").render(b=badge.badge(record["status"])).encode()
+        return _response("200 OK", "image/svg+xml", body)
+
+    def healthz(self, query: Mapping[str, str]) -> Response:
+        ok, detail = self.health()
+        return json_response({"status": "ok" if ok else "unhealthy", **detail},
+                             "200 OK" if ok else "503 Service Unavailable")
+
+    # -------------------------------------------------------------------------------------------- API
+
+    def api_drivers(self, query: Mapping[str, str]) -> Response:
+        registry, records = self._records()
+        filters = api.Filters.parse(query)
+        return json_response({"drivers": [r for r in records if api.passes(r, filters, registry)]})
+
+    def api_driver(self, query: Mapping[str, str], driver_id: str) -> Response:
+        _, records = self._records()
+        record = next((r for r in records if r["id"] == int(driver_id)), None)
+        if record is None:
+            return json_response({"error": "no such driver"}, "404 Not Found")
+        return json_response({"driver": record})
+
+    def _filtered(self, query: Mapping[str, str], **which: bool) -> list[dict[str, Any]]:
+        registry, records = self._records()
+        filters = api.Filters.parse(query)
+        return [r for r in records if api.passes(r, filters, registry, **which)]
+
+    def api_releases(self, query: Mapping[str, str]) -> Response:
+        return json_response({"releases": api.releases_list(self._filtered(query, release=False),
+                                                            query.get("query", ""))})
+
+    def api_release(self, query: Mapping[str, str], release: str) -> Response:
+        known = self.registry().releases_by_lower_id.get(release.lower())
+        if known is None:
+            return json_response({"error": "no such release"}, "404 Not Found")
+        return json_response({"release": {"id": known.id.lower(), "text": known.id.capitalize()}})
+
+    def api_project_ids(self, query: Mapping[str, str]) -> Response:
+        return json_response({"project_ids": api.project_ids_list(self._filtered(query, project=False),
+                                                                  query.get("query", ""))})
+
+    def api_project_id(self, query: Mapping[str, str], project_id: str) -> Response:
+        name = self.registry().projects.get(project_id)
+        if name is None:
+            return json_response({"error": "no such project"}, "404 Not Found")
+        return json_response({"project_id": {"id": project_id, "text": name}})
+
+    def api_vendors(self, query: Mapping[str, str]) -> Response:
+        return json_response({"vendors": api.vendors_list(self._filtered(query, vendor=False),
+                                                          query.get("query", ""))})
+
+    def api_vendor(self, query: Mapping[str, str], vendor: str) -> Response:
+        vendors = {d.vendor.lower(): d.vendor for d in self.registry().drivers}
+        if vendor.lower() not in vendors:
+            return json_response({"error": "no such vendor"}, "404 Not Found")
+        return json_response({"vendor": {"id": vendors[vendor.lower()], "text": vendors[vendor.lower()]}})
+
+    def api_verifications(self, query: Mapping[str, str]) -> Response:
+        limit = api.int_param(query, "limit", 100, minimum=1, maximum=1000) or 100
+        after = api.int_param(query, "after", 0) or 0
+        driver = api.int_param(query, "driver", None)
+        since = api.int_param(query, "since", None)
+        with self.reader.snapshot() as conn:
+            rows = queries.verifications(conn, driver_id=driver, since=since, after=after, limit=limit)
+        following = None
+        if len(rows) == limit:
+            following = "/api/1.0/verifications?" + urllib.parse.urlencode(
+                {k: v for k, v in {"driver": driver, "since": since, "limit": limit, "after": rows[-1]["id"]}.items()
+                 if v is not None})
+        return json_response({"verifications": rows, "next": following})
+
+
+def _query_link(query: Mapping[str, str], **changes: str | None) -> str:
+    """``?…`` with ``changes`` applied to ``query`` (None removes a key): the page's filter links."""
+    merged = {k: v for k, v in {**query, **changes}.items() if v is not None and k != "page"}
+    return "?" + urllib.parse.urlencode(sorted(merged.items())) if merged else "?"
