@@ -17,6 +17,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -30,7 +31,7 @@ from driverlog_daemon.match import message_patch_set
 from driverlog_daemon.metrics import Metrics
 from driverlog_daemon.model import Account, Change, ChangeFact, CommentAdded
 from driverlog_daemon.pipeline import Writer
-from driverlog_daemon.store import BatchResult
+from driverlog_daemon.store import BatchResult, Gap
 
 log = structlog.get_logger("driverlog.backfill")
 
@@ -215,16 +216,20 @@ def _page(output: bytes) -> tuple[list[dict[str, Any]], bool]:
 class Backfiller:
     """Runs backfills on its own thread (so the live stream keeps flowing), coalescing requests.
 
-    ``request`` schedules one (after a (re)connect or a ``dropped-output``); ``run_now`` runs one and waits
-    (the stall check needs the answer). Results go through the writer like any other batch.
+    A backfill covers the open gaps (``store.open_gaps``): its window starts at the oldest one's ``since`` (Gerrit's
+    clock) minus the overlap, and when its results are committed the gaps it covered close in the same
+    transaction. One that fails leaves them open: it is retried with backoff (1 s doubling to 60 s) on the current
+    connection until one succeeds, and a restart finds them in the database. ``request`` schedules one after the
+    gap it is for has been recorded (``after``); ``run_now`` runs one and waits (the stall check needs the answer).
     """
 
     def __init__(self, gerrit: GerritConfig, accounts: Callable[[], Iterable[str]], writer: Writer,
                  metrics: Metrics, cursor: Callable[[], int | None], *,
                  projects: Callable[[], Iterable[str]] = tuple, unknown_merges: Callable[[], Iterable[int]] = tuple,
-                 clock: Callable[[], float] = time.time,
-                 command_timeout: float = 120.0, accounts_per_query: int = ACCOUNTS_PER_QUERY,
-                 page_size: int = PAGE_SIZE) -> None:
+                 gaps: Callable[[], list[Gap]] = list, client: Callable[[], paramiko.SSHClient | None] = lambda: None,
+                 clock: Callable[[], float] = time.time, command_timeout: float = 120.0,
+                 accounts_per_query: int = ACCOUNTS_PER_QUERY, page_size: int = PAGE_SIZE,
+                 retry_base: float = 1.0, retry_cap: float = 60.0) -> None:
         self.gerrit = gerrit
         self.accounts = accounts
         self.writer = writer
@@ -232,15 +237,20 @@ class Backfiller:
         self.cursor = cursor
         self.projects = projects
         self.unknown_merges = unknown_merges
+        self.gaps = gaps
+        self.client = client
         self.clock = clock
         self.command_timeout = command_timeout
         self.accounts_per_query = accounts_per_query
         self.page_size = page_size
+        self.retry_base, self.retry_cap = retry_base, retry_cap
+        self._retry_delay = retry_base
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._pending: tuple[paramiko.SSHClient, str, int | None] | None = None
+        self._pending: tuple[paramiko.SSHClient, str, Future[Any] | None] | None = None
         self._stopped = False
         self._busy = False
+        self._failed = False
         self.completed = 0  # backfills finished (ok or not), for tests and STATUS
         self.last_report: BackfillReport | None = None
         self._thread = threading.Thread(target=self._run, name="driverlog-backfill", daemon=True)
@@ -253,12 +263,10 @@ class Backfiller:
             self._stopped = True
             self._wake.notify_all()
 
-    def request(self, client: paramiko.SSHClient, trigger: str, since: int | None = None) -> None:
+    def request(self, client: paramiko.SSHClient, trigger: str, after: Future[Any] | None = None) -> None:
+        """Schedule a backfill on ``client``, once ``after`` (the gap being recorded) is done."""
         with self._wake:
-            if self._pending is not None:  # coalesce: the wider window wins
-                _, _, old = self._pending
-                since = None if since is None or old is None else min(since, old)
-            self._pending = (client, trigger, since)
+            self._pending = (client, trigger, after)  # the newer request covers the older: its gap came later
             self._wake.notify_all()
 
     def idle(self) -> bool:
@@ -268,28 +276,46 @@ class Backfiller:
     def _run(self) -> None:
         while True:
             with self._wake:
-                self._wake.wait_for(lambda: self._stopped or self._pending is not None)
+                timeout = self._retry_delay if self._failed else None
+                self._wake.wait_for(lambda: self._stopped or self._pending is not None, timeout)
                 if self._stopped:
                     return
-                assert self._pending is not None
-                client, trigger, since = self._pending
+                if self._pending is None:  # the retry timer: the gaps are still open
+                    client = self.client()
+                    if client is None:
+                        continue  # disconnected: the next connection's backfill covers them
+                    request: tuple[paramiko.SSHClient, str, Future[Any] | None] = (client, "retry", None)
+                else:
+                    request = self._pending
                 self._pending = None
                 self._busy = True
+            client, trigger, after = request
             try:
-                self.run_now(client, trigger, since)
-            except Exception:  # logged and counted in run_now; the next trigger tries again
-                pass
+                if after is not None:
+                    after.result(timeout=self.command_timeout)
+                self.run_now(client, trigger)
+            except Exception:  # logged and counted in run_now; retried with backoff while gaps stay open
+                with self._lock:
+                    self._failed = True
+                    self._retry_delay = min(self.retry_cap, self._retry_delay * 2) if trigger == "retry" \
+                        else self.retry_base
+            else:
+                with self._lock:
+                    self._failed = False
+                    self._retry_delay = self.retry_base
             finally:
                 with self._lock:
                     self._busy = False
                     self.completed += 1
 
-    def run_now(self, client: paramiko.SSHClient, trigger: str, since: int | None = None) -> BatchResult:
-        """Backfill from ``since`` (or the stored cursor) minus the overlap; the writer's result for it."""
+    def run_now(self, client: paramiko.SSHClient, trigger: str) -> BatchResult:
+        """Backfill the open gaps (or, with none, from the stored cursor) minus the overlap; the writer's result."""
         now = int(self.clock())
         overlap = int(self.gerrit.backfill_overlap_minutes * 60)
         max_age = int(self.gerrit.backfill_max_age_hours * 3600)
-        w = window(self.cursor() if since is None else since, now, overlap, max_age)
+        gaps = self.gaps()
+        up_to = max((g.id for g in gaps), default=None)
+        w = window(min(g.since for g in gaps) if gaps else self.cursor(), now, overlap, max_age)
         self.metrics.backfills.labels(trigger).inc()
         if w.capped:
             self.metrics.backfill_gap_exceeded.inc()
@@ -307,16 +333,20 @@ class Backfiller:
             report = fetch(execute, list(self.accounts()), w.since, projects=list(self.projects()),
                            changes=list(self.unknown_merges()), accounts_per_query=self.accounts_per_query,
                            page_size=self.page_size)
-            result = self.writer.put_backfill(report.comments, report.facts).result(timeout=self.command_timeout)
+            result = self.writer.put_backfill(report.comments, report.facts, close_gaps_up_to=up_to).result(
+                timeout=self.command_timeout)
         except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
             self.metrics.backfill_failures.inc()
-            log.error("backfill_failed", trigger=trigger, since=gerrit_time(w.since),
-                      error=f"{type(exc).__name__}: {exc}")
+            if up_to is not None:
+                self.writer.gap_failed(up_to, error)
+            log.error("backfill_failed", trigger=trigger, since=gerrit_time(w.since), error=error,
+                      open_gaps=len(gaps))
             raise
         self.metrics.backfill_messages.inc(len(report.comments))
         self.last_report = report
         log.info("backfill_done", trigger=trigger, since=gerrit_time(w.since), queries=report.queries,
                  pages=report.pages, changes=report.changes, ci_messages=len(report.comments),
                  recorded=result.inserted, already_present=result.already_present,
-                 seconds=round(time.monotonic() - started, 3))
+                 gaps_closed=len(result.closed_gaps), seconds=round(time.monotonic() - started, 3))
         return result

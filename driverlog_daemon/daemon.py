@@ -58,7 +58,9 @@ class Service:
         self._cursor_lock = threading.Lock()
         self.backfiller = Backfiller(g, lambda: self.pipeline.registry.ci_accounts, self.writer, self.metrics,
                                      self._cursor, projects=lambda: self.pipeline.registry.review_projects,
-                                     unknown_merges=self._unknown_merges, clock=clock)
+                                     unknown_merges=self._unknown_merges, gaps=self.open_gaps,
+                                     client=self._current_client, clock=clock)
+        self.clock = clock
         self.listener: StreamListener | None = None
         if g.host:
             hooks = StreamHooks(deliver=self.writer.put_block, connected=self._connected,
@@ -68,6 +70,7 @@ class Service:
         self._client: paramiko.SSHClient | None = None
         self._listener_thread: threading.Thread | None = None
         self.metrics.watch_releases(self._release_times)
+        self.metrics.watch_gaps(self._gap_state)
         self.web: WebServer | None = None
         if http:
             app = App(self.store.path, lambda: self.pipeline.registry, self.metrics, self.health, live=self.live,
@@ -141,23 +144,62 @@ class Service:
     def live(self) -> Live:
         """What the status page's header shows beside the database: the stream's state."""
         return Live(gerrit=self.listener.state if self.listener else "not configured",
-                    newest_event_time=self.pipeline.stats.newest_event_time)
+                    newest_event_time=self.pipeline.stats.newest_event_time, open_gap=self._gap_text())
 
     def _unknown_merges(self) -> list[int]:
         with self._cursor_lock:
             return store_mod.unknown_merges(self._cursor_conn)
 
+    def _initial_since(self) -> int:
+        """Where a first start's gap begins: as far back as a backfill may reach (the initial import)."""
+        return int(self.clock()) - int(self.config.gerrit.backfill_max_age_hours * 3600)
+
     def _connected(self, client: paramiko.SSHClient, first: bool) -> None:
         self._client = client
-        self.backfiller.request(client, "start" if first else "reconnect")
+        trigger = "start" if first else "reconnect"
+        # What happened before this connection is not proven: a gap from the newest event committed (or the
+        # stored cursor after a restart), recorded after every block already read, then a backfill covers it.
+        gap = self.writer.open_gap(trigger, self._initial_since())
+        self.backfiller.request(client, trigger, after=gap)
 
-    def _dropped_output(self, newest_before: int | None) -> None:
-        log.warning("dropped_output", newest_event_before=newest_before)
+    def _current_client(self) -> paramiko.SSHClient | None:
+        connected = self.listener is not None and self.listener.state == "connected"
+        return self._client if connected else None
+
+    def _dropped_output(self, since: int | None) -> None:
+        log.warning("dropped_output", gap_since=since)  # the writer has recorded the gap
         if self._client is not None:
-            self.backfiller.request(self._client, "dropped-output", newest_before)
+            self.backfiller.request(self._client, "dropped-output")
 
     def _quiet_window(self, client: paramiko.SSHClient, quiet_since: float) -> int:
-        return self.backfiller.run_now(client, "stall", int(quiet_since)).inserted
+        """A stall: the quiet window is a gap from the newest event committed (Gerrit's clock, not ours)."""
+        self.writer.open_gap("stall", self._initial_since()).result(timeout=60)
+        return self.backfiller.run_now(client, "stall").inserted
+
+    def open_gaps(self) -> list[store_mod.Gap]:
+        if not self.server_name:
+            return []
+        with self._cursor_lock:
+            return store_mod.open_gaps(self._cursor_conn, self.server_name)
+
+    def _gap_state(self) -> tuple[list[store_mod.Gap], int | None, int | None]:
+        """(open gaps, proven cursor, newest event seen) for the metrics."""
+        if not self.server_name:
+            return [], None, None
+        with self._cursor_lock:
+            row = self._cursor_conn.execute("SELECT last_event_time, newest_event_time FROM stream_state "
+                                            "WHERE server = ?", (self.server_name,)).fetchone()
+            gaps = store_mod.open_gaps(self._cursor_conn, self.server_name)
+        return gaps, (row[0] if row else None), (row[1] if row else None)
+
+    def _gap_text(self) -> str | None:
+        gaps = self.open_gaps()
+        if not gaps:
+            return None
+        oldest = gaps[0]
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(oldest.since))
+        return f"since {since} ({oldest.reason}" + (f", {oldest.attempts} failed attempts" if oldest.attempts
+                                                    else "") + (f", {len(gaps)} open" if len(gaps) > 1 else "") + ")"
 
     # -------------------------------------------------------------------------------------- health
 
@@ -176,7 +218,12 @@ class Service:
             "verifications_recorded": stats.recorded,
             "queue_depth": self.writer.queue.qsize(),
             "drivers": len(self.pipeline.registry.drivers),
+            "open_gaps": [{"since": g.since, "reason": g.reason, "attempts": g.attempts, "last_error": g.last_error}
+                          for g in self.open_gaps()],
+            "cursor": self._cursor(),
         }
+        if self.writer.failing:
+            detail["writer"] = "failing: database writes fail and are retried (see db_write_failed in the log)"
         return self.healthy(), detail
 
     def status_line(self) -> str:
@@ -191,7 +238,9 @@ class Service:
         last = "none yet"
         if stats.last_verification_time is not None:
             last = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stats.last_verification_time))
-        return f"{conn}; {stats.lines:,} events, {stats.recorded:,} verifications recorded; last verification {last}"
+        gap = self._gap_text()
+        return (f"{conn}; {stats.lines:,} events, {stats.recorded:,} verifications recorded; last verification {last}"
+                + (f"; backfill gap open {gap}" if gap else ""))
 
 
 # ------------------------------------------------------------------------------------------------- run

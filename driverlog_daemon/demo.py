@@ -4,7 +4,7 @@ It makes keys and a known_hosts file in a work folder, starts the test server wi
 (which the daemon's first backfill imports), runs ``driverlog-daemon run`` as a subprocess with the shipped
 registry, feeds the server a realistic live stream (with a ``dropped-output`` and a short outage on the way,
 both repaired by backfill), then shows what the daemon recorded — its log, the database — and keeps serving
-``/metrics`` and ``/healthz`` on 127.0.0.1 until Ctrl-C (or ``--serve-seconds``).
+the status page, the API, badges, ``/metrics`` and ``/healthz`` on 127.0.0.1 until Ctrl-C (or ``--serve-seconds``).
 """
 
 from __future__ import annotations
@@ -83,9 +83,16 @@ class Demo:
     # ---------------------------------------------------------------------------------------- steps
 
     def seed_history(self, count: int) -> None:
+        """CI results of the last three days; most of their changes merged at the patch set the CI voted on,
+        an hour later (the first backfill learns both, so the page shows marks from the start)."""
         now = int(time.time())
-        for ev in _ci_only(self.registry, count, seed=7, start=now - 3 * 86400):
+        for i, ev in enumerate(_ci_only(self.registry, count, seed=7, start=now - 3 * 86400)):
             self.server.record_only(ev)
+            if i % 4 != 3:
+                change = {**ev["change"], "status": "MERGED"}
+                self.server.record_only({"type": "change-merged", "change": change, "patchSet": ev["patchSet"],
+                                         "submitter": {"name": "Core Reviewer", "username": "core"},
+                                         "eventCreatedOn": min(now - 60, int(ev["eventCreatedOn"]) + 3600)})
 
     def start_daemon(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DRIVERLOG_", "NOTIFY_SOCKET"))}
@@ -163,9 +170,10 @@ class Demo:
             _say(f"the database ({self.db})")
             print(f"    drivers {s['drivers']}, verifications {s['verifications']} "
                   f"(by source {s['by_source']}, by result {s['by_result']}), driver_status rows {s['driver_status']}")
-            print("  SELECT vendor, driver, release, last_result, last_result_at FROM driver_ci_status:")
-            rows = conn.execute("SELECT vendor, driver, release, last_result, last_result_at FROM driver_ci_status "
-                                "ORDER BY last_result_at DESC LIMIT 12").fetchall()
+            print(f"    changes {s['changes']}, DriverLog marks {s['driver_marks']}")
+            print("  SELECT vendor, driver, release, result, comment_at FROM driverlog_marks (DriverLog's marks):")
+            rows = conn.execute("SELECT vendor, driver, release, result, comment_at FROM driverlog_marks "
+                                "ORDER BY comment_at DESC LIMIT 12").fetchall()
             for vendor, driver, release, result, at in rows:
                 print(f"    {vendor[:22]:<22} {driver[:34]:<34} {release or '-':<10} {result:<8} {at}")
         finally:
@@ -180,8 +188,10 @@ class Demo:
 
     def serve(self, seconds: float | None) -> None:
         base = f"http://127.0.0.1:{self.http_port}"
-        _say(f"serving {base}/metrics and {base}/healthz"
-             + (f" for {seconds:g} s" if seconds is not None else " — Ctrl-C to stop"))
+        _say("serving" + (f" for {seconds:g} s" if seconds is not None else " — Ctrl-C to stop"))
+        for path, what in (("/", "the status page"), ("/api/1.0/drivers", "DriverLog's JSON API"),
+                           ("/badge/1.svg", "a badge"), ("/metrics", "Prometheus metrics"), ("/healthz", "health")):
+            print(f"    {base}{path:<20} {what}")
         deadline = None if seconds is None else time.monotonic() + seconds
         try:
             while deadline is None or time.monotonic() < deadline:

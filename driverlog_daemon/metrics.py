@@ -6,7 +6,9 @@ global. Stages report in aggregates (per block, per batch), never per line, to k
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -103,6 +105,10 @@ class Metrics:
         """Per driver x release gauges, read from the database at each scrape (O(drivers x releases))."""
         self.registry.register(_ReleaseCollector(read))
 
+    def watch_gaps(self, read: Callable[[], tuple[Sequence[Any], int | None, int | None]]) -> None:
+        """Open gaps and the cursor's lag, read from the database at each scrape."""
+        self.registry.register(_GapCollector(read))
+
     def count_events(self, by_type: Mapping[str, int]) -> None:
         for kind, n in by_type.items():
             if n:
@@ -130,6 +136,26 @@ class _ReleaseCollector(Collector):
                 success.add_metric([project, vendor, driver, release], mark_success)
         yield last
         yield success
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+class _GapCollector(Collector):
+    def __init__(self, read: Callable[[], tuple[Sequence[Any], int | None, int | None]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[Metric]:
+        gaps, cursor, newest = self.read()
+        yield GaugeMetricFamily("driverlog_open_gaps", "Backfill gaps not closed yet (results there are not proven).",
+                                value=len(gaps))
+        oldest = min((g.opened_at for g in gaps), default=None)
+        yield GaugeMetricFamily("driverlog_oldest_open_gap_age_seconds",
+                                "How long the oldest open gap has been open (0 with none).",
+                                value=0.0 if oldest is None else max(0.0, time.time() - oldest))
+        yield GaugeMetricFamily("driverlog_cursor_lag_seconds",
+                                "Newest event seen minus the proven cursor, in Gerrit's clock.",
+                                value=0.0 if cursor is None or newest is None else max(0, newest - cursor))
 
     def describe(self) -> Iterator[Metric]:
         return iter(())

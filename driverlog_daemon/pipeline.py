@@ -7,6 +7,7 @@ keeping the counters every front end reports (replay's summary, the metrics, sys
 
 from __future__ import annotations
 
+import functools
 import queue
 import sqlite3
 import threading
@@ -15,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import structlog
 
@@ -105,6 +107,8 @@ class Pipeline:
         self.store = store
         self.metrics = metrics or Metrics()
         self.server = server  # the cursor key in stream_state; None: do not move any cursor (replay)
+        #: newest eventCreatedOn committed from the live stream (Gerrit's clock); a gap opened now starts there
+        self.stream_newest = store.newest_event_time(server) if server else None
         self.stats = Stats()
         self._lock = threading.Lock()
         self.registry = registry
@@ -187,13 +191,21 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------------ commit
 
-    def commit(self, pending: Pending, source: Source) -> BatchResult:
-        """Write a batch in one transaction, with the cursor when this pipeline has a server."""
-        cursor = None
+    def commit(self, pending: Pending, source: Source, close_gaps_up_to: int | None = None) -> BatchResult:
+        """Write a batch in one transaction, with the cursor when this pipeline has a server; a backfill batch
+        closes the gaps it covered (ids up to ``close_gaps_up_to``) in the same transaction."""
+        cursor = close = None
         if self.server is not None and pending.newest_event_time is not None and source == "stream":
             cursor = (self.server, pending.newest_event_time)
+        if self.server is not None and close_gaps_up_to is not None:
+            close = (self.server, close_gaps_up_to, self.stream_newest)
         retries_before = self.store.write_retries
-        result = self.store.record(pending.verifications, source, cursor, changes=pending.changes)
+        result = self.store.record(pending.verifications, source, cursor, changes=pending.changes, close=close)
+        if cursor is not None and (self.stream_newest is None or cursor[1] > self.stream_newest):
+            self.stream_newest = cursor[1]
+        for gap_id, reason, opened_at in result.closed_gaps:
+            log.info("gap_closed", server=self.server, gap=gap_id, reason=reason,
+                     open_seconds=round(time.time() - opened_at, 3), recorded=result.inserted)
         if self.store.write_retries != retries_before:
             self.metrics.db_write_retries.inc(self.store.write_retries - retries_before)
         self.stats.recorded += result.inserted
@@ -229,12 +241,26 @@ class _Backfilled:
     comments: list[CommentAdded]
     changes: list[ChangeFact]
     done: Future[BatchResult]
+    close_gaps_up_to: int | None = None
 
 
 @dataclass(slots=True)
 class _Reload:
     registry: Registry
     done: Future[None]
+
+
+@dataclass(slots=True)
+class _OpenGap:
+    reason: str
+    fallback_since: int  # when nothing was ever committed from the stream (a first start): the initial import
+    done: Future[tuple[int, int]]  # (gap id, since)
+
+
+@dataclass(slots=True)
+class _GapFailed:
+    up_to: int
+    error: str
 
 
 class Writer:
@@ -249,8 +275,8 @@ class Writer:
                  flush_seconds: float = 0.05, on_dropped_output: Callable[[int | None], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.pipeline = pipeline
-        self.queue: queue.Queue[tuple[bytes, float] | bytes | _Backfilled | _Reload | None] = queue.Queue(
-            maxsize=max_queue)
+        self.queue: queue.Queue[tuple[bytes, float] | bytes | _Backfilled | _Reload | _OpenGap | _GapFailed | None] = (
+            queue.Queue(maxsize=max_queue))
         self.batch_rows = batch_rows
         self.flush_seconds = flush_seconds
         self.on_dropped_output = on_dropped_output
@@ -267,11 +293,20 @@ class Writer:
         self.queue.put((block, time.monotonic()))
         self.pipeline.metrics.queue_depth.set(self.queue.qsize())
 
-    def put_backfill(self, comments: list[CommentAdded], changes: list[ChangeFact] | None = None
-                     ) -> Future[BatchResult]:
+    def put_backfill(self, comments: list[CommentAdded], changes: list[ChangeFact] | None = None,
+                     close_gaps_up_to: int | None = None) -> Future[BatchResult]:
         done: Future[BatchResult] = Future()
-        self.queue.put(_Backfilled(comments, changes or [], done))
+        self.queue.put(_Backfilled(comments, changes or [], done, close_gaps_up_to))
         return done
+
+    def open_gap(self, reason: str, fallback_since: int) -> Future[tuple[int, int]]:
+        """Open a gap after everything already queued (so after the blocks read before the fault): (id, since)."""
+        done: Future[tuple[int, int]] = Future()
+        self.queue.put(_OpenGap(reason, fallback_since, done))
+        return done
+
+    def gap_failed(self, up_to: int, error: str) -> None:
+        self.queue.put(_GapFailed(up_to, error))
 
     def reload(self, registry: Registry) -> Future[None]:
         done: Future[None] = Future()
@@ -306,6 +341,7 @@ class Writer:
                 return
             if isinstance(item, tuple):  # a block of stream lines and when it was read
                 block, read_at = item
+                newest_before = max(self.pipeline.stream_newest or 0, self._pending.newest_event_time or 0) or None
                 before = len(self._pending.verifications)
                 dropped = self.pipeline.process_block(block, self._pending)
                 if len(self._pending.verifications) > before:
@@ -315,15 +351,33 @@ class Writer:
                              driver="/".join(v.driver_key), result=v.result, release=v.release or None)
                 if self._pending.verifications and self._pending_since is None:
                     self._pending_since = self.clock()
-                if dropped and self.on_dropped_output is not None:
+                if dropped:
                     self._commit_stream()
-                    self.on_dropped_output(self.pipeline.stats.newest_event_time)
+                    # Gerrit discarded events before the marker: what came before this block is all we know
+                    gap = self._open_gap("dropped-output", newest_before)
+                    if self.on_dropped_output is not None:
+                        self.on_dropped_output(gap[1] if gap else newest_before)
             elif isinstance(item, _Backfilled):
                 self._commit_stream()
                 batch = Pending()
                 self.pipeline.process_comments(item.comments, batch, item.changes)
-                result = self._commit(batch, "backfill")
+                result = self._commit(batch, "backfill", item.close_gaps_up_to)
                 item.done.set_result(result)
+            elif isinstance(item, _OpenGap):
+                self._commit_stream()
+                try:
+                    opened = self._open_gap(item.reason, self.pipeline.stream_newest or item.fallback_since)
+                except sqlite3.Error as exc:
+                    item.done.set_exception(exc)
+                else:
+                    if opened is None:
+                        item.done.set_exception(RuntimeError("no Gerrit server: no gap to open"))
+                    else:
+                        item.done.set_result(opened)
+            elif isinstance(item, _GapFailed):
+                if self.pipeline.server is not None:
+                    self._retrying(functools.partial(self.pipeline.store.gap_failed, self.pipeline.server,
+                                                     item.up_to, item.error))
             elif isinstance(item, _Reload):
                 self._commit_stream()
                 try:
@@ -343,12 +397,36 @@ class Writer:
             self._commit(self._pending, "stream", final=final)
         self._pending_since = None
 
-    def _commit(self, pending: Pending, source: Source, final: bool = False) -> BatchResult:
+    def _open_gap(self, reason: str, since: int | None) -> tuple[int, int] | None:
+        """Record a gap (retried like any write); None without a server or a time to start it from."""
+        server = self.pipeline.server
+        if server is None or since is None:
+            return None
+        gap_id = self._retrying(lambda: self.pipeline.store.open_gap(server, since, reason))
+        log.warning("gap_opened", server=server, gap=gap_id, reason=reason, since=since)
+        return gap_id, since
+
+    def _retrying(self, write: Callable[[], _T]) -> _T:
+        delay = 0.1
+        while True:
+            try:
+                result = write()
+                self.failing = False
+                return result
+            except sqlite3.Error as exc:
+                self.failing = True
+                self.pipeline.metrics.db_write_errors.inc()
+                log.error("db_write_failed", error=str(exc), retry_in=delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _commit(self, pending: Pending, source: Source, close_gaps_up_to: int | None = None,
+                final: bool = False) -> BatchResult:
         delay = 0.1
         attempts = 0
         while True:
             try:
-                result = self.pipeline.commit(pending, source)
+                result = self.pipeline.commit(pending, source, close_gaps_up_to)
                 self.failing = False
                 return result
             except sqlite3.Error as exc:
@@ -364,3 +442,4 @@ class Writer:
 
 
 _TICK = b""
+_T = TypeVar("_T")

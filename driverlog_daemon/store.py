@@ -162,6 +162,23 @@ _MARKS_OF_MERGED_CHANGE = f"""
     {_MARK_UPSERT};"""
 
 _SCHEMA_V2 = f"""
+-- The cursor becomes a low-water mark: last_event_time is the Gerrit time up to which every CI result is proven to
+-- be in the database; newest_event_time is the newest event seen. Gaps are the windows not proven yet.
+ALTER TABLE stream_state ADD COLUMN newest_event_time INTEGER;
+UPDATE stream_state SET newest_event_time = last_event_time;
+
+CREATE TABLE gaps (
+    id          INTEGER PRIMARY KEY,
+    server      TEXT NOT NULL,
+    since       INTEGER NOT NULL,
+    reason      TEXT NOT NULL,
+    opened_at   REAL NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    last_error  TEXT,
+    closed_at   REAL
+);
+CREATE INDEX gaps_open ON gaps (server, since) WHERE closed_at IS NULL;
+
 -- Change state, for the changes of the registry's review projects. Times are Gerrit's (*_time).
 CREATE TABLE changes (
     change_number     INTEGER PRIMARY KEY,
@@ -311,6 +328,7 @@ class BatchResult:
     inserted_success: int
     inserted_failure: int
     already_present: int
+    closed_gaps: tuple[tuple[int, str, float], ...] = ()  # (id, reason, opened_at) of the gaps it closed
 
     @property
     def inserted(self) -> int:
@@ -434,8 +452,12 @@ class Store:
     # ------------------------------------------------------------------------------------ verifications
 
     def record(self, verifications: Iterable[Verification], source: Source,
-               cursor: tuple[str, int] | None = None, changes: Sequence[ChangeFact] = ()) -> BatchResult:
+               cursor: tuple[str, int] | None = None, changes: Sequence[ChangeFact] = (),
+               close: tuple[str, int, int | None] | None = None) -> BatchResult:
         """Insert a batch in one transaction (retried on failure, never dropped) and advance the cursor.
+
+        ``close`` = (server, gap id, newest stream event committed): the batch is a backfill that covered the
+        open gaps up to that id; they close in the same transaction as its results.
 
         ``changes`` are merged into the change state in the same transaction; the marks follow by trigger.
         """
@@ -461,8 +483,9 @@ class Store:
                         inserted[result] = max(cur.rowcount, 0)
                     if cursor is not None:
                         self._advance_cursor(*cursor)
+                    closed = self.close_gaps(*close) if close is not None else []
                 return BatchResult(inserted["success"], inserted["failure"],
-                                   total - inserted["success"] - inserted["failure"])
+                                   total - inserted["success"] - inserted["failure"], tuple(closed))
             except sqlite3.OperationalError:
                 if attempt >= len(self._retry_delays):
                     raise
@@ -477,16 +500,60 @@ class Store:
                FROM driver_status s JOIN drivers d ON d.id = s.driver_id GROUP BY d.id""")]
 
     def _advance_cursor(self, server: str, event_time: int) -> None:
+        """The stream committed events up to ``event_time``: that is proven, unless an open gap starts earlier."""
+        now = self._clock()
         self.conn.execute(
-            """INSERT INTO stream_state (server, last_event_time, updated_at) VALUES (?, ?, ?)
-               ON CONFLICT (server) DO UPDATE SET last_event_time = MAX(last_event_time, excluded.last_event_time),
-                                                 updated_at = excluded.updated_at""",
-            (server, event_time, self._clock()),
-        )
+            """INSERT INTO stream_state (server, last_event_time, newest_event_time, updated_at) VALUES (?1, ?2, ?2, ?3)
+               ON CONFLICT (server) DO UPDATE SET
+                   newest_event_time = max(coalesce(newest_event_time, 0), excluded.newest_event_time)""",
+            (server, event_time, now))
+        self._prove(server, event_time, now)
+
+    def _prove(self, server: str, up_to: int, now: float) -> None:
+        """Move the cursor to ``up_to``, but never across an open gap, and never back."""
+        self.conn.execute(
+            """UPDATE stream_state SET
+                   last_event_time = max(last_event_time, min(?2, coalesce(
+                       (SELECT min(since) FROM gaps WHERE server = ?1 AND closed_at IS NULL), ?2))),
+                   updated_at = ?3
+               WHERE server = ?1""", (server, up_to, now))
+
+    def open_gap(self, server: str, since: int, reason: str) -> int:
+        """Record a window whose CI results are not proven to be here (in its own transaction); its id."""
+        with self._transaction():
+            self.conn.execute(
+                """INSERT INTO stream_state (server, last_event_time, newest_event_time, updated_at)
+                   VALUES (?1, ?2, NULL, ?3) ON CONFLICT (server) DO NOTHING""", (server, since, self._clock()))
+            cur = self.conn.execute("INSERT INTO gaps (server, since, reason, opened_at) VALUES (?, ?, ?, ?)",
+                                    (server, since, reason, self._clock()))
+            gap_id = int(cur.lastrowid or 0)
+        return gap_id
+
+    def close_gaps(self, server: str, up_to_id: int, stream_newest: int | None) -> list[tuple[int, str, float]]:
+        """In the current transaction: close the open gaps with id <= ``up_to_id`` (a backfill covered them) and
+        prove what the stream has committed since. Returns (id, reason, opened_at) of each gap closed."""
+        now = self._clock()
+        closed = [(int(i), str(r), float(o)) for i, r, o in self.conn.execute(
+            "SELECT id, reason, opened_at FROM gaps WHERE server = ? AND closed_at IS NULL AND id <= ?",
+            (server, up_to_id))]
+        self.conn.execute("UPDATE gaps SET closed_at = ? WHERE server = ? AND closed_at IS NULL AND id <= ?",
+                          (now, server, up_to_id))
+        if stream_newest is not None:
+            self._prove(server, stream_newest, now)
+        return closed
+
+    def gap_failed(self, server: str, up_to_id: int, error: str) -> None:
+        with self._transaction():
+            self.conn.execute("UPDATE gaps SET attempts = attempts + 1, last_error = ? "
+                              "WHERE server = ? AND closed_at IS NULL AND id <= ?", (error[:300], server, up_to_id))
 
     def cursor(self, server: str) -> int | None:
         row = self.conn.execute("SELECT last_event_time FROM stream_state WHERE server = ?", (server,)).fetchone()
         return None if row is None else int(row[0])
+
+    def newest_event_time(self, server: str) -> int | None:
+        row = self.conn.execute("SELECT newest_event_time FROM stream_state WHERE server = ?", (server,)).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self.conn)
@@ -504,6 +571,23 @@ class _Transaction:
             self.conn.execute("COMMIT")
         else:
             self.conn.execute("ROLLBACK")
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    id: int
+    since: int  # Gerrit's time
+    reason: str
+    opened_at: float  # the daemon's time
+    attempts: int
+    last_error: str | None
+
+
+def open_gaps(conn: sqlite3.Connection, server: str) -> list[Gap]:
+    """The server's open gaps, oldest first."""
+    return [Gap(*row) for row in conn.execute(
+        "SELECT id, since, reason, opened_at, attempts, last_error FROM gaps WHERE server = ? AND closed_at IS NULL "
+        "ORDER BY since, id", (server,))]
 
 
 def unknown_merges(conn: sqlite3.Connection, limit: int = 500) -> list[int]:

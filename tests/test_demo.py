@@ -22,9 +22,12 @@ def test_demo_runs_and_records_from_stream_and_backfill(tmp_path: Path) -> None:
     assert m and int(m.group(1)) > 0, out
     assert "'backfill'" in m.group(2) and "'stream'" in m.group(2)
     assert "driverlog_backfills_total{trigger=\"dropped-output\"} 1" in out
+    assert re.search(r"http://127\.0\.0\.1:\d+/ +the status page", out)
     conn = sqlite3.connect(work / "driverlog.sqlite")
     try:
         (n,) = conn.execute("SELECT count(*) FROM verifications").fetchone()
         assert n == int(m.group(1))
+        (marked,) = conn.execute("SELECT count(DISTINCT driver_id) FROM driver_marks").fetchone()
+        assert marked >= 3, out  # the status page shows DriverLog's marks for several drivers
     finally:
         conn.close()

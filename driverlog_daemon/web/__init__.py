@@ -6,6 +6,7 @@ DriverLog's API shapes, ``badge.py`` the badges, ``templates/`` the HTML, SVG an
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -21,9 +22,11 @@ class WebServer:
 
     def __init__(self, app: Any, listen: str = "127.0.0.1", port: int = 8080, threads: int = 4) -> None:
         self.app = app
+        # waitress warns "Task queue depth is N" for every request that waits for a thread: a line per request
+        # under load, in the journal and on the CPU. The depth shows in latency; keep its errors only.
+        logging.getLogger("waitress.queue").setLevel(logging.ERROR)
         self._server = create_server(app, host=listen, port=port, threads=threads, ident="driverlog-daemon",
-                                     clear_untrusted_proxy_headers=True, channel_timeout=30,
-                                     asyncore_loop_timeout=0.25)  # stop() takes effect within this
+                                     clear_untrusted_proxy_headers=True, channel_timeout=30)
         self._thread = threading.Thread(target=self._run, name="driverlog-http", daemon=True)
         self._stopped = False
 
@@ -46,11 +49,24 @@ class WebServer:
                 raise
 
     def stop(self) -> None:
-        """Close the listening socket and every connection, then the worker threads."""
+        """Close the listening socket and every connection from the loop's own thread (woken through waitress's
+        trigger, so it need not wait for its select timeout), then stop the worker threads."""
         self._stopped = True
         server: Any = self._server
-        while server._map:
+
+        def close_all() -> None:
             for channel in list(server._map.values()):
-                channel.handle_close()
+                try:
+                    channel.handle_close()
+                except OSError:  # a connection the client closed meanwhile
+                    server._map.pop(channel._fileno, None)
+
+        if self._thread.is_alive():
+            try:
+                server.trigger.pull_trigger(close_all)
+            except OSError:
+                pass
+            self._thread.join(5)
+        if server._map:  # never started, or the loop is gone: close from here
+            close_all()
         server.task_dispatcher.shutdown()
-        self._thread.join(5)

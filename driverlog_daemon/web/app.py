@@ -66,12 +66,10 @@ def _response(status: str, content_type: str, body: bytes) -> Response:
     return Response(status, content_type, body, '"' + hashlib.sha256(body).hexdigest()[:24] + '"')
 
 
-_JSON_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
-
-
 def json_response(obj: Any, status: str = "200 OK") -> Response:
     """JSON with ``<``, ``>`` and ``&`` escaped: the same values, inert even if pasted into HTML."""
-    text = json.dumps(obj, ensure_ascii=False).translate(_JSON_ESCAPES)
+    text = json.dumps(obj, ensure_ascii=False).replace("<", "\\u003c").replace(">", "\\u003e").replace(
+        "&", "\\u0026")
     return _response(status, "application/json", text.encode() + b"\n")
 
 
@@ -117,6 +115,9 @@ class App:
         self._metrics_app = make_wsgi_app(metrics.registry)
         self._cache: OrderedDict[tuple[Any, ...], Response] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self._records_key: tuple[Any, ...] | None = None
+        self._records_value: tuple[Registry, list[dict[str, Any]]] | None = None
+        self._records_lock = threading.Lock()
         self._routes: list[tuple[re.Pattern[str], str, Callable[..., Response], bool]] = [
             (re.compile(p), name, handler, cached) for p, name, handler, cached in (
                 (r"/", "/", self.page_index, True),
@@ -217,12 +218,20 @@ class App:
         return "" if ts is None else ago(self.clock() - ts)
 
     def _records(self) -> tuple[Registry, list[dict[str, Any]]]:
+        """Every registry driver's record, computed once per database state, registry and minute for all routes
+        (one thread computes; the others wait for it rather than compute the same)."""
         registry = self.registry()
-        with self.reader.snapshot() as conn:
-            rows = queries.drivers(conn)
-        now = self.clock()
-        return registry, [api.driver_record(d, rows.get(d.key), registry, now, self.stale_after_days)
-                          for d in registry.drivers]
+        key = (self.reader.version(), id(registry), int(self.clock() // 60))
+        with self._records_lock:
+            if self._records_key != key or self._records_value is None:
+                with self.reader.snapshot() as conn:
+                    rows = queries.drivers(conn)
+                now = self.clock()
+                self._records_value = (registry, [
+                    api.driver_record(d, rows.get(d.key), registry, now, self.stale_after_days)
+                    for d in registry.drivers])
+                self._records_key = key
+            return self._records_value
 
     def _html(self, template: str, **context: Any) -> Response:
         body = self.env.get_template(template).render(**context).encode()
@@ -233,7 +242,7 @@ class App:
     def page_index(self, query: Mapping[str, str]) -> Response:
         registry, records = self._records()
         filters = api.Filters.parse(query)
-        shown_releases = [r for r in registry.releases
+        shown_releases = [r for r in reversed(registry.releases)  # newest first
                           if (r.id.lower() in filters.release_ids if filters.release_ids is not None else r.active)]
         chosen = [r for r in records if api.passes(r, filters, registry, release=filters.release_ids is not None)]
         by_project: dict[str, list[dict[str, Any]]] = {}
