@@ -40,6 +40,7 @@ PROJECTS_PER_QUERY = 10
 CHANGES_PER_QUERY = 50
 PAGE_SIZE = 200
 MAX_PAGES = 1000  # a safety stop against a server that always says moreChanges
+MAX_REPASSES = 20  # re-reads of the rows updated during a pass (a busy server keeps moving them)
 
 
 class BackfillError(Exception):
@@ -164,24 +165,46 @@ def fetch(execute: Exec, accounts: Iterable[str], since: int, *, projects: Itera
     queries += [changes_query_text(chunk, page_size) for chunk in _chunks(sorted(set(changes)), CHANGES_PER_QUERY)]
     for query in queries:
         report.queries += 1
-        start = 0
-        for _ in range(MAX_PAGES):
-            rows, more = _page(execute(command(query, start)))
-            report.pages += 1
-            report.changes += len(rows)
-            for row in rows:
-                fact = fact_from_row(row)
-                if fact is not None:
-                    report.facts.append(fact)
-                for c in comments_from_row(row, wanted, since):
-                    key = (c.change.number, c.patch_set, c.author.username or "", c.created_on)
-                    if key not in seen:  # rows shift between pages while changes are updated
-                        seen.add(key)
-                        report.comments.append(c)
-            if not more or not rows:
+        # Rows come newest-updated first and page by offset, so a change updated while we page moves to the
+        # front, past pages already read: read again from the first page every row updated since the pass
+        # began (lastUpdated at least the newest seen then), until a pass finds nothing newer.
+        newest = _pass(execute, query, wanted, since, report, seen, stop_below=None)
+        for _ in range(MAX_REPASSES):
+            again = _pass(execute, query, wanted, since, report, seen, stop_below=newest)
+            if again is None or newest is None or again <= newest:
                 break
-            start += len(rows)
+            newest = again
     return report
+
+
+def _pass(execute: Exec, query: str, wanted: frozenset[str], since: int, report: BackfillReport,
+          seen: set[tuple[int, int, str, int]], stop_below: int | None) -> int | None:
+    """Page through ``query`` (stopping at the first row updated before ``stop_below``); the newest lastUpdated
+    on its first page."""
+    start = 0
+    newest: int | None = None
+    for page_number in range(MAX_PAGES):
+        rows, more = _page(execute(command(query, start)))
+        report.pages += 1
+        report.changes += len(rows)
+        for row in rows:
+            updated = _int(row.get("lastUpdated"))
+            if page_number == 0 and updated is not None and (newest is None or updated > newest):
+                newest = updated
+            if stop_below is not None and updated is not None and updated < stop_below:
+                return newest
+            fact = fact_from_row(row)
+            if fact is not None:
+                report.facts.append(fact)
+            for c in comments_from_row(row, wanted, since):
+                key = (c.change.number, c.patch_set, c.author.username or "", c.created_on)
+                if key not in seen:  # rows shift between pages while changes are updated
+                    seen.add(key)
+                    report.comments.append(c)
+        if not more or not rows:
+            break
+        start += len(rows)
+    return newest
 
 
 def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:

@@ -38,6 +38,7 @@ class GerritConfig:
     stall_timeout_seconds: float = 300.0
     backfill_max_age_hours: float = 168.0
     backfill_overlap_minutes: float = 10.0
+    reconnect_max_delay_seconds: float = 60.0
     max_event_bytes: int = 16 * 1024 * 1024
     subscribe: tuple[str, ...] = ("comment-added", "patchset-created", "change-merged", "change-abandoned",
                                   "change-restored")

@@ -59,7 +59,8 @@ class Service:
         self.backfiller = Backfiller(g, lambda: self.pipeline.registry.ci_accounts, self.writer, self.metrics,
                                      self._cursor, projects=lambda: self.pipeline.registry.review_projects,
                                      unknown_merges=self._unknown_merges, gaps=self.open_gaps,
-                                     client=self._current_client, clock=clock)
+                                     client=self._current_client, clock=clock,
+                                     retry_cap=max(g.reconnect_max_delay_seconds, 0.1))
         self.clock = clock
         self.listener: StreamListener | None = None
         if g.host:

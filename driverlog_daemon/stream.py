@@ -78,7 +78,7 @@ class StreamListener:
         self.hooks = hooks
         self.metrics = metrics
         self.stop = stop
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or Backoff(cap=max(cfg.reconnect_max_delay_seconds, 0.1))
         self.clock = clock
         self.poll_interval = poll_interval
         self.probe_timeout = probe_timeout or max(1.0, min(10.0, cfg.stall_timeout_seconds / 2))
@@ -116,6 +116,9 @@ class StreamListener:
             except (OSError, EOFError, paramiko.SSHException, TimeoutError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("connection_lost", server=self.server, error=self.last_error)
+            except Exception as exc:  # never let the reader thread die: whatever it was, reconnect
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("stream_error", server=self.server, error=self.last_error)
             finally:
                 self._set_state("disconnected")
             if self.connected_since is not None:
@@ -233,7 +236,11 @@ class StreamListener:
             raise Reconnect("stall") from None
         if probe.status != 0:
             raise Reconnect("stall")
-        missed = self.hooks.quiet_window(client, quiet_since_wall)
+        try:
+            missed = self.hooks.quiet_window(client, quiet_since_wall)
+        except Exception as exc:  # the gap stays open and the backfill retries; the stream answered the probe
+            log.warning("quiet_window_check_failed", server=self.server, error=f"{type(exc).__name__}: {exc}")
+            return
         # Results the stream should have delivered, and it still has not said a word: dead. (Bytes waiting now
         # mean the backfill merely overtook the stream's own delivery of them.)
         if missed and not channel.recv_ready():

@@ -8,7 +8,8 @@ Controls (for tests and the demo): :meth:`push_event` (streamed to every subscri
 message on its change, so that ``gerrit query`` sees what the stream missed), :meth:`push_raw`,
 :meth:`drop_connections`, :meth:`stall` (keep connections, answer nothing), :meth:`refuse_connections`,
 :meth:`kill_streams_silently` (stream channels stay open but get nothing while the transport still answers),
-:meth:`fail_stream_events` (``stream-events`` exits non-zero, like an account without the capability).
+:meth:`fail_stream_events` (``stream-events`` exits non-zero, like an account without the capability),
+:meth:`fail_queries` (queries exit non-zero, or their connection drops half-way), :meth:`hold_queries`.
 """
 
 from __future__ import annotations
@@ -305,6 +306,9 @@ class GerritTestServer:
         self._streams_dead = False
         self._refuse_until = 0.0
         self._stream_failure: tuple[int, str] | None = None
+        self._query_faults: list[str] = []  # what the next queries do: "exit" (status 1) or "drop" (half, then cut)
+        self._queries_held = threading.Event()
+        self.queries_waiting = 0
         self.connections = 0
         self.commands: list[str] = []
         self.stream_subscribed = threading.Condition(self._lock)
@@ -384,6 +388,19 @@ class GerritTestServer:
                            message: str = "fatal: not permitted to run stream-events (capability streamEvents)"
                            ) -> None:
         self._stream_failure = None if status is None else (status, message)
+
+    def fail_queries(self, count: int = 1, mode: str = "exit") -> None:
+        """The next ``count`` queries fail: ``exit`` answers status 1, ``drop`` sends half of the output and then
+        drops the whole connection abruptly (a backfill whose connection dies half-way)."""
+        with self._lock:
+            self._query_faults.extend([mode] * count)
+
+    def hold_queries(self, on: bool = True) -> None:
+        """Queries wait (answer nothing) while held: a backfill in progress, for as long as a test likes."""
+        if on:
+            self._queries_held.set()
+        else:
+            self._queries_held.clear()
 
     def wait_for_streams(self, count: int = 1, timeout: float = 10.0) -> bool:
         """Block until ``count`` stream-events channels are subscribed."""
@@ -526,6 +543,19 @@ class GerritTestServer:
         if (fmt or "").upper() != "JSON":
             self._finish(channel, 1, stderr="fatal: only --format=JSON is supported by this test server\n")
             return
+        with self._lock:
+            self.queries_waiting += 1
+        try:
+            while self._queries_held.is_set() and not self._stopped.is_set() and not channel.closed:
+                time.sleep(0.02)
+        finally:
+            with self._lock:
+                self.queries_waiting -= 1
+        with self._lock:
+            fault = self._query_faults.pop(0) if self._query_faults else None
+        if fault == "exit":
+            self._finish(channel, 1, stderr="fatal: internal server error (test fault)\n")
+            return
         started = time.monotonic()
         try:
             page, more = self.index.query(" ".join(terms), start)
@@ -539,4 +569,15 @@ class GerritTestServer:
         out.append(json.dumps({"type": "stats", "rowCount": len(page),
                                "runTimeMilliseconds": int((time.monotonic() - started) * 1000),
                                "moreChanges": more}, separators=(",", ":")))
-        self._finish(channel, 0, stdout="\n".join(out) + "\n")
+        text = "\n".join(out) + "\n"
+        if fault == "drop":
+            channel.sendall(text[:len(text) // 2].encode())
+            transport = channel.get_transport()
+            if transport is not None:
+                try:
+                    transport.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                transport.close()
+            return
+        self._finish(channel, 0, stdout=text)

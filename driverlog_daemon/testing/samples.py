@@ -83,11 +83,24 @@ def sample_events(registry: Registry, events: int, *, seed: int = 1, start: int 
     t = start
     change_base = 900_000
     voted: list[tuple[int, int, str, str]] = []  # (change, patch set, project, branch) a CI voted on, not merged
+    home: dict[int, tuple[str, str]] = {}  # change number -> (project, branch): fixed for good, as in Gerrit
     for _ in range(events):
         t += rng.choice((0, 0, 1, 1, 2, 5))
+        r = rng.random()
+        ci = r < ci_share and bool(accounts)
+        account = rng.choice(accounts) if ci else ""
+        wanted = registry.by_account[account][0].review_project if ci else None
         number = change_base + rng.randint(0, 40_000)
-        project = rng.choice(projects) if rng.random() < 0.6 else f"openstack/project-{rng.randint(1, 200)}"
-        branch = "master" if rng.random() < 0.85 else rng.choice(["stable/2024.2", "stable/rocky", "stable/zed"])
+        for _ in range(100):  # a CI result needs a change of its driver's project
+            if wanted is None or home.get(number, (wanted,))[0] == wanted:
+                break
+            number = change_base + rng.randint(0, 40_000)
+        if number not in home:
+            project = wanted or (rng.choice(projects) if rng.random() < 0.6
+                                 else f"openstack/project-{rng.randint(1, 200)}")
+            branch = "master" if rng.random() < 0.85 else rng.choice(["stable/2024.2", "stable/rocky", "stable/zed"])
+            home[number] = (project, branch)
+        project, branch = home[number]
         ps = rng.randint(1, 12)
         owner = _account(rng)
         change = {
@@ -101,14 +114,10 @@ def sample_events(registry: Registry, events: int, *, seed: int = 1, start: int 
             "ref": f"refs/changes/{number % 100:02d}/{number}/{ps}", "uploader": owner, "createdOn": t - 3600,
             "author": owner, "kind": "REWORK", "sizeInsertions": rng.randint(1, 500), "sizeDeletions": -3,
         }
-        r = rng.random()
         ev: dict[str, object]
-        if r < ci_share and accounts:  # a registered CI account reports
-            account = rng.choice(accounts)
+        if ci:  # a registered CI account reports
             drivers = list(registry.by_account[account])
             d0 = drivers[0]
-            change["project"] = d0.review_project
-            change["url"] = f"https://review.example.org/c/{d0.review_project}/+/{number}"
             chosen = [d for d in drivers if d.review_project == d0.review_project]
             chosen = rng.sample(chosen, k=rng.randint(1, len(chosen)))
             comment, approvals = _ci_comment(rng, chosen, ps, rng.randint(200, 3000))

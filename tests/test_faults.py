@@ -1,0 +1,45 @@
+"""The fault suite: the real daemon, the Gerrit SSH test server, faults following each other; nothing lost or doubled.
+
+Expected verifications come from a reference implementation of the rules (``testing.faults.reference``), not from
+the daemon's matcher. Gerrit's clock is skewed from ours by more than the overlap, in both directions: two runs,
+each with its own server, daemon and database, side by side (they mostly wait).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from driverlog_daemon.testing.faults import FaultRun, Outcome, Scenario
+
+from .conftest import DATA
+
+SKEWS = {"gerrit-behind": -2 * 3600, "gerrit-ahead": 2 * 3600}
+
+
+def run(work: Path, skew: int) -> Outcome:
+    scenario = Scenario.suite(skew)
+    kinds = [k for _, k in scenario.faults]
+    assert kinds.count("drop") + kinds.count("drop-mid-line") >= 10 and kinds.count("stall") == 2
+    assert {"outage", "dead-stream", "kill", "kill-during-backfill", "backfill-drop", "dropped-output",
+            "dropped-output-backfill-fails"} <= set(kinds)
+    fault_run = FaultRun(work, scenario, DATA, say=lambda _: None)
+    try:
+        return fault_run.run()
+    finally:
+        fault_run.close()
+
+
+@pytest.mark.timeout(170)
+def test_nothing_lost_nothing_doubled_when_faults_overlap(tmp_path: Path) -> None:
+    with ThreadPoolExecutor(len(SKEWS)) as pool:
+        futures = {name: pool.submit(run, tmp_path / name, skew) for name, skew in SKEWS.items()}
+        outcomes = {name: f.result() for name, f in futures.items()}
+    for name, outcome in outcomes.items():
+        assert outcome.expected >= 250, f"{name}: {outcome.line()}"  # several hundred CI results
+        assert len(outcome.faults) == len(Scenario.suite(SKEWS[name]).faults), f"{name}: {outcome.line()}"
+    failed = {name: f"{o.line()}; missing e.g. {o.missing_examples}; log {o.log}"
+              for name, o in outcomes.items() if not o.ok}
+    assert not failed, failed

@@ -1,0 +1,126 @@
+"""The cursor is a low-water mark in Gerrit's clock: gaps stay open until a backfill covering them succeeds."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from driverlog_daemon import store as store_mod
+from driverlog_daemon.registry import Registry
+from driverlog_daemon.store import Store
+
+from .gerrit import SSHEnv, wait_until
+from .test_stream import Harness, ci_event
+
+SERVER = "gerrit:29418"
+
+
+def test_live_events_never_move_the_cursor_across_an_open_gap(tmp_path: Path, registry: Registry) -> None:
+    with Store(tmp_path / "d.sqlite") as s:
+        s.sync_drivers(registry)
+        s.record([], "stream", cursor=(SERVER, 100))
+        assert s.cursor(SERVER) == 100
+        gap = s.open_gap(SERVER, 100, "reconnect")
+        for t in (150, 200, 250):  # the new connection delivers newer events
+            s.record([], "stream", cursor=(SERVER, t))
+        assert (s.cursor(SERVER), s.newest_event_time(SERVER)) == (100, 250)
+        later = s.open_gap(SERVER, 250, "dropped-output")
+        result = s.record([], "backfill", close=(SERVER, gap, 250))  # a backfill that started before `later`
+        assert [g[0] for g in result.closed_gaps] == [gap]
+        assert s.cursor(SERVER) == 250 and [g.id for g in store_mod.open_gaps(s.conn, SERVER)] == [later]
+        s.record([], "stream", cursor=(SERVER, 300))
+        assert s.cursor(SERVER) == 250
+        s.record([], "backfill", close=(SERVER, later, 300))
+        assert s.cursor(SERVER) == 300 and store_mod.open_gaps(s.conn, SERVER) == []
+
+
+def rows(db: Path) -> list[int]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return [r[0] for r in conn.execute("SELECT change_number FROM verifications ORDER BY change_number")]
+    finally:
+        conn.close()
+
+
+def state(db: Path) -> tuple[int | None, list[Any]]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT last_event_time FROM stream_state").fetchone()
+        return (row[0] if row else None), store_mod.open_gaps(conn, conn.execute(
+            "SELECT server FROM stream_state").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_a_failed_backfill_keeps_its_window_and_is_retried(ssh_env: SSHEnv, tmp_path: Path) -> None:
+    # No overlap: only the gap's own window can find what was lost (an overlap would hide a forgotten gap).
+    h = Harness(ssh_env, tmp_path, backfill_overlap_minutes=0)
+    h.service.backfiller.retry_base = 0.3
+    with h:
+        assert wait_until(h.settled)
+        t = int(time.time())
+        ssh_env.server.push_event(ci_event(8001, t - 20))
+        assert wait_until(lambda: h.numbers() == [8001])
+        ssh_env.server.refuse_connections(0.5)
+        ssh_env.server.drop_connections()
+        ssh_env.server.record_only(ci_event(8002, t - 10))  # while disconnected: only backfill can find it
+        ssh_env.server.fail_queries(3, "exit")  # the reconnect's backfill and two retries fail; the stream stays
+        assert wait_until(lambda: h.metric("driverlog_backfill_failures_total") >= 1)
+        ssh_env.server.push_event(ci_event(8003, t))  # live again, newer than the hole
+        assert wait_until(lambda: 8003 in h.numbers())
+        cursor, gaps = state(h.db)
+        assert 8002 not in h.numbers() or not gaps
+        if gaps:  # the live event did not move the cursor across the open gap
+            assert cursor is not None and cursor <= gaps[0].since < t
+        assert wait_until(lambda: h.numbers() == [8001, 8002, 8003], timeout=20)
+        assert h.metric("driverlog_backfill_failures_total") >= 3
+        assert h.metric("driverlog_backfills_total", {"trigger": "retry"}) >= 1
+        assert wait_until(lambda: state(h.db)[1] == [])
+        assert state(h.db)[0] == t
+
+
+def test_the_quiet_window_is_read_in_gerrits_clock(ssh_env: SSHEnv, tmp_path: Path) -> None:
+    """Gerrit's clock three hours behind ours (more than the overlap): a silently dead stream is still found."""
+    skew = -3 * 3600
+    h = Harness(ssh_env, tmp_path, stall_timeout_seconds=0.4)
+    h.service.listener.probe_timeout = 2  # type: ignore[union-attr]
+    with h:
+        assert wait_until(h.settled)
+        t = int(time.time()) + skew
+        ssh_env.server.push_event(ci_event(9001, t))
+        assert wait_until(lambda: h.numbers() == [9001])
+        ssh_env.server.kill_streams_silently(True)
+        ssh_env.server.push_event(ci_event(9002, t + 1))  # the stream is dead: only the index has it
+        assert wait_until(lambda: h.metric("driverlog_gerrit_reconnects_total", {"reason": "dead-stream"}) >= 1)
+        ssh_env.server.kill_streams_silently(False)
+        assert wait_until(lambda: h.numbers() == [9001, 9002])
+
+
+def test_backfill_reads_again_the_rows_updated_while_it_pages(ssh_env: SSHEnv) -> None:
+    """Gerrit pages by offset over rows newest-updated first: a change updated between two pages jumps to the
+    front, past the pages read. Its older CI result must still be found."""
+    from driverlog_daemon import backfill, ssh
+
+    server = ssh_env.server
+    t0 = 1_780_000_000
+    for i in range(450):  # change 20000 is the least recently updated: the last page
+        server.record_only(ci_event(20000 + i, t0 + i))
+    client = ssh.connect(ssh_env.config())
+    calls: list[str] = []
+
+    def execute(command: str) -> bytes:
+        out = ssh.run(client, command, 10)
+        calls.append(command)
+        if len(calls) == 1:  # between the first and second page, change 20000 gets a new patch set
+            server.record_only({"type": "patchset-created", "eventCreatedOn": t0 + 1000, "patchSet": {"number": 3},
+                                "change": {"project": "openstack/cinder", "branch": "master", "number": 20000,
+                                           "status": "NEW"}, "uploader": {"username": "jdev"}})
+        return out.stdout
+
+    try:
+        report = backfill.fetch(execute, ["acme-storage-ci"], t0 - 10, page_size=200)
+    finally:
+        client.close()
+    assert {c.change.number for c in report.comments} == set(range(20000, 20450))
