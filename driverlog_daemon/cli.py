@@ -7,21 +7,27 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from driverlog_daemon import __version__
-from driverlog_daemon.config import Config, ConfigError, load_config
-from driverlog_daemon.registry import RegistryError, load_registry
-from driverlog_daemon.replay import default_jobs
-from driverlog_daemon.store import StoreError
+
+if TYPE_CHECKING:
+    from driverlog_daemon.config import Config
+
+# Each command imports what it uses when it runs: `--help`, `--version` and a short command start in a blink.
 
 EXIT_OK, EXIT_INVALID, EXIT_CONFIG = 0, 1, 2
 
 
 def _config(args: argparse.Namespace) -> Config:
+    from driverlog_daemon.config import load_config
+
     return load_config(getattr(args, "config", None) or os.environ.get("DRIVERLOG_CONFIG"))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from driverlog_daemon.registry import RegistryError, load_registry
+
     path = args.path or _config(args).registry.path
     try:
         registry = load_registry(path)
@@ -37,7 +43,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from driverlog_daemon import logs
     from driverlog_daemon.pipeline import Pipeline
-    from driverlog_daemon.replay import format_report, replay
+    from driverlog_daemon.registry import load_registry
+    from driverlog_daemon.replay import default_jobs, format_report, replay
     from driverlog_daemon.store import Store
 
     config = _config(args)
@@ -49,14 +56,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
     with Store(args.database or config.database.path) as store:
         pipeline = Pipeline(registry, store)
         progress = sys.stderr if sys.stderr.isatty() and not args.quiet else None
-        report = replay(pipeline, args.file, progress=progress, batch_rows=args.batch_rows, jobs=args.jobs)
+        report = replay(pipeline, args.file, progress=progress, batch_rows=args.batch_rows,
+                        jobs=args.jobs or default_jobs())
         print(format_report(pipeline, report))
     return 130 if report.interrupted else EXIT_OK
 
 
 def _checked_config(args: argparse.Namespace) -> tuple[Config, str]:
     """Configuration, its files and its registry, checked as ``run`` needs them; ConfigError names the key."""
-    from driverlog_daemon.config import check_files
+    from driverlog_daemon.config import ConfigError, check_files
+    from driverlog_daemon.registry import RegistryError, load_registry
 
     config = _config(args)
     check_files(config)
@@ -119,9 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--batch-rows", type=int, default=2000, metavar="N",
                    help="commit after every N verifications (default: 2000)")
-    p.add_argument("--jobs", type=int, default=default_jobs(), metavar="N",
-                   help="worker processes that scan a plain file (default: the CPUs available, here "
-                        f"{default_jobs()}); 1 for none")
+    p.add_argument("--jobs", type=int, default=0, metavar="N",
+                   help=f"worker processes that scan a plain file (default: the CPUs available, here "
+                        f"{len(os.sched_getaffinity(0))}); 1 for none")
     p.set_defaults(func=cmd_replay)
 
     p = add("run", "run the daemon",
@@ -149,6 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return demo.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    from driverlog_daemon.config import ConfigError
+    from driverlog_daemon.registry import RegistryError
+    from driverlog_daemon.store import StoreError
+
     try:
         return int(args.func(args))
     except ConfigError as exc:

@@ -10,6 +10,7 @@ current by a trigger in the same transaction as each insert.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
@@ -17,8 +18,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import sqlite_utils
 
 from driverlog_daemon.model import ChangeFact, Source, Verification
 from driverlog_daemon.registry import Registry
@@ -388,9 +387,15 @@ class Store:
         except BaseException:
             self.conn.close()
             raise
-        self.db = sqlite_utils.Database(self.conn)
         self._driver_ids = self._load_driver_ids()
         self.write_retries = 0
+
+    @functools.cached_property
+    def db(self) -> Any:
+        """The connection as a ``sqlite_utils.Database`` (imported on first use)."""
+        import sqlite_utils
+
+        return sqlite_utils.Database(self.conn)
 
     def close(self) -> None:
         self.conn.close()
