@@ -145,7 +145,7 @@ def wrk(port: int, paths: list[str], clients: int, seconds: float) -> dict[str, 
     out = {}
     for path in paths:
         proc = subprocess.run(["wrk", "-t", "2", "-c", str(clients), "-d", f"{seconds:g}s", "--latency",
-                               "-H", "Accept-Encoding: gzip", f"http://127.0.0.1:{port}{path}"],
+                               "--timeout", "30s", "-H", "Accept-Encoding: gzip", f"http://127.0.0.1:{port}{path}"],
                               capture_output=True, text=True, check=True)
         rate = float(re.search(r"Requests/sec:\s+([\d.]+)", proc.stdout).group(1))  # type: ignore[union-attr]
         p50, p99 = (_ms(re.search(rf"^\s+{q}%\s+([\d.]+\w+)", proc.stdout, re.M).group(1))  # type: ignore[union-attr]

@@ -30,6 +30,7 @@ from driverlog_daemon import store as store_mod
 from driverlog_daemon.config import GerritConfig
 from driverlog_daemon.registry import DEFAULT_REGISTRY_PATH, Registry, load_registry
 from driverlog_daemon.ssh import host_label
+from driverlog_daemon.testing import wait_for
 from driverlog_daemon.testing.gerrit_server import GerritTestServer
 from driverlog_daemon.testing.samples import sample_events
 
@@ -233,14 +234,9 @@ class Demo:
         return out
 
     def _wait(self, predicate: Any, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            if self.daemon is not None and self.daemon.poll() is not None:
-                raise SystemExit(f"the daemon exited ({self.daemon.returncode}); see {self.log_path}")
-            time.sleep(0.1)
-        raise SystemExit(f"timed out waiting for {what}; see {self.log_path}")
+        problem = wait_for(predicate, timeout, what, self.daemon, self.log_path, interval=0.1)
+        if problem:
+            raise SystemExit(problem)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ import paramiko
 
 from driverlog_daemon.registry import Registry, load_registry
 from driverlog_daemon.ssh import host_label
+from driverlog_daemon.testing import wait_for
 from driverlog_daemon.testing.gerrit_server import GerritTestServer
 from driverlog_daemon.testing.samples import sample_events
 
@@ -181,14 +182,9 @@ class FaultRun:
         return self.daemon.wait(20)
 
     def _wait(self, predicate: Callable[[], object], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            if self.daemon is not None and self.daemon.poll() is not None:
-                raise RuntimeError(f"the daemon exited ({self.daemon.returncode}) waiting for {what}; see {self.log}")
-            time.sleep(0.02)
-        raise RuntimeError(f"timed out waiting for {what}; see {self.log}")
+        problem = wait_for(predicate, timeout, what, self.daemon, self.log, interval=0.02)
+        if problem:
+            raise RuntimeError(problem)
 
     # ----------------------------------------------------------------------------------------------- faults
 

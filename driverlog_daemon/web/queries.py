@@ -18,19 +18,8 @@ from driverlog_daemon import store as store_mod
 
 
 @dataclass(frozen=True, slots=True)
-class Mark:
-    release: str
-    result: str
-    evidence: str
-    comment_time: int
-    review_url: str | None
-    change_number: int
-    patch_set: int
-
-
-@dataclass(frozen=True, slots=True)
-class Activity:
-    """A driver's newest verification on any change (latest activity)."""
+class Shown:
+    """A verification as the page and the API show it: a mark, or the latest activity (newest on any change)."""
 
     release: str
     result: str
@@ -46,8 +35,8 @@ class DriverRow:
     id: int
     key: tuple[str, str, str]  # (project_id, vendor, name)
     removed: bool
-    marks: dict[str, Mark]  # by release id
-    latest: Activity | None
+    marks: dict[str, Shown]  # by release id
+    latest: Shown | None  # latest activity
     last_success_time: int | None
 
 
@@ -96,15 +85,15 @@ def drivers(conn: sqlite3.Connection) -> dict[tuple[str, str, str], DriverRow]:
             """SELECT m.driver_id, m.release, m.result, v.evidence, m.comment_time, v.review_url, m.change_number,
                       m.patch_set
                FROM driver_marks m JOIN verifications v ON v.id = m.verification_id"""):
-        by_id[did].marks[release] = Mark(release, result, evidence, t, url, change, ps)
-    latest: dict[int, tuple[int, Activity]] = {}
+        by_id[did].marks[release] = Shown(release, result, evidence, t, url, change, ps)
+    latest: dict[int, tuple[int, Shown]] = {}
     success: dict[int, int] = {}
     for did, release, result, evidence, t, url, change, ps, last_success in conn.execute(
             """SELECT s.driver_id, s.release, s.last_result, v.evidence, s.last_comment_time, v.review_url,
                       v.change_number, v.patch_set, s.last_success_time
                FROM driver_status s JOIN verifications v ON v.id = s.last_verification_id"""):
         if did not in latest or t > latest[did][0]:
-            latest[did] = (t, Activity(release, result, evidence, t, url, change, ps))
+            latest[did] = (t, Shown(release, result, evidence, t, url, change, ps))
         if last_success is not None and last_success > success.get(did, -1):
             success[did] = last_success
     for did, row in by_id.items():
