@@ -17,7 +17,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto
 
 demo: $(STAMP)
 	$(BIN)/python -m driverlog_daemon demo
