@@ -24,14 +24,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import paramiko
-
 from driverlog_daemon import store as store_mod
 from driverlog_daemon.config import GerritConfig
 from driverlog_daemon.registry import DEFAULT_REGISTRY_PATH, Registry, load_registry
-from driverlog_daemon.ssh import host_label
 from driverlog_daemon.testing import wait_for
-from driverlog_daemon.testing.gerrit_server import GerritTestServer
+from driverlog_daemon.testing.gerrit_server import start_in
 from driverlog_daemon.testing.samples import sample_events
 
 
@@ -62,12 +59,7 @@ class Demo:
         if work.exists():
             shutil.rmtree(work)
         work.mkdir(parents=True)
-        client_key = paramiko.ECDSAKey.generate(bits=256)
-        client_key.write_private_key_file(str(work / "id_ecdsa"))
-        host_key = paramiko.ECDSAKey.generate(bits=256)
-        self.server = GerritTestServer(host_key, [client_key]).start()
-        (work / "known_hosts").write_text(
-            f"{host_label(self.server.host, self.server.port)} {host_key.get_name()} {host_key.get_base64()}\n")
+        self.server = start_in(work)
         self.http_port = _free_port(http_port)
         self.db = work / "driverlog.sqlite"
         self.log_path = work / "daemon.log"

@@ -25,12 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import paramiko
-
 from driverlog_daemon.registry import Registry, load_registry
-from driverlog_daemon.ssh import host_label
 from driverlog_daemon.testing import wait_for
-from driverlog_daemon.testing.gerrit_server import GerritTestServer
+from driverlog_daemon.testing.gerrit_server import start_in
 from driverlog_daemon.testing.samples import sample_events
 
 FAULTS = ("drop", "drop-mid-line", "stall", "outage", "dead-stream", "kill", "kill-during-backfill",
@@ -144,12 +141,7 @@ class FaultRun:
         work.mkdir(parents=True, exist_ok=True)
         self.registry_path = registry_path
         self.registry = load_registry(registry_path)
-        client_key = paramiko.ECDSAKey.generate(bits=256)
-        client_key.write_private_key_file(str(work / "id_ecdsa"))
-        host_key = paramiko.ECDSAKey.generate(bits=256)
-        self.server = GerritTestServer(host_key, [client_key]).start()
-        (work / "known_hosts").write_text(
-            f"{host_label(self.server.host, self.server.port)} {host_key.get_name()} {host_key.get_base64()}\n")
+        self.server = start_in(work)
         self.db = work / "driverlog.sqlite"
         self.log = work / "daemon.log"
         self.config = work / "driverlog.toml"

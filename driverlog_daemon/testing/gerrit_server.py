@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import paramiko
@@ -34,7 +35,7 @@ from paramiko.common import (
     OPEN_SUCCEEDED,
 )
 
-from driverlog_daemon.ssh import fingerprint
+from driverlog_daemon.ssh import fingerprint, host_label
 
 __all__ = ["GerritTestServer", "fingerprint"]
 
@@ -581,3 +582,15 @@ class GerritTestServer:
                 transport.close()
             return
         self._finish(channel, 0, stdout=text)
+
+
+def start_in(work: Path) -> GerritTestServer:
+    """A test server on 127.0.0.1 with fresh keys: the client's private key in ``work/id_ecdsa`` and the server's
+    host key in ``work/known_hosts`` (what a daemon's configuration points at)."""
+    client_key = paramiko.ECDSAKey.generate(bits=256)
+    client_key.write_private_key_file(str(work / "id_ecdsa"))
+    host_key = paramiko.ECDSAKey.generate(bits=256)
+    server = GerritTestServer(host_key, [client_key]).start()
+    (work / "known_hosts").write_text(
+        f"{host_label(server.host, server.port)} {host_key.get_name()} {host_key.get_base64()}\n")
+    return server
