@@ -406,40 +406,37 @@ class Writer:
         log.warning("gap_opened", server=server, gap=gap_id, reason=reason, since=since)
         return gap_id, since
 
-    def _retrying(self, write: Callable[[], _T]) -> _T:
+    def _retrying(self, write: Callable[[], _T], *, rows: int | None = None,
+                  give_up: Callable[[], _T] | None = None) -> _T:
+        """Run a write until it succeeds, waiting longer after each failure (never dropping it); with
+        ``give_up`` (shutdown), stop after 5 failures and return what it gives."""
         delay = 0.1
+        failures = 0
         while True:
             try:
                 result = write()
                 self.failing = False
                 return result
             except sqlite3.Error as exc:
+                failures += 1
                 self.failing = True
                 self.pipeline.metrics.db_write_errors.inc()
-                log.error("db_write_failed", error=str(exc), retry_in=delay)
+                log.error("db_write_failed", error=str(exc), rows=rows, retry_in=delay)
+                if give_up is not None and failures >= 5:
+                    return give_up()
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
     def _commit(self, pending: Pending, source: Source, close_gaps_up_to: int | None = None,
                 final: bool = False) -> BatchResult:
-        delay = 0.1
-        attempts = 0
-        while True:
-            try:
-                result = self.pipeline.commit(pending, source, close_gaps_up_to)
-                self.failing = False
-                return result
-            except sqlite3.Error as exc:
-                attempts += 1
-                self.failing = True
-                self.pipeline.metrics.db_write_errors.inc()
-                log.error("db_write_failed", error=str(exc), rows=len(pending.verifications), retry_in=delay)
-                if final and attempts >= 5:
-                    log.error("db_write_abandoned_at_shutdown", rows=len(pending.verifications))
-                    return BatchResult(0, 0, 0)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        rows = len(pending.verifications)
 
+        def abandon() -> BatchResult:
+            log.error("db_write_abandoned_at_shutdown", rows=rows)
+            return BatchResult(0, 0, 0)
+
+        return self._retrying(functools.partial(self.pipeline.commit, pending, source, close_gaps_up_to),
+                              rows=rows, give_up=abandon if final else None)
 
 _TICK = b""
 _T = TypeVar("_T")
