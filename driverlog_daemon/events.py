@@ -20,11 +20,13 @@ the registry's review projects: the few the marks need.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from driverlog_daemon.model import CHANGE_STATE_EVENTS, Account, Approval, Change, ChangeFact, CommentAdded
@@ -157,19 +159,28 @@ def _comment_added_checked(obj: Mapping[str, Any]) -> CommentAdded:
 _STATUS_BY_EVENT = {"change-merged": "MERGED", "change-abandoned": "ABANDONED", "change-restored": "NEW"}
 
 
+def _state_event(kind: str, number: Any, project: Any, branch: Any, status: Any, created: Any,
+                 patch_set: Any) -> ChangeEvent | None:
+    """The :class:`ChangeEvent` of a change-state event of the common well-formed shape, else None."""
+    if (type(number) is int and type(patch_set) is int and type(created) is int and type(project) is str
+            and type(branch) is str and number >= 0 and patch_set >= 0):
+        merged = kind == "change-merged"
+        status = _STATUS_BY_EVENT.get(kind) or status
+        return ChangeEvent(kind, created, ChangeFact(
+            number, project, branch, status if type(status) is str else None, created, patch_set,
+            patch_set if merged else None, created if merged else None))
+    return None
+
+
 def change_event_from(obj: Mapping[str, Any], kind: str) -> ChangeEvent:
     """Build a :class:`ChangeEvent` from a decoded change-state event; raises ``_Missing``."""
     try:  # the common, well-formed case without the per-field checks below
-        change, created, ps = obj["change"], obj["eventCreatedOn"], obj["patchSet"]["number"]
-        number, project, branch = change["number"], change["project"], change["branch"]
-        if (type(number) is int and type(ps) is int and type(created) is int and type(project) is str
-                and type(branch) is str and number >= 0 and ps >= 0):
-            merged = kind == "change-merged"
-            status = _STATUS_BY_EVENT.get(kind) or change.get("status")
-            return ChangeEvent(kind, created, ChangeFact(
-                number, project, branch, status if type(status) is str else None, created, ps,
-                ps if merged else None, created if merged else None))
-    except (KeyError, TypeError):
+        change, ps = obj["change"], obj["patchSet"]
+        event = _state_event(kind, change["number"], change["project"], change["branch"], change.get("status"),
+                             obj["eventCreatedOn"], ps["number"])
+        if event is not None:
+            return event
+    except (KeyError, TypeError, AttributeError):
         pass
     change = _get(obj, "change", dict)
     created = _get(obj, "eventCreatedOn", int)
@@ -197,13 +208,16 @@ def comment_fact(comment: CommentAdded) -> ChangeFact:
 def parse_line(line: bytes) -> Event | Malformed:
     """Decode one line completely. Never raises: bad input comes back as :class:`Malformed`."""
     try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError:
-        return Malformed("invalid_utf8", excerpt(line))
-    try:
-        obj = json.loads(text)
-    except ValueError:
-        return Malformed("invalid_json", excerpt(line))
+        obj = _generic_decoder()(line)  # strict JSON, 3x json.loads' speed
+    except Exception:  # whatever msgspec refuses, json decides (and names the reason)
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            return Malformed("invalid_utf8", excerpt(line))
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            return Malformed("invalid_json", excerpt(line))
     if not isinstance(obj, dict):
         return Malformed("not_object", excerpt(line))
     kind = obj.get("type")
@@ -228,10 +242,10 @@ def parse_line(line: bytes) -> Event | Malformed:
 # Gerrit writes the event's own type and time last: `…,"type":"comment-added","eventCreatedOn":1718901234}`.
 _TYPE = b'"type":"'
 _TAIL = re.compile(rb'"type":"([^"\\]+)","eventCreatedOn":(\d+)\}\s*$')
+# The same, as found in a whole block: one match per line that ends that way (the match ends at its newline).
+_TAILS = re.compile(rb'"type":"([^"\\\n]+)","eventCreatedOn":(\d+)\}[ \t\r\f\v]*\n')
 _COMMENT_ADDED = b"comment-added"
 _STATE_KINDS = frozenset(k.encode() for k in CHANGE_STATE_EVENTS)
-
-
 def _value_candidate(key: bytes, values: Iterable[str]) -> re.Pattern[bytes]:
     """``"key":"v"`` for one of ``values`` written literally, or any ``"key"`` value with a JSON escape."""
     names = sorted((re.escape(v.encode("utf-8")) for v in values), key=len, reverse=True)
@@ -239,6 +253,25 @@ def _value_candidate(key: bytes, values: Iterable[str]) -> re.Pattern[bytes]:
     if names:
         alternatives.insert(0, b"(?:" + b"|".join(names) + b')"')
     return re.compile(b'"' + key + b'"\\s*:\\s*"(?:' + b"|".join(alternatives) + b")")
+
+
+def _finder(key: bytes, value: re.Pattern[bytes]) -> Callable[[bytes, int, int], bool]:
+    """``finder(block, lo, hi)``: does ``value`` match at one of the places ``key`` is in ``block[lo:hi]``?
+
+    The same answer as ``value.search(block, lo, hi)`` when ``value`` begins with the literal ``key``, found
+    with ``bytes.find`` (a skip search, ~10x the speed of the regular expression's scan for a line this long).
+    """
+
+    def finder(block: bytes, lo: int, hi: int) -> bool:
+        find, match = block.find, value.match
+        at = find(key, lo, hi)
+        while at >= 0:
+            if match(block, at, hi):
+                return True
+            at = find(key, at + 1, hi)
+        return False
+
+    return finder
 
 
 @dataclass(slots=True)
@@ -268,23 +301,40 @@ class Scanner:
     def __init__(self, ci_accounts: Iterable[str], review_projects: Iterable[str] = ()) -> None:
         self.ci_accounts = frozenset(ci_accounts)
         self.review_projects = frozenset(review_projects)
-        # A username value equal to a CI account written literally, or any username value with an escape.
-        self._candidate = _value_candidate(b"username", self.ci_accounts)
-        # Likewise a project value equal to a review project: the change-state events worth decoding.
-        self._project = _value_candidate(b"project", self.review_projects)
+
+    # The searches are compiled when first used: a start-up with nothing to scan compiles none.
+
+    @functools.cached_property
+    def _candidate(self) -> re.Pattern[bytes]:
+        """A username value equal to a CI account written literally, or any username value with an escape."""
+        return _value_candidate(b"username", self.ci_accounts)
+
+    @functools.cached_property
+    def _project(self) -> re.Pattern[bytes]:
+        """Likewise a project value equal to a review project: the change-state events worth decoding."""
+        return _value_candidate(b"project", self.review_projects)
+
+    @functools.cached_property
+    def _names_ci(self) -> Callable[[bytes, int, int], bool]:
+        return _finder(b'"username"', self._candidate)
+
+    @functools.cached_property
+    def _names_review_project(self) -> Callable[[bytes, int, int], bool]:
+        return _finder(b'"project"', self._project)
 
     def scan(self, block: bytes, start: int = 0, end: int | None = None) -> ScanResult:
         """Classify the lines of ``block[start:end]`` (each ends in a newline; a last one without counts too).
 
         A line that ends the way Gerrit writes events (``"type":"X","eventCreatedOn":N}``) is counted and
-        timed from those bytes, and decoded only when it is a ``comment-added`` that names a CI account as a
-        ``"username"`` (literally, or with a JSON escape). Any other line is decoded in full. Blank lines are
-        skipped.
+        timed from those bytes. It is decoded only when it is a ``comment-added`` that names a CI account as a
+        ``"username"``, or a change-state event that names a review project as a ``"project"`` (literally, or
+        with a JSON escape); the latter by a typed decoder that reads just what a change fact needs. Any other
+        line is decoded in full. Blank lines are skipped.
         """
         result = ScanResult()
         end = len(block) if end is None else end
-        find, rfind, tail, candidate = block.find, block.rfind, _TAIL.match, self._candidate.search
-        project, state_kinds = self._project.search, _STATE_KINDS
+        find, rfind, tail = block.find, block.rfind, _TAIL.match
+        names_ci, names_review_project = self._names_ci, self._names_review_project
         counts: dict[bytes, int] = {}
         newest = -1
         lines = 0
@@ -303,20 +353,40 @@ class Scanner:
                 if t > newest:
                     newest = t
                 if kind == _COMMENT_ADDED:
-                    if candidate(block, pos, line_end):
+                    if names_ci(block, pos, at):
                         self._decode(block[pos:line_end], result, counted=True)
-                elif kind in state_kinds and project(block, pos, line_end):
-                    self._decode(block[pos:line_end], result, counted=True)
+                elif kind in _STATE_KINDS and names_review_project(block, pos, at):
+                    self._read_state(kind, block[pos:line_end], result)
             elif block[pos:line_end].strip():
                 lines += 1
                 self._decode(block[pos:line_end], result, counted=False)
             pos = line_end + 1
-        result.lines = lines
+        result.lines += lines
         for kind, n in counts.items():
             result.by_type[kind.decode("utf-8", "replace")] += n
         if newest >= 0:
             result.note_time(newest)
         return result
+
+    def _read_state(self, kind: bytes, line: bytes, result: ScanResult) -> None:
+        """A change-state event that may be of a review project: its fact, read with a typed decoder."""
+        try:
+            state = _state_decoder()(line)
+        except Exception:  # not what the typed decoder reads: decode it all for the reason
+            self._decode(line, result, counted=True)
+            return
+        change = state.change
+        if change is None or type(change.project) is not str or change.project not in self.review_projects:
+            if change is None or type(change.project) is not str:
+                self._decode(line, result, counted=True)
+            return  # the review project was another "project" value
+        event = _state_event(kind.decode(), change.number, change.project, change.branch, change.status,
+                             state.eventCreatedOn, None if state.patchSet is None else state.patchSet.number)
+        if event is None:  # not the common well-formed shape: decode it all for the exact reason
+            self._decode(line, result, counted=True)
+        else:
+            result.note_time(event.created_on)
+            result.changes.append(event.fact)
 
     def _decode(self, line: bytes, result: ScanResult, *, counted: bool) -> None:
         """Decode a line in full. ``counted``: its type was already counted from its bytes."""
@@ -335,3 +405,18 @@ class Scanner:
                 result.comments.append(event)
         elif isinstance(event, ChangeEvent) and event.fact.project in self.review_projects:
             result.changes.append(event.fact)
+
+
+@cache
+def _state_decoder() -> Callable[[bytes], Any]:
+    """msgspec's decoder of just the fields a change fact needs (:mod:`driverlog_daemon.event_fields`)."""
+    from driverlog_daemon import event_fields
+
+    return event_fields.read_state_event
+
+
+@cache
+def _generic_decoder() -> Callable[[bytes], Any]:
+    from driverlog_daemon import event_fields
+
+    return event_fields.read_any

@@ -1,0 +1,35 @@
+"""The few fields of an event the scanner's fast path reads, as msgspec types (imported on first use).
+
+msgspec decodes just the fields named here and skips the rest of a line in C: a change-state event's
+fields take 3.1 µs where ``json.loads`` of the whole 1.4 KB line takes 22 µs (``bench/ingest.py``'s stream).
+Whole lines (a CI's comment) are decoded by msgspec too: 11 µs where ``json.loads`` takes 31 µs.
+No ``from __future__ import annotations`` here: msgspec reads the annotations at class creation.
+"""
+
+from typing import Any
+
+import msgspec
+
+
+class StateChange(msgspec.Struct):
+    number: Any = None
+    project: Any = None
+    branch: Any = None
+    status: Any = None
+
+
+class PatchSetNumber(msgspec.Struct):
+    number: Any = None
+
+
+class StateEvent(msgspec.Struct):
+    """A ``patchset-created``, ``change-merged``, ``change-abandoned`` or ``change-restored``: what a change fact
+    needs (the type is read from the line's tail)."""
+
+    change: StateChange | None = None
+    patchSet: PatchSetNumber | None = None  # Gerrit's key
+    eventCreatedOn: Any = None  # Gerrit's key
+
+
+read_state_event = msgspec.json.Decoder(StateEvent).decode
+read_any = msgspec.json.Decoder().decode
