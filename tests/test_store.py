@@ -199,3 +199,12 @@ def test_another_process_reads_while_the_writer_commits(store: Store, registry: 
     out, err = reader.communicate(timeout=60)
     assert reader.returncode == 0, err
     assert int(out) >= 1
+
+
+def test_batches_of_any_size_go_in_whole(store: Store, registry: Registry) -> None:
+    """Rows go in as VALUES statements of 256, 128, …, 1 rows: every size of batch lands completely."""
+    for size in (1, 255, 256, 257, 777):
+        batch = [verification(registry, number=100_000 * size + i) for i in range(size)]
+        assert store.record(batch, "replay").inserted == size
+        assert store.record(batch, "replay").already_present == size
+    assert store.conn.execute("SELECT count(*) FROM verifications").fetchone()[0] == 1 + 255 + 256 + 257 + 777
