@@ -42,19 +42,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from driverlog_daemon import logs
-    from driverlog_daemon.pipeline import Pipeline
+    from driverlog_daemon.pipeline import UNMEASURED, Pipeline
     from driverlog_daemon.registry import load_registry
     from driverlog_daemon.replay import default_jobs, format_report, replay
     from driverlog_daemon.store import Store
 
     config = _config(args)
-    logs.configure(config.log.level, config.log.format)
-    registry = load_registry(args.registry or config.registry.path)
+    logs.configure_on_first_use(config.log.level, config.log.format)
+    registry = load_registry(args.registry or config.registry.path, remember=True)
     if args.file != "-" and not os.path.exists(args.file):
         print(f"{args.file}: file not found", file=sys.stderr)
         return EXIT_INVALID
     with Store(args.database or config.database.path) as store:
-        pipeline = Pipeline(registry, store)
+        pipeline = Pipeline(registry, store, metrics=UNMEASURED)
         progress = sys.stderr if sys.stderr.isatty() and not args.quiet else None
         report = replay(pipeline, args.file, progress=progress, batch_rows=args.batch_rows,
                         jobs=args.jobs or default_jobs())
@@ -62,15 +62,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 130 if report.interrupted else EXIT_OK
 
 
-def _checked_config(args: argparse.Namespace) -> tuple[Config, str]:
-    """Configuration, its files and its registry, checked as ``run`` needs them; ConfigError names the key."""
+def _checked_config(args: argparse.Namespace, remember: bool = False) -> tuple[Config, str]:
+    """Configuration, its files and its registry, checked as ``run`` needs them; ConfigError names the key.
+    ``remember``: trust a registry already found valid (``run``; ``check-config`` checks it again)."""
     from driverlog_daemon.config import ConfigError, check_files
     from driverlog_daemon.registry import RegistryError, load_registry
 
     config = _config(args)
     check_files(config)
     try:
-        registry = load_registry(config.registry.path)
+        registry = load_registry(config.registry.path, remember=remember)
     except RegistryError as exc:
         raise ConfigError("registry.path", f"{config.registry.path} is not a valid registry: "
                           + "; ".join(exc.errors[:10]) + (" …" if len(exc.errors) > 10 else "")) from None
@@ -93,7 +94,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from driverlog_daemon import daemon, logs
 
-    config, _ = _checked_config(args)
+    config, _ = _checked_config(args, remember=True)
     logs.configure(config.log.level, config.log.format)
     return daemon.run(config)
 

@@ -7,7 +7,6 @@ errors naming the key (``ConfigError.key``), so that ``check-config`` and ``run`
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -185,13 +184,17 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
     explicit = path is not None
     p = Path(path) if path is not None else DEFAULT_CONFIG_PATH
     try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         if explicit:
             raise ConfigError("config", f"{p}: file not found") from None
-        data, p = {}, Path("(defaults)")
+        return build_config({}, env, source="(defaults)")
     except OSError as exc:
         raise ConfigError("config", f"{p}: cannot read: {exc.strerror or exc}") from None
+    import tomllib  # only when there is a file to read
+
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"{p}: invalid TOML: {exc}") from None
     return build_config(data, env, source=str(p))

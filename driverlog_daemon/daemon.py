@@ -48,7 +48,7 @@ class Service:
         self.metrics = metrics or Metrics()
         self.notifier = notifier or Notifier("")
         self.stop_event = threading.Event()
-        registry = load_registry(config.registry.path)
+        registry = load_registry(config.registry.path, remember=True)
         g = config.gerrit
         self.server_name = f"{g.host}:{g.port}" if g.host else ""
         self.store = Store(Path(config.database.path).expanduser())
@@ -113,7 +113,7 @@ class Service:
         """SIGHUP: validate the registry file; on success sync drivers and swap, else keep the old one."""
         path = self.config.registry.path
         try:
-            registry = load_registry(path)
+            registry = load_registry(path, remember=True)
             self.writer.reload(registry).result(timeout=30)
         except RegistryError as exc:
             self.metrics.registry_reloads.labels("error").inc()

@@ -14,20 +14,37 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TypeVar
-
-import structlog
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from driverlog_daemon.events import Malformed, Scanner, comment_fact
+from driverlog_daemon.logs import get_logger
 from driverlog_daemon.match import match_comment
-from driverlog_daemon.metrics import Metrics
 from driverlog_daemon.model import ChangeFact, CommentAdded, Source, Verification
 from driverlog_daemon.registry import Registry
 from driverlog_daemon.store import BatchResult, Store
 
-log = structlog.get_logger("driverlog.pipeline")
+if TYPE_CHECKING:  # imported when used: replay's start-up need not pay for them
+    from concurrent.futures import Future
+
+    from driverlog_daemon.metrics import Metrics
+
+log = get_logger("driverlog.pipeline")
+
+
+class _Unmeasured:
+    """Metrics that measure nothing (any attribute, call or label of it is itself)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return self
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self
+
+
+#: For a one-shot command (``replay``): it prints its own summary, serves no /metrics, and so need not import
+#: prometheus_client (0.06 s of its start-up).
+UNMEASURED = cast("Metrics", _Unmeasured())
 
 
 @dataclass(slots=True)
@@ -105,7 +122,11 @@ class Pipeline:
     def __init__(self, registry: Registry, store: Store, *, metrics: Metrics | None = None,
                  server: str | None = None) -> None:
         self.store = store
-        self.metrics = metrics or Metrics()
+        if metrics is None:
+            from driverlog_daemon.metrics import Metrics
+
+            metrics = Metrics()
+        self.metrics = metrics
         self.server = server  # the cursor key in stream_state; None: do not move any cursor (replay)
         #: newest eventCreatedOn committed from the live stream (Gerrit's clock); a gap opened now starts there
         self.stream_newest = store.newest_event_time(server) if server else None
@@ -295,12 +316,16 @@ class Writer:
 
     def put_backfill(self, comments: list[CommentAdded], changes: list[ChangeFact] | None = None,
                      close_gaps_up_to: int | None = None) -> Future[BatchResult]:
+        from concurrent.futures import Future
+
         done: Future[BatchResult] = Future()
         self.queue.put(_Backfilled(comments, changes or [], done, close_gaps_up_to))
         return done
 
     def open_gap(self, reason: str, fallback_since: int) -> Future[tuple[int, int]]:
         """Open a gap after everything already queued (so after the blocks read before the fault): (id, since)."""
+        from concurrent.futures import Future
+
         done: Future[tuple[int, int]] = Future()
         self.queue.put(_OpenGap(reason, fallback_since, done))
         return done
@@ -309,6 +334,8 @@ class Writer:
         self.queue.put(_GapFailed(up_to, error))
 
     def reload(self, registry: Registry) -> Future[None]:
+        from concurrent.futures import Future
+
         done: Future[None] = Future()
         self.queue.put(_Reload(registry, done))
         return done

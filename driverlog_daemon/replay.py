@@ -4,24 +4,25 @@ from __future__ import annotations
 
 import gzip
 import itertools
-import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from multiprocessing.pool import AsyncResult
 from pathlib import Path
 from types import FrameType
-from typing import BinaryIO, TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 from driverlog_daemon.events import Scanner
 from driverlog_daemon.pipeline import Outcome, Pending, Pipeline, examine
 from driverlog_daemon.registry import Registry
+
+if TYPE_CHECKING:  # multiprocessing is imported when used (start-up: 0.02 s)
+    from multiprocessing.pool import AsyncResult
 
 BLOCK_BYTES = 1 << 20
 BATCH_ROWS = 2000
@@ -149,6 +150,8 @@ def _examine_span(span: tuple[str, int, int]) -> tuple[Outcome, int]:
 
 
 def _parallel_outcomes(pipeline: Pipeline, path: str, jobs: int) -> Iterator[tuple[Outcome, int]]:
+    import multiprocessing
+
     global _WORKER
     _WORKER = (pipeline.scanner, pipeline.registry)  # inherited by the forked workers
     pool = multiprocessing.get_context("fork").Pool(jobs, initializer=_worker_init)
@@ -223,28 +226,33 @@ class _Committer:
 
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driverlog-replay-commit")
-        self._inflight: Future[object] | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def submit(self, pending: Pending) -> None:
         self._wait()
-        self._inflight = self._pool.submit(self.pipeline.commit, pending, "replay")
+        self._thread = threading.Thread(target=self._commit, args=(pending,), name="driverlog-replay-commit")
+        self._thread.start()
+
+    def _commit(self, pending: Pending) -> None:
+        try:
+            self.pipeline.commit(pending, "replay")
+        except BaseException as exc:  # raised again in the caller
+            self._error = exc
 
     def _wait(self) -> None:
-        if self._inflight is not None:
-            inflight, self._inflight = self._inflight, None
-            inflight.result()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
     def close(self) -> None:
-        try:
-            self._wait()
-        finally:
-            self._pool.shutdown(wait=True)
+        self._wait()
 
 
 def _main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()
 
 

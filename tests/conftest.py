@@ -13,6 +13,14 @@ DATA = ROOT / "data" / "default_data.json"
 UPSTREAM = ROOT.parent / "shared" / "driverlog" / "default_data.json"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _validated_registries_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Commands remember registries found valid: here, in a folder of the test session, not in ~/.cache."""
+    import os
+
+    os.environ["DRIVERLOG_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(scope="session")
 def registry() -> Registry:
     return load_registry(DATA)

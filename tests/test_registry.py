@@ -152,3 +152,40 @@ def test_validate_defaults_to_configured_registry(tmp_path: Path, capsys: pytest
     cfg.write_text(f'[registry]\npath = "{DATA}"\n')
     assert main(["validate", "--config", str(cfg)]) == 0
     assert capsys.readouterr().out.startswith("ok: 14 drivers")
+
+
+# ---------------------------------------------------------------------------------- registries remembered as valid
+
+
+def test_a_registry_found_valid_is_remembered_and_loads_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  registry: Registry) -> None:
+    monkeypatch.setenv("DRIVERLOG_CACHE_DIR", str(tmp_path / "cache"))
+    first = load_registry(DATA, remember=True)
+    assert len(list((tmp_path / "cache").glob("registry-valid-*"))) == 1
+    again = load_registry(DATA, remember=True)  # from the marker: no schema or semantic checks
+    assert again == first == registry
+
+
+def test_changed_bytes_are_checked_again_whatever_was_remembered(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRIVERLOG_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "r.json"
+    doc = json.loads(DATA.read_text())
+    path.write_text(json.dumps(doc))
+    load_registry(path, remember=True)
+    doc["drivers"][0]["ci"]["success_pattern"] = "(unclosed"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(RegistryError, match=r"drivers\[0\]\.ci\.success_pattern"):
+        load_registry(path, remember=True)
+    assert len(list((tmp_path / "cache").glob("registry-valid-*"))) == 1  # an invalid one is never remembered
+
+
+def test_the_cache_can_be_turned_off_and_a_broken_one_costs_only_the_checks(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRIVERLOG_CACHE_DIR", "")
+    assert load_registry(DATA, remember=True).summary()
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    monkeypatch.setenv("DRIVERLOG_CACHE_DIR", str(blocker))  # cannot be created: checked every time, no error
+    assert load_registry(DATA, remember=True).summary()
+    assert not (tmp_path / "cache").exists()

@@ -131,3 +131,19 @@ def test_worker_processes_give_the_same_result_as_one(tmp_path: Path, monkeypatc
                             rows(tmp_path / f"j{jobs}.sqlite")))
     assert results[0] == results[1]
     assert results[0][3] == 40 and results[0][4] == f.stat().st_size
+
+
+def test_a_short_replay_imports_only_what_it_uses(tmp_path: Path) -> None:
+    """Start-up: a replay with nothing to do loads no schema checker, logger, metrics, decoder or SSH library."""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    env = {**os.environ, "DRIVERLOG_CACHE_DIR": str(tmp_path / "cache")}
+    args = ["replay", str(empty), "--database", str(tmp_path / "d.sqlite"), "--registry", str(DATA), "--quiet"]
+    subprocess.run([*CLI, *args], env=env, check=True, capture_output=True, timeout=60)  # remembers the registry
+    probe = ("import sys\nfrom driverlog_daemon.cli import main\nassert main(sys.argv[1:]) == 0\n"
+             "heavy = {'jsonschema', 'structlog', 'prometheus_client', 'msgspec', 'paramiko', 'sqlite_utils',"
+             " 'multiprocessing', 'concurrent', 'tomllib'}\n"
+             "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))")
+    out = subprocess.run([sys.executable, "-c", probe, *args], env=env, check=True, capture_output=True, text=True,
+                         timeout=60).stdout
+    assert out.strip().splitlines()[-1] == "[]"
