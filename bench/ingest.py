@@ -12,20 +12,25 @@ events/s, the ratios and peak RSS. Not a test: it asserts nothing.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import re
+import shutil
 import sqlite3
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from driverlog_daemon.registry import Registry, load_registry  # noqa: E402
-from driverlog_daemon.testing.samples import sample_events  # noqa: E402
+if TYPE_CHECKING:
+    from driverlog_daemon.registry import Registry
 
 UPSTREAM = ROOT.parent / "shared" / "driverlog" / "default_data.json"
 
@@ -37,6 +42,8 @@ def pick_registry() -> Path:
 # ------------------------------------------------------------------------------------------------ generate
 
 def generate(path: Path, events: int, seed: int, registry: Registry) -> dict[str, int]:
+    from driverlog_daemon.testing.samples import sample_events
+
     counts: dict[str, int] = {}
     with open(path, "w", encoding="utf-8") as out:
         for ev in sample_events(registry, events, seed=seed, start=1_735_689_600):
@@ -50,36 +57,14 @@ def generate(path: Path, events: int, seed: int, registry: Registry) -> dict[str
 # ------------------------------------------------------------------------------------------------ contenders
 
 
-def run_ours(stream: Path, db: Path, registry_path: Path, jobs: int = 0) -> dict[str, object]:
-    from driverlog_daemon.pipeline import Pipeline
-    from driverlog_daemon.replay import default_jobs, replay
-    from driverlog_daemon.store import Store
-
-    registry = load_registry(registry_path)
-    with Store(db) as store:
-        pipeline = Pipeline(registry, store)
-        started = time.perf_counter()
-        replay(pipeline, str(stream), jobs=jobs or default_jobs())
-        seconds = time.perf_counter() - started
-    import resource
-
-    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"seconds": seconds, "lines": pipeline.stats.lines, "recorded": pipeline.stats.recorded,
-            "worker_rss_mb": workers, "jobs": jobs or default_jobs()}
-
-
-def run_ours_single(stream: Path, db: Path, registry_path: Path) -> dict[str, object]:
-    return run_ours(stream, db, registry_path, jobs=1)
-
-
 def run_naive(stream: Path, db: Path, registry_path: Path) -> dict[str, object]:
     """What one would write first: json.loads every line, every CI driver's patterns, a commit per row."""
-    registry = load_registry(registry_path)
-    drivers = [d for d in registry.drivers if d.ci]
+    drivers = [(f"{d['project_id']}/{d['vendor']}/{d['name']}", d["ci"]["id"], d.get("repo") or d["project_id"],
+                d["ci"]["success_pattern"], d["ci"]["failure_pattern"])
+               for d in json.loads(registry_path.read_bytes())["drivers"] if "ci" in d]
     conn = sqlite3.connect(db)
     conn.execute("CREATE TABLE v (driver TEXT, change INTEGER, ps INTEGER, author TEXT, result TEXT, evidence TEXT,"
                  " UNIQUE (driver, change, ps, author, evidence))")
-    started = time.perf_counter()
     lines = recorded = 0
     with open(stream, "rb") as f:
         for raw in f:
@@ -87,60 +72,109 @@ def run_naive(stream: Path, db: Path, registry_path: Path) -> dict[str, object]:
             ev = json.loads(raw)
             if ev.get("type") != "comment-added":
                 continue
-            for d in drivers:
-                assert d.ci is not None
-                if ev["author"].get("username") != d.ci.account or ev["change"]["project"] != d.review_project:
+            for key, account, project, success, failure in drivers:
+                if ev["author"].get("username") != account or ev["change"]["project"] != project:
                     continue
                 body = re.sub(r"^Patch Set \d+:", "", ev["comment"]).strip()
                 for line in body.split("\n"):
                     if not line.strip():
                         continue
-                    verdict = ("success" if re.search(d.ci.success_pattern, line)
-                               else "failure" if re.search(d.ci.failure_pattern, line) else None)
+                    verdict = ("success" if re.search(success, line)
+                               else "failure" if re.search(failure, line) else None)
                     if verdict:
                         conn.execute("INSERT OR IGNORE INTO v VALUES (?, ?, ?, ?, ?, ?)",
-                                     ("/".join(d.key), ev["change"]["number"], ev["patchSet"]["number"],
-                                      d.ci.account, verdict, line))
+                                     (key, ev["change"]["number"], ev["patchSet"]["number"], account, verdict, line))
                         conn.commit()
                         recorded += 1
                         break
-    seconds = time.perf_counter() - started
     conn.close()
-    return {"seconds": seconds, "lines": lines, "recorded": recorded}
+    return {"lines": lines, "recorded": recorded}
 
 
-def run_floor(stream: Path, db: Path, registry_path: Path) -> dict[str, object]:
-    started = time.perf_counter()
-    lines = 0
-    with open(stream, "rb") as f:
-        for _ in f:
-            lines += 1
-    return {"seconds": time.perf_counter() - started, "lines": lines, "recorded": 0}
+FLOOR = """
+import sys
+lines = 0
+with open(sys.argv[1], "rb") as f:
+    for _ in f:
+        lines += 1
+print(lines)
+"""
 
 
-CONTENDERS = {"ours": run_ours, "ours-1": run_ours_single, "naive": run_naive, "floor": run_floor}
+def command(name: str, stream: Path, db: Path, registry_path: Path) -> list[str]:
+    """The whole process each contender runs: interpreter start, imports and all."""
+    py = sys.executable
+    ours = [str(Path(py).with_name("driverlog-daemon")), "replay", str(stream), "--database", str(db),
+            "--registry", str(registry_path), "--quiet"]
+    return {
+        "floor": [py, "-c", FLOOR, str(stream)],
+        "ours": ours,
+        "ours-1": [*ours, "--jobs", "1"],
+        "naive": [py, __file__, "--naive", str(stream), str(db), str(registry_path)],
+    }[name]
 
 
-def in_child(name: str, stream: Path, db: Path, registry_path: Path) -> dict[str, object]:
-    """Run a contender in a forked process; its result plus its own peak RSS."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_fd)
-        try:
-            result = CONTENDERS[name](stream, db, registry_path)
-            os.write(write_fd, json.dumps(result).encode())
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as r:
-        data = r.read()
-    _, status, usage = os.wait4(pid, 0)
-    if status != 0 or not data:
-        raise SystemExit(f"{name} failed (status {status})")
-    result: dict[str, object] = json.loads(data)
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux: KiB
-    return result
+# A small launcher that forks the command: Linux carries a process's peak RSS across exec, so a command started
+# straight from this (large) process would report ours as its own peak. It prints the command's own peak.
+LAUNCH = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+sys.stderr.write(f"\\npeak-rss-kib {usage.ru_maxrss}\\n")
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def run(cmd: list[str], log: Path) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB of its largest process) of one whole command; its output goes to ``log``."""
+    with open(log, "wb") as out:
+        started = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", LAUNCH, *cmd], stdout=out, stderr=subprocess.PIPE)
+        seconds = time.perf_counter() - started  # the launcher's own start (~20 ms) is not the command's:
+    seconds -= LAUNCHER_SECONDS
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:2])} failed ({proc.returncode}): {proc.stderr.decode(errors='replace')}")
+    rss_kib = int(proc.stderr.decode().rsplit("peak-rss-kib ", 1)[1])
+    return seconds, rss_kib / 1024
+
+
+LAUNCHER_SECONDS = 0.0
+
+
+def launcher_seconds(runs: int = 15) -> float:
+    """The launcher's own cost (a Python start and a fork), measured on ``true``: subtracted from every way."""
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", LAUNCH, "true"], check=True, stderr=subprocess.DEVNULL)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def recorded(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        table = "verifications" if conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'verifications'").fetchone() else "v"
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def startup(registry_path: Path, work: Path, runs: int = 15) -> tuple[float, float, float]:
+    """Median wall seconds of ``python -c pass``, ``driverlog-daemon --help`` and a replay of an empty file."""
+    empty = work / "empty.jsonl"
+    empty.write_bytes(b"")
+    daemon = str(Path(sys.executable).with_name("driverlog-daemon"))
+    cmds = [[sys.executable, "-c", "pass"], [daemon, "--help"],
+            [daemon, "replay", str(empty), "--database", str(work / "empty.sqlite"), "--registry", str(registry_path),
+             "--quiet"]]
+    times: list[list[float]] = [[], [], []]
+    for _ in range(runs):  # interleaved, so that the machine's moods hit all three alike
+        for i, cmd in enumerate(cmds):
+            started = time.perf_counter()
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            times[i].append(time.perf_counter() - started)
+    return tuple(statistics.median(t) for t in times)  # type: ignore[return-value]
 
 
 def main() -> int:
@@ -149,49 +183,65 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=20261125)
     parser.add_argument("--keep", action="store_true", help="keep the generated stream and databases")
     parser.add_argument("--skip-naive", action="store_true", help="leave out the (slow) naive baseline")
+    parser.add_argument("--stream", type=Path, help="use this recording instead of generating one")
+    parser.add_argument("--naive", nargs=3, metavar=("STREAM", "DB", "REGISTRY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.naive:
+        print(run_naive(*map(Path, args.naive)))
+        return 0
+
+    from driverlog_daemon.registry import load_registry
 
     registry_path = pick_registry()
     registry = load_registry(registry_path)
     work = Path(tempfile.mkdtemp(prefix="driverlog-bench-"))
-    stream = work / "stream.jsonl"
-    t0 = time.perf_counter()
-    counts = generate(stream, args.events, args.seed, registry)
-    size = stream.stat().st_size
+    # As pip installs a package: its modules compiled (here PYTHONDONTWRITEBYTECODE may be set, and an editable
+    # install would otherwise compile them at every start); the registry's check remembered in a cache of our own.
+    compileall.compile_dir(ROOT / "driverlog_daemon", quiet=1)
+    os.environ["DRIVERLOG_CACHE_DIR"] = str(work / "cache")
+    stream = args.stream or work / "stream.jsonl"
     print(f"registry: {registry_path} ({registry.summary()})")
-    print(f"stream:   {args.events:,} events, {size / 1e6:,.1f} MB ({size / args.events:,.0f} B/line), "
-          f"generated in {time.perf_counter() - t0:.1f} s")
-    print("          " + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])))
+    if args.stream is None:
+        t0 = time.perf_counter()
+        counts = generate(stream, args.events, args.seed, registry)
+        print(f"stream:   {args.events:,} events, {stream.stat().st_size / 1e6:,.1f} MB "
+              f"({stream.stat().st_size / args.events:,.0f} B/line), generated in {time.perf_counter() - t0:.1f} s")
+        print("          " + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])))
+    with open(stream, "rb") as f:
+        events = sum(1 for _ in f)
+    python, help_, empty = startup(registry_path, work)
+    print(f"start-up (median of 15): python -c pass {python * 1e3:.0f} ms, driverlog-daemon --help "
+          f"{help_ * 1e3:.0f} ms, replay of an empty file {empty * 1e3:.0f} ms (target <= 100 ms)")
+    global LAUNCHER_SECONDS
+    LAUNCHER_SECONDS = launcher_seconds()
     names = ["floor", "ours", "ours-1"] + ([] if args.skip_naive else ["naive"])
-    results = {}
+    results: dict[str, tuple[float, float, int]] = {}
     for name in names:
-        results[name] = in_child(name, stream, work / f"{name}.sqlite", registry_path)
+        db = work / f"{name}.sqlite"
+        seconds, rss = run(command(name, stream, db, registry_path), work / f"{name}.log")
+        results[name] = (seconds, rss, 0 if name == "floor" else recorded(db))
+    notes = {"floor": "python: read the file line by line, nothing else",
+             "ours": f"driverlog-daemon replay (--jobs {len(os.sched_getaffinity(0))}, the CPUs)",
+             "ours-1": "driverlog-daemon replay --jobs 1",
+             "naive": "json.loads every line, every CI driver's re.search, a commit per row"}
     print()
-    print(f"{'contender':<10} {'seconds':>9} {'events/s':>12} {'recorded':>9} {'peak RSS':>10}  notes")
+    print(f"{events:,} events, each way a whole process (start-up included):")
+    print(f"{'way':<8} {'seconds':>8} {'events/s':>11} {'recorded':>9} {'peak RSS':>9}")
     for name in names:
-        r = results[name]
-        rate = args.events / float(r["seconds"])  # type: ignore[arg-type]
-        note = {"floor": "read the file line by line, nothing else",
-                "naive": "json.loads every line, every CI driver's re.search, a commit per row",
-                "ours-1": "driverlog-daemon replay --jobs 1"}.get(name, "")
-        if name == "ours":
-            note = f"driverlog-daemon replay --jobs {r['jobs']} (largest worker {r['worker_rss_mb']:.1f} MB)"
-        print(f"{name:<10} {r['seconds']:>9.2f} {rate:>12,.0f} {r['recorded']:>9,} {r['peak_rss_mb']:>8.1f} MB  {note}")
-    ours = float(results["ours"]["seconds"])  # type: ignore[arg-type]
+        seconds, rss, rows = results[name]
+        print(f"{name:<8} {seconds:>8.2f} {events / seconds:>11,.0f} {rows:>9,} {rss:>6.1f} MB  {notes[name]}")
+    ours, one, floor = results["ours"][0], results["ours-1"][0], results["floor"][0]
     print()
-    one = float(results["ours-1"]["seconds"])  # type: ignore[arg-type]
-    floor = float(results["floor"]["seconds"])  # type: ignore[arg-type]
-    print(f"ours / floor time:   {ours / floor:.2f}x  (one process: {one / floor:.2f}x; target <= 3x)")
+    print(f"ours / floor:  {ours / floor:5.2f}x  (one process: {one / floor:.2f}x; target <= 3x)")
     if "naive" in results:
-        naive = float(results["naive"]["seconds"])  # type: ignore[arg-type]
-        print(f"naive / ours time:   {naive / ours:.1f}x  (one process: {naive / one:.1f}x; target >= 30x)")
-    print(f"ours events/s:       {args.events / ours:,.0f}  (one process: {args.events / one:,.0f}; target >= 250,000)")
+        naive = results["naive"][0]
+        print(f"naive / ours:  {naive / ours:5.1f}x  (one process: {naive / one:.1f}x; target >= 30x)")
+        if len({rows for name, (_, _, rows) in results.items() if name != "floor"}) != 1:
+            print("WARNING: the ways recorded different numbers of verifications")
     if args.keep:
         print(f"kept: {work}")
     else:
-        for p in work.iterdir():
-            p.unlink()
-        work.rmdir()
+        shutil.rmtree(work)
     return 0
 
 
