@@ -22,7 +22,7 @@ from driverlog_daemon.logs import get_logger
 from driverlog_daemon.match import match_comment
 from driverlog_daemon.model import ChangeFact, CommentAdded, Source, Verification
 from driverlog_daemon.registry import Registry
-from driverlog_daemon.store import BatchResult, Store
+from driverlog_daemon.store import BatchResult, ChangeRows, Store
 
 if TYPE_CHECKING:  # imported when used: replay's start-up need not pay for them
     from concurrent.futures import Future
@@ -65,7 +65,7 @@ class Pending:
     """Verifications matched and change facts read but not yet committed, with the newest event time they cover."""
 
     verifications: list[Verification] = field(default_factory=list)
-    changes: list[ChangeFact] = field(default_factory=list)
+    changes: ChangeRows = field(default_factory=ChangeRows)  # merged by change as they come
     newest_event_time: int | None = None
     read_at: list[tuple[float, int]] = field(default_factory=list)  # (monotonic time a block was read, its rows)
 
@@ -199,7 +199,7 @@ class Pipeline:
         for account, n in outcome.unmatched.items():
             self.metrics.ci_comments_unmatched.labels(account).inc(n)
         into.verifications.extend(outcome.verifications)
-        into.changes.extend(outcome.changes)
+        into.changes.add(outcome.changes)
         t = outcome.newest_event_time
         if t is not None:
             if into.newest_event_time is None or t > into.newest_event_time:
@@ -249,7 +249,7 @@ class Pipeline:
                 self.metrics.ingest_latency.observe(committed - read_at)
         pending.read_at = []
         pending.verifications = []
-        pending.changes = []
+        pending.changes = ChangeRows()
         pending.newest_event_time = None
         return result
 

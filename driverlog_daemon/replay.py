@@ -20,12 +20,14 @@ from typing import TYPE_CHECKING, BinaryIO, TextIO
 from driverlog_daemon.events import Scanner
 from driverlog_daemon.pipeline import Outcome, Pending, Pipeline, examine
 from driverlog_daemon.registry import Registry
+from driverlog_daemon.store import ChangeRows
 
 if TYPE_CHECKING:  # multiprocessing is imported when used (start-up: 0.02 s)
     from multiprocessing.pool import AsyncResult
 
 BLOCK_BYTES = 1 << 20
 BATCH_ROWS = 2000
+MAX_CHANGE_ROWS = 20_000  # changes whose facts replay merges before writing them (~4 MB)
 PARALLEL_SPAN_BYTES = 4 << 20
 PARALLEL_MIN_BYTES = 16 << 20  # below this, starting workers costs more than it saves
 
@@ -200,8 +202,13 @@ def replay(pipeline: Pipeline, path: str, *, progress: TextIO | None = None,
                 pipeline.absorb(outcome, pending)
                 done += size
                 if len(pending.verifications) >= batch_rows:
+                    # Change facts keep merging across batches until MAX_CHANGE_ROWS changes: a change's many
+                    # events become one upsert (order-independent, so marks end the same).
+                    carried = pending.changes if len(pending.changes) < MAX_CHANGE_ROWS else None
+                    if carried is not None:
+                        pending.changes = ChangeRows()
                     committer.submit(pending)
-                    pending = Pending()
+                    pending = Pending() if carried is None else Pending(changes=carried)
                 if bar:
                     bar.show(done, pipeline.stats.lines)
                 if stop:

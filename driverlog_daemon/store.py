@@ -386,6 +386,61 @@ _UPSERT_CHANGES_TAIL = """
         last_update_time = max(changes.last_update_time, excluded.last_update_time)"""
 
 
+#: A ``changes`` row as the upsert takes it: (change_number, project, branch, status, status_time,
+#: current_patch_set, merged_patch_set, merged_time, last_update_time).
+ChangeRow = tuple[int, str, str, str | None, int, int | None, int | None, int | None, int]
+
+
+def _max(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _min(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def merge_change_rows(old: ChangeRow, new: ChangeRow) -> ChangeRow:
+    """The upsert's rules (``_UPSERT_CHANGES_TAIL``) in Python: what the row ``old`` becomes when ``new`` arrives.
+
+    Like them, order-independent, so that facts merged here first and then by SQLite end as if SQLite had
+    merged each (the property test in test_marks.py compares the two).
+    """
+    n, project, branch, status, status_time, ps, merged_ps, merged_time, updated = old
+    _, _, _, x_status, x_status_time, x_ps, x_merged_ps, x_merged_time, x_updated = new
+    if x_status is not None and status != "MERGED" and (
+            x_status == "MERGED" or status is None
+            or (x_status_time, x_status == "ABANDONED") > (status_time, status == "ABANDONED")):
+        status = x_status
+    if x_status is not None:
+        status_time = max(status_time, x_status_time)
+    return (n, project, branch, status, status_time, _max(ps, x_ps),
+            merged_ps if merged_ps is not None else x_merged_ps, _min(merged_time, x_merged_time),
+            max(updated, x_updated))
+
+
+class ChangeRows:
+    """Change facts merged by change number before they are written: one row a change, however many facts.
+
+    A fact costs SQLite's upsert ~10 µs and this merge ~1 µs; replay keeps merging across its batches.
+    """
+
+    __slots__ = ("rows",)
+
+    def __init__(self, facts: Iterable[ChangeFact] = ()) -> None:
+        self.rows: dict[int, ChangeRow] = {}
+        self.add(facts)
+
+    def add(self, facts: Iterable[ChangeFact]) -> None:
+        rows = self.rows
+        for n, p, b, s, t, ps, mps, mt in facts:
+            row = (n, p, b, s, 0 if s is None else t, ps, mps, mt, t)  # no status said: any later one wins
+            old = rows.get(n)
+            rows[n] = row if old is None else merge_change_rows(old, row)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
 class Store:
     """The writer's handle on the database. One per process, used from one thread at a time."""
 
@@ -473,7 +528,7 @@ class Store:
     # ------------------------------------------------------------------------------------ verifications
 
     def record(self, verifications: Iterable[Verification], source: Source,
-               cursor: tuple[str, int] | None = None, changes: Sequence[ChangeFact] = (),
+               cursor: tuple[str, int] | None = None, changes: Iterable[ChangeFact] | ChangeRows = (),
                close: tuple[str, int, int | None] | None = None) -> BatchResult:
         """Insert a batch in one transaction (retried on failure, never dropped) and advance the cursor.
 
@@ -484,7 +539,7 @@ class Store:
         """
         received_at = self._clock()
         # a fact's status time is 0 when it says no status: any status said later wins
-        change_rows = [(n, p, b, s, 0 if s is None else t, ps, mps, mt, t) for n, p, b, s, t, ps, mps, mt in changes]
+        change_rows = list((changes if isinstance(changes, ChangeRows) else ChangeRows(changes)).rows.values())
         ids = self._driver_ids
         by_result: dict[str, list[tuple[Any, ...]]] = {"success": [], "failure": []}
         total = 0

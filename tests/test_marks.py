@@ -239,7 +239,8 @@ def test_any_order_and_batching_of_the_same_facts_gives_the_same_marks(
         tmp_path_factory: pytest.TempPathFactory, registry: Registry,
         history: tuple[list[Vote], list[State], list[Vote | State], list[int]]) -> None:
     votes, states, order, cuts = history
-    with Store(tmp_path_factory.mktemp("p") / "d.sqlite") as s:
+    with Store(tmp_path_factory.mktemp("p") / "d.sqlite") as s, \
+            Store(tmp_path_factory.mktemp("p") / "one-by-one.sqlite") as one:
         s.sync_drivers(registry)
         bounds = [0, *cuts, len(order)]
         for a, b in itertools.pairwise(bounds):  # batches as the writer would commit them
@@ -248,6 +249,13 @@ def test_any_order_and_batching_of_the_same_facts_gives_the_same_marks(
                      changes=[as_fact(x) for x in chunk if isinstance(x, State)])
         assert marks(s.conn, registry) == reference_marks(votes, states)
         assert status(s) == reference_status(states)
+        # A batch's facts are merged in Python first (ChangeRows), then by SQLite: the same rows as SQLite alone
+        one.sync_drivers(registry)
+        for item in order:
+            one.record(*(([as_verification(item, registry)], "backfill") if isinstance(item, Vote)
+                         else ([], "backfill", None, [as_fact(item)])))
+        every_column = "SELECT * FROM changes ORDER BY change_number"
+        assert s.conn.execute(every_column).fetchall() == one.conn.execute(every_column).fetchall()
 
 
 # ------------------------------------------------------------------------------------------------- the scanner
