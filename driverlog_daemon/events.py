@@ -255,25 +255,6 @@ def _value_candidate(key: bytes, values: Iterable[str]) -> re.Pattern[bytes]:
     return re.compile(b'"' + key + b'"\\s*:\\s*"(?:' + b"|".join(alternatives) + b")")
 
 
-def _finder(key: bytes, value: re.Pattern[bytes]) -> Callable[[bytes, int, int], bool]:
-    """``finder(block, lo, hi)``: does ``value`` match at one of the places ``key`` is in ``block[lo:hi]``?
-
-    The same answer as ``value.search(block, lo, hi)`` when ``value`` begins with the literal ``key``, found
-    with ``bytes.find`` (a skip search, ~10x the speed of the regular expression's scan for a line this long).
-    """
-
-    def finder(block: bytes, lo: int, hi: int) -> bool:
-        find, match = block.find, value.match
-        at = find(key, lo, hi)
-        while at >= 0:
-            if match(block, at, hi):
-                return True
-            at = find(key, at + 1, hi)
-        return False
-
-    return finder
-
-
 @dataclass(slots=True)
 class ScanResult:
     """What one block of lines held."""
@@ -314,27 +295,20 @@ class Scanner:
         """Likewise a project value equal to a review project: the change-state events worth decoding."""
         return _value_candidate(b"project", self.review_projects)
 
-    @functools.cached_property
-    def _names_ci(self) -> Callable[[bytes, int, int], bool]:
-        return _finder(b'"username"', self._candidate)
-
-    @functools.cached_property
-    def _names_review_project(self) -> Callable[[bytes, int, int], bool]:
-        return _finder(b'"project"', self._project)
-
     def scan(self, block: bytes, start: int = 0, end: int | None = None) -> ScanResult:
         """Classify the lines of ``block[start:end]`` (each ends in a newline; a last one without counts too).
 
         A line that ends the way Gerrit writes events (``"type":"X","eventCreatedOn":N}``) is counted and
-        timed from those bytes. It is decoded only when it is a ``comment-added`` that names a CI account as a
-        ``"username"``, or a change-state event that names a review project as a ``"project"`` (literally, or
-        with a JSON escape); the latter by a typed decoder that reads just what a change fact needs. Any other
-        line is decoded in full. Blank lines are skipped.
+        timed from those bytes. A ``comment-added`` is decoded only when it names a CI account as a
+        ``"username"`` (literally, or with a JSON escape). A change-state event is read by a typed decoder that
+        reads just what a change fact needs, and kept when its ``change.project`` is a review project (a line
+        that decoder cannot read is decoded in full when it names a review project as a ``"project"``). Any
+        other line is decoded in full. Blank lines are skipped.
         """
         result = ScanResult()
         end = len(block) if end is None else end
         find, rfind, tail = block.find, block.rfind, _TAIL.match
-        names_ci, names_review_project = self._names_ci, self._names_review_project
+        names_ci = self._candidate.search
         counts: dict[bytes, int] = {}
         newest = -1
         lines = 0
@@ -355,7 +329,7 @@ class Scanner:
                 if kind == _COMMENT_ADDED:
                     if names_ci(block, pos, at):
                         self._decode(block[pos:line_end], result, counted=True)
-                elif kind in _STATE_KINDS and names_review_project(block, pos, at):
+                elif kind in _STATE_KINDS:
                     self._read_state(kind, block[pos:line_end], result)
             elif block[pos:line_end].strip():
                 lines += 1
@@ -369,23 +343,21 @@ class Scanner:
         return result
 
     def _read_state(self, kind: bytes, line: bytes, result: ScanResult) -> None:
-        """A change-state event that may be of a review project: its fact, read with a typed decoder."""
+        """A change-state event: its fact when its change is of a review project, read with a typed decoder."""
         try:
             state = _state_decoder()(line)
-        except Exception:  # not what the typed decoder reads: decode it all for the reason
-            self._decode(line, result, counted=True)
-            return
-        change = state.change
-        if change is None or type(change.project) is not str or change.project not in self.review_projects:
-            if change is None or type(change.project) is not str:
+            project = state.change.project
+        except Exception:  # not what the typed decoder reads: the line-by-line rule, on its bytes
+            if self._project.search(line):
                 self._decode(line, result, counted=True)
-            return  # the review project was another "project" value
-        event = _state_event(kind.decode(), change.number, change.project, change.branch, change.status,
+            return
+        if type(project) is not str or project not in self.review_projects:
+            return
+        event = _state_event(kind.decode(), state.change.number, project, state.change.branch, state.change.status,
                              state.eventCreatedOn, None if state.patchSet is None else state.patchSet.number)
         if event is None:  # not the common well-formed shape: decode it all for the exact reason
             self._decode(line, result, counted=True)
         else:
-            result.note_time(event.created_on)
             result.changes.append(event.fact)
 
     def _decode(self, line: bytes, result: ScanResult, *, counted: bool) -> None:
