@@ -53,6 +53,7 @@ class Service:
         self.server_name = f"{g.host}:{g.port}" if g.host else ""
         self.store = Store(Path(config.database.path).expanduser())
         self.pipeline = Pipeline(registry, self.store, metrics=self.metrics, server=self.server_name or None)
+        self.pipeline.warm_up()
         self.writer = Writer(self.pipeline, on_dropped_output=self._dropped_output)
         self._cursor_conn = store_mod.connect(self.store.path, readonly=True)
         self._cursor_lock = threading.Lock()

@@ -285,6 +285,10 @@ class Scanner:
 
     # The searches are compiled when first used: a start-up with nothing to scan compiles none.
 
+    def warm_up(self) -> None:
+        """Compile the searches and load the decoders now (a live daemon's first event should not wait)."""
+        _ = self._candidate, self._project, _state_decoder(), _generic_decoder()
+
     @functools.cached_property
     def _candidate(self) -> re.Pattern[bytes]:
         """A username value equal to a CI account written literally, or any username value with an escape."""

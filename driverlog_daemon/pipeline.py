@@ -150,10 +150,19 @@ class Pipeline:
         for v in verifications:
             self._set_driver_time((*v.driver_key, v.ci_account), v.comment_time)
 
+    def warm_up(self) -> None:
+        """For a live daemon: compile and import now what the first events would otherwise wait for."""
+        with self._lock:
+            scanner, registry = self.scanner, self.registry
+        scanner.warm_up()
+        registry.compile_patterns()
+
     def swap_registry(self, registry: Registry) -> None:
         """Use a new (already validated) registry from the next block on; sync the drivers table first."""
         self.store.sync_drivers(registry)
         scanner = new_scanner(registry)
+        scanner.warm_up()
+        registry.compile_patterns()
         with self._lock:
             self.registry, self.scanner = registry, scanner
         self.metrics.registry_drivers.set(len(registry.drivers))

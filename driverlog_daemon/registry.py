@@ -137,6 +137,12 @@ class Registry:
     def ci_bindings(self) -> int:
         return sum(len(drivers) for drivers in self.by_account.values())
 
+    def compile_patterns(self) -> None:
+        """Compile every CI pattern now (they are otherwise compiled when first used)."""
+        for driver in self.drivers:
+            if driver.ci is not None:
+                _ = driver.ci.success, driver.ci.failure
+
     def summary(self) -> str:
         return f"{len(self.drivers)} drivers, {self.ci_bindings} CI bindings, {len(self.by_account)} CI accounts"
 
