@@ -64,7 +64,7 @@ def run_naive(stream: Path, db: Path, registry_path: Path) -> dict[str, object]:
                for d in json.loads(registry_path.read_bytes())["drivers"] if "ci" in d]
     conn = sqlite3.connect(db)
     conn.execute("CREATE TABLE v (driver TEXT, change INTEGER, ps INTEGER, author TEXT, result TEXT, evidence TEXT,"
-                 " UNIQUE (driver, change, ps, author, evidence))")
+                 " comment TEXT, UNIQUE (driver, change, ps, author, comment))")
     lines = recorded = 0
     with open(stream, "rb") as f:
         for raw in f:
@@ -82,8 +82,9 @@ def run_naive(stream: Path, db: Path, registry_path: Path) -> dict[str, object]:
                     verdict = ("success" if re.search(success, line)
                                else "failure" if re.search(failure, line) else None)
                     if verdict:
-                        conn.execute("INSERT OR IGNORE INTO v VALUES (?, ?, ?, ?, ?, ?)",
-                                     (key, ev["change"]["number"], ev["patchSet"]["number"], account, verdict, line))
+                        conn.execute("INSERT OR IGNORE INTO v VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                     (key, ev["change"]["number"], ev["patchSet"]["number"], account, verdict, line,
+                                      ev["comment"]))
                         conn.commit()
                         recorded += 1
                         break

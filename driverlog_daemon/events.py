@@ -159,16 +159,15 @@ def _comment_added_checked(obj: Mapping[str, Any]) -> CommentAdded:
 _STATUS_BY_EVENT = {"change-merged": "MERGED", "change-abandoned": "ABANDONED", "change-restored": "NEW"}
 
 
-def _state_event(kind: str, number: Any, project: Any, branch: Any, status: Any, created: Any,
-                 patch_set: Any) -> ChangeEvent | None:
-    """The :class:`ChangeEvent` of a change-state event of the common well-formed shape, else None."""
+def _state_fact(kind: str, number: Any, project: Any, branch: Any, status: Any, created: Any,
+                patch_set: Any) -> ChangeFact | None:
+    """The :class:`ChangeFact` of a change-state event of the common well-formed shape, else None."""
     if (type(number) is int and type(patch_set) is int and type(created) is int and type(project) is str
             and type(branch) is str and number >= 0 and patch_set >= 0):
         merged = kind == "change-merged"
         status = _STATUS_BY_EVENT.get(kind) or status
-        return ChangeEvent(kind, created, ChangeFact(
-            number, project, branch, status if type(status) is str else None, created, patch_set,
-            patch_set if merged else None, created if merged else None))
+        return ChangeFact(number, project, branch, status if type(status) is str else None, created, patch_set,
+                          patch_set if merged else None, created if merged else None)
     return None
 
 
@@ -176,10 +175,10 @@ def change_event_from(obj: Mapping[str, Any], kind: str) -> ChangeEvent:
     """Build a :class:`ChangeEvent` from a decoded change-state event; raises ``_Missing``."""
     try:  # the common, well-formed case without the per-field checks below
         change, ps = obj["change"], obj["patchSet"]
-        event = _state_event(kind, change["number"], change["project"], change["branch"], change.get("status"),
-                             obj["eventCreatedOn"], ps["number"])
-        if event is not None:
-            return event
+        fact = _state_fact(kind, change["number"], change["project"], change["branch"], change.get("status"),
+                           obj["eventCreatedOn"], ps["number"])
+        if fact is not None:
+            return ChangeEvent(kind, fact.time, fact)
     except (KeyError, TypeError, AttributeError):
         pass
     change = _get(obj, "change", dict)
@@ -357,12 +356,12 @@ class Scanner:
             return
         if type(project) is not str or project not in self.review_projects:
             return
-        event = _state_event(kind.decode(), state.change.number, project, state.change.branch, state.change.status,
-                             state.eventCreatedOn, None if state.patchSet is None else state.patchSet.number)
-        if event is None:  # not the common well-formed shape: decode it all for the exact reason
+        fact = _state_fact(kind.decode(), state.change.number, project, state.change.branch, state.change.status,
+                           state.eventCreatedOn, None if state.patchSet is None else state.patchSet.number)
+        if fact is None:  # not the common well-formed shape: decode it all for the exact reason
             self._decode(line, result, counted=True)
         else:
-            result.changes.append(event.fact)
+            result.changes.append(fact)
 
     def _decode(self, line: bytes, result: ScanResult, *, counted: bool) -> None:
         """Decode a line in full. ``counted``: its type was already counted from its bytes."""

@@ -286,6 +286,23 @@ def test_scanner_reads_state_events_of_review_projects_only(registry: Registry) 
     assert [m.reason for m in scan.malformed] == ["missing_field:patchSet.number"]
 
 
+def test_state_lines_the_typed_decoder_cannot_read_are_judged_on_their_bytes(registry: Registry) -> None:
+    """Invalid JSON, or a field of another type: decoded in full (a reason) when they name a review project."""
+    scanner = Scanner(registry.ci_accounts, registry.review_projects)
+    good = line(state_event("change-merged", 20, 2))
+    block = b"".join([
+        good.replace(b'"eventCreatedOn"', b'"eventCreatedOn" oops', 0).replace(b'"submitter":{', b'"submitter":{{'),
+        good.replace(b'"change":{', b'"change":"x","was":{'),  # change is not an object
+        line(state_event("change-merged", 21, 2, project="openstack/horizon")).replace(b'"change":{',
+                                                                                       b'"change":[1],"c":{'),
+        line(state_event("change-restored", 22, 3)),
+    ])
+    scan = scanner.scan(block)
+    assert [(f.number, f.status) for f in scan.changes] == [(22, "NEW")]
+    assert sorted(m.reason for m in scan.malformed) == ["invalid_field:change", "invalid_json"]
+    assert scan.by_type == {"change-merged": 1, "change-restored": 1}  # the two malformed ones are not counted
+
+
 def test_a_merge_fact_from_parse_line() -> None:
     event = parse_line(line(state_event("change-merged", 10, 4, t=T + 5)))
     assert getattr(event, "fact", None) == ChangeFact(
