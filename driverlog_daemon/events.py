@@ -14,8 +14,11 @@ The candidate test is exact: a ``comment-added`` line is skipped only when no ``
 equal a CI account, i.e. no such value is written literally as one and none is written with a JSON escape
 (values with a backslash are always decoded). It assumes object keys are written without escapes, as every
 Gerrit version and JSON library does. The change-state events (``patchset-created``, ``change-merged``,
-``change-abandoned``, ``change-restored``) are decoded by the same rule when a ``"project"`` value is one of
-the registry's review projects: the few the marks need.
+``change-abandoned``, ``change-restored``) are read by a typed decoder (msgspec, :mod:`event_fields`) that reads
+only ``change``'s number, project, branch and status, the patch set number and the time, and skips the rest in C;
+a fact is kept when ``change.project`` is one of the registry's review projects. A state line that decoder
+cannot read falls back to the rule above, with a review project as a ``"project"`` value. Whole lines are
+decoded by msgspec first; what it refuses, ``json.loads`` judges, so a malformed line gets the same reason.
 """
 
 from __future__ import annotations
@@ -241,10 +244,10 @@ def parse_line(line: bytes) -> Event | Malformed:
 # Gerrit writes the event's own type and time last: `…,"type":"comment-added","eventCreatedOn":1718901234}`.
 _TYPE = b'"type":"'
 _TAIL = re.compile(rb'"type":"([^"\\]+)","eventCreatedOn":(\d+)\}\s*$')
-# The same, as found in a whole block: one match per line that ends that way (the match ends at its newline).
-_TAILS = re.compile(rb'"type":"([^"\\\n]+)","eventCreatedOn":(\d+)\}[ \t\r\f\v]*\n')
 _COMMENT_ADDED = b"comment-added"
 _STATE_KINDS = frozenset(k.encode() for k in CHANGE_STATE_EVENTS)
+
+
 def _value_candidate(key: bytes, values: Iterable[str]) -> re.Pattern[bytes]:
     """``"key":"v"`` for one of ``values`` written literally, or any ``"key"`` value with a JSON escape."""
     names = sorted((re.escape(v.encode("utf-8")) for v in values), key=len, reverse=True)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import signal
 import sqlite3
@@ -59,7 +60,11 @@ def test_replay_records_and_summarises(tmp_path: Path) -> None:
     assert "malformed lines:       invalid_json 1" in out
     assert "events/s" in out
     assert rows(tmp_path / "d.sqlite") == [(1000 + i, "success", "replay") for i in range(5)]
-    assert "malformed_line" in proc.stderr  # logged with its excerpt
+    # logged with its excerpt, through the configured processor chain (structlog is set up on first use):
+    # one JSON object a line, as on journald (stderr is not a terminal)
+    logged = [json.loads(x) for x in proc.stderr.splitlines() if x.startswith("{")]
+    assert [(e["event"], e["level"], e["reason"]) for e in logged] == [("malformed_line", "warning", "invalid_json")]
+    assert "timestamp" in logged[0] and logged[0]["excerpt"] == "this is not json"
 
 
 def test_replay_twice_adds_nothing(tmp_path: Path) -> None:
