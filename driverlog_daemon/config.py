@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from driverlog_daemon.registry import DEFAULT_REGISTRY_PATH
 
@@ -24,8 +23,7 @@ class ConfigError(Exception):
         super().__init__(f"{key}: {message}")
 
 
-@dataclass(frozen=True)
-class GerritConfig:
+class GerritConfig(NamedTuple):
     host: str = ""
     port: int = 29418
     username: str = ""
@@ -43,52 +41,46 @@ class GerritConfig:
                                   "change-restored")
 
 
-@dataclass(frozen=True)
-class RegistryConfig:
+class RegistryConfig(NamedTuple):
     path: str = str(DEFAULT_REGISTRY_PATH)
 
 
-@dataclass(frozen=True)
-class DatabaseConfig:
+class DatabaseConfig(NamedTuple):
     path: str = "driverlog.sqlite"
 
 
-@dataclass(frozen=True)
-class HttpConfig:
+class HttpConfig(NamedTuple):
     listen: str = "127.0.0.1"
     port: int = 8080
     threads: int = 4
 
 
-@dataclass(frozen=True)
-class StatusConfig:
+class StatusConfig(NamedTuple):
     stale_after_days: float = 7.0
 
 
-@dataclass(frozen=True)
-class LogConfig:
+class LogConfig(NamedTuple):
     level: str = "info"
     format: str = "auto"  # auto | json | console
 
 
-@dataclass(frozen=True)
-class Config:
-    gerrit: GerritConfig = field(default_factory=GerritConfig)
-    registry: RegistryConfig = field(default_factory=RegistryConfig)
-    database: DatabaseConfig = field(default_factory=DatabaseConfig)
-    http: HttpConfig = field(default_factory=HttpConfig)
-    status: StatusConfig = field(default_factory=StatusConfig)
-    log: LogConfig = field(default_factory=LogConfig)
+class Config(NamedTuple):
+    gerrit: GerritConfig = GerritConfig()
+    registry: RegistryConfig = RegistryConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    http: HttpConfig = HttpConfig()
+    status: StatusConfig = StatusConfig()
+    log: LogConfig = LogConfig()
     source: str = "defaults"
 
     def redacted(self) -> dict[str, dict[str, Any]]:
         """The effective configuration as a dict, safe to print (no secrets are stored in it; paths only)."""
         out: dict[str, dict[str, Any]] = {}
-        for f in fields(self):
-            if f.name == "source":
+        for name in self._fields:
+            if name == "source":
                 continue
-            section = getattr(self, f.name)
-            out[f.name] = {k.name: getattr(section, k.name) for k in fields(section)}
+            section = getattr(self, name)
+            out[name] = {k: getattr(section, k) for k in section._fields}
         return out
 
 
@@ -139,20 +131,20 @@ def _coerce(section: str, key: str, value: Any, default: Any, from_env: bool) ->
 
 def build_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None, source: str = "") -> Config:
     config = Config(source=source or "defaults")
-    sections = {f.name: f for f in fields(Config) if f.name != "source"}
+    sections = {name for name in Config._fields if name != "source"}
     for section_name, values in data.items():
         if section_name not in sections:
             raise ConfigError(section_name, "unknown section")
         if not isinstance(values, dict):
             raise ConfigError(section_name, "expected a table")
         section = getattr(config, section_name)
-        known = {f.name: f for f in fields(section)}
+        known = section._fields
         changes = {}
         for key, value in values.items():
             if key not in known:
                 raise ConfigError(f"{section_name}.{key}", "unknown key")
             changes[key] = _coerce(section_name, key, value, getattr(section, key), from_env=False)
-        config = replace(config, **{section_name: replace(section, **changes)})
+        config = config._replace(**{section_name: section._replace(**changes)})
     for var, value in (env or {}).items():
         if not var.startswith(ENV_PREFIX):
             continue
@@ -161,10 +153,10 @@ def build_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None, 
         if section_name not in sections:
             continue  # DRIVERLOG_CONFIG and friends are not configuration keys
         section = getattr(config, section_name)
-        if key not in {f.name for f in fields(section)}:
+        if key not in section._fields:
             raise ConfigError(f"{section_name}.{key}", f"unknown key (from environment variable {var})")
         coerced = _coerce(section_name, key, value, getattr(section, key), from_env=True)
-        config = replace(config, **{section_name: replace(section, **{key: coerced})})
+        config = config._replace(**{section_name: section._replace(**{key: coerced})})
     if config.http.threads < 1:
         raise ConfigError("http.threads", f"must be at least 1, got {config.http.threads}")
     return _with_credentials(config, env or {})
@@ -174,7 +166,7 @@ def _with_credentials(config: Config, env: Mapping[str, str]) -> Config:
     """systemd ``LoadCredential=gerrit-key:…``: used when ``key_file`` is unset."""
     creds = env.get("CREDENTIALS_DIRECTORY")
     if not config.gerrit.key_file and creds and (Path(creds) / "gerrit-key").exists():
-        return replace(config, gerrit=replace(config.gerrit, key_file=str(Path(creds) / "gerrit-key")))
+        return config._replace(gerrit=config.gerrit._replace(key_file=str(Path(creds) / "gerrit-key")))
     return config
 
 

@@ -28,31 +28,27 @@ import json
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from driverlog_daemon.model import CHANGE_STATE_EVENTS, Account, Approval, Change, ChangeFact, CommentAdded
 
 EXCERPT_BYTES = 120
 
 
-@dataclass(frozen=True, slots=True)
-class OtherEvent:
+class OtherEvent(NamedTuple):
     """Any event but ``comment-added``: kept for its type (counted) and its time (the backfill cursor)."""
 
     type: str
     created_on: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class Malformed:
+class Malformed(NamedTuple):
     reason: str  # invalid_utf8, invalid_json, not_object, missing_field:<path>, invalid_field:<path>
     excerpt: str
 
 
-@dataclass(frozen=True, slots=True)
-class ChangeEvent:
+class ChangeEvent(NamedTuple):
     """A ``patchset-created``, ``change-merged``, ``change-abandoned`` or ``change-restored``: a change's state."""
 
     type: str
@@ -257,16 +253,18 @@ def _value_candidate(key: bytes, values: Iterable[str]) -> re.Pattern[bytes]:
     return re.compile(b'"' + key + b'"\\s*:\\s*"(?:' + b"|".join(alternatives) + b")")
 
 
-@dataclass(slots=True)
 class ScanResult:
     """What one block of lines held."""
 
-    lines: int = 0
-    by_type: Counter[str] = field(default_factory=Counter)
-    newest_event_time: int | None = None
-    comments: list[CommentAdded] = field(default_factory=list)  # comment-added events by CI accounts
-    changes: list[ChangeFact] = field(default_factory=list)  # change-state events of the review projects
-    malformed: list[Malformed] = field(default_factory=list)
+    __slots__ = ("by_type", "changes", "comments", "lines", "malformed", "newest_event_time")
+
+    def __init__(self) -> None:
+        self.lines = 0
+        self.by_type: Counter[str] = Counter()
+        self.newest_event_time: int | None = None
+        self.comments: list[CommentAdded] = []  # comment-added events by CI accounts
+        self.changes: list[ChangeFact] = []  # change-state events of the review projects
+        self.malformed: list[Malformed] = []
 
     @property
     def dropped_output(self) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from driverlog_daemon.model import CommentAdded, Result, Verification
 from driverlog_daemon.registry import CIBinding, Registry
@@ -89,8 +89,7 @@ def release_for(branch: str, when: int, registry: Registry) -> str:
     return ""
 
 
-@dataclass(frozen=True, slots=True)
-class MatchOutcome:
+class MatchOutcome(NamedTuple):
     verifications: list[Verification]
     is_ci_comment: bool  # the author is a registered CI account (whether or not a pattern matched)
 

@@ -14,7 +14,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from driverlog_daemon.events import Malformed, Scanner, comment_fact
@@ -47,41 +46,52 @@ class _Unmeasured:
 UNMEASURED = cast("Metrics", _Unmeasured())
 
 
-@dataclass(slots=True)
 class Stats:
-    lines: int = 0
-    by_type: Counter[str] = field(default_factory=Counter)
-    malformed: Counter[str] = field(default_factory=Counter)
-    ci_comments: int = 0
-    unmatched_ci_comments: Counter[str] = field(default_factory=Counter)
-    recorded: int = 0
-    already_present: int = 0
-    newest_event_time: int | None = None
-    last_verification_time: int | None = None
+    """What a pipeline has seen and recorded since it started (replay's summary, the STATUS line)."""
+
+    __slots__ = ("already_present", "by_type", "ci_comments", "last_verification_time", "lines", "malformed",
+                 "newest_event_time", "recorded", "unmatched_ci_comments")
+
+    def __init__(self) -> None:
+        self.lines = 0
+        self.by_type: Counter[str] = Counter()
+        self.malformed: Counter[str] = Counter()
+        self.ci_comments = 0
+        self.unmatched_ci_comments: Counter[str] = Counter()
+        self.recorded = 0
+        self.already_present = 0
+        self.newest_event_time: int | None = None
+        self.last_verification_time: int | None = None
 
 
-@dataclass(slots=True)
 class Pending:
     """Verifications matched and change facts read but not yet committed, with the newest event time they cover."""
 
-    verifications: list[Verification] = field(default_factory=list)
-    changes: ChangeRows = field(default_factory=ChangeRows)  # merged by change as they come
-    newest_event_time: int | None = None
-    read_at: list[tuple[float, int]] = field(default_factory=list)  # (monotonic time a block was read, its rows)
+    __slots__ = ("changes", "newest_event_time", "read_at", "verifications")
+
+    def __init__(self, changes: ChangeRows | None = None) -> None:
+        self.verifications: list[Verification] = []
+        self.changes = ChangeRows() if changes is None else changes  # merged by change as they come
+        self.newest_event_time: int | None = None
+        self.read_at: list[tuple[float, int]] = []  # (monotonic time a block was read, its rows)
 
 
-@dataclass(slots=True)
 class Outcome:
     """What a block (or a set of review messages) held: the pure result of scan + match, picklable."""
 
-    lines: int = 0
-    by_type: Counter[str] = field(default_factory=Counter)
-    malformed: list[Malformed] = field(default_factory=list)
-    ci_comments: Counter[str] = field(default_factory=Counter)  # by CI account
-    unmatched: Counter[str] = field(default_factory=Counter)  # CI comments that matched no pattern, by account
-    verifications: list[Verification] = field(default_factory=list)
-    changes: list[ChangeFact] = field(default_factory=list)  # of the registry's review projects
-    newest_event_time: int | None = None
+    __slots__ = ("by_type", "changes", "ci_comments", "lines", "malformed", "newest_event_time", "unmatched",
+                 "verifications")
+
+    def __init__(self, *, lines: int = 0, by_type: Counter[str] | None = None, malformed: list[Malformed] | None = None,
+                 changes: list[ChangeFact] | None = None, newest_event_time: int | None = None) -> None:
+        self.lines = lines
+        self.by_type: Counter[str] = Counter() if by_type is None else by_type
+        self.malformed: list[Malformed] = [] if malformed is None else malformed
+        self.ci_comments: Counter[str] = Counter()  # by CI account
+        self.unmatched: Counter[str] = Counter()  # CI comments that matched no pattern, by account
+        self.verifications: list[Verification] = []
+        self.changes: list[ChangeFact] = [] if changes is None else changes  # of the registry's review projects
+        self.newest_event_time = newest_event_time
 
     @property
     def dropped_output(self) -> int:
@@ -266,31 +276,37 @@ class Pipeline:
 # ------------------------------------------------------------------------------------------------ writer
 
 
-@dataclass(slots=True)
+# What the writer's queue carries besides blocks of stream lines (plain classes: a block is a tuple).
+
 class _Backfilled:
-    comments: list[CommentAdded]
-    changes: list[ChangeFact]
-    done: Future[BatchResult]
-    close_gaps_up_to: int | None = None
+    __slots__ = ("changes", "close_gaps_up_to", "comments", "done")
+
+    def __init__(self, comments: list[CommentAdded], changes: list[ChangeFact], done: Future[BatchResult],
+                 close_gaps_up_to: int | None = None) -> None:
+        self.comments, self.changes, self.done, self.close_gaps_up_to = comments, changes, done, close_gaps_up_to
 
 
-@dataclass(slots=True)
 class _Reload:
-    registry: Registry
-    done: Future[None]
+    __slots__ = ("done", "registry")
+
+    def __init__(self, registry: Registry, done: Future[None]) -> None:
+        self.registry, self.done = registry, done
 
 
-@dataclass(slots=True)
 class _OpenGap:
-    reason: str
-    fallback_since: int  # when nothing was ever committed from the stream (a first start): the initial import
-    done: Future[tuple[int, int]]  # (gap id, since)
+    __slots__ = ("done", "fallback_since", "reason")
+
+    def __init__(self, reason: str, fallback_since: int, done: Future[tuple[int, int]]) -> None:
+        self.reason = reason
+        self.fallback_since = fallback_since  # when nothing was ever committed from the stream: the initial import
+        self.done = done  # (gap id, since)
 
 
-@dataclass(slots=True)
 class _GapFailed:
-    up_to: int
-    error: str
+    __slots__ = ("error", "up_to")
+
+    def __init__(self, up_to: int, error: str) -> None:
+        self.up_to, self.error = up_to, error
 
 
 class Writer:

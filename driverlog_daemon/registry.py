@@ -12,12 +12,11 @@ import json
 import os
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _REPO_DIR = _PACKAGE_DIR.parent
@@ -54,17 +53,13 @@ OPENSTACK_SERIES: Mapping[str, str] = MappingProxyType({
 })
 
 
-@dataclass(frozen=True, slots=True)
-class Release:
+class Release(NamedTuple):
     id: str
     wiki: str
     start: datetime  # midnight UTC of the release's start date
     active: bool = False
     series: str | None = None  # the registry's ``series`` key, else OpenStack's published number, else None
-    start_epoch: int = field(init=False, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "start_epoch", int(self.start.timestamp()))
+    start_epoch: int = 0  # ``start`` in seconds since the epoch (set by the loader)
 
 
 @cache
@@ -72,8 +67,7 @@ def _compiled(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
-@dataclass(frozen=True, slots=True)
-class CIBinding:
+class CIBinding(NamedTuple):
     """A driver's ``ci`` block: the Gerrit username that reports for it and its two patterns.
 
     The patterns are compiled when first used: a start-up compiles none (147 bindings: 0.1 s).
@@ -92,8 +86,7 @@ class CIBinding:
         return _compiled(self.failure_pattern)
 
 
-@dataclass(frozen=True, slots=True)
-class Driver:
+class Driver(NamedTuple):
     project_id: str
     vendor: str
     name: str
@@ -115,8 +108,7 @@ class Driver:
         return self.repo or self.project_id
 
 
-@dataclass(frozen=True, slots=True)
-class Registry:
+class Registry(NamedTuple):
     projects: Mapping[str, str]  # project id -> name
     releases: tuple[Release, ...]
     drivers: tuple[Driver, ...]
@@ -125,7 +117,7 @@ class Registry:
     source: str = ""
     #: what may follow ``stable/`` or ``unmaintained/`` in a branch name -> release: the id in lower case, and
     #: the series number (``2024.1``)
-    releases_by_branch_name: Mapping[str, Release] = field(default_factory=lambda: MappingProxyType({}))
+    releases_by_branch_name: Mapping[str, Release] = MappingProxyType({})
     #: the Gerrit projects the CI-bound drivers report on (whose change state is kept)
     review_projects: frozenset[str] = frozenset()
 
@@ -353,9 +345,9 @@ def _semantic_errors(document: Any) -> Iterator[str]:
 
 def _build(document: Mapping[str, Any], source: str) -> Registry:
     releases = tuple(
-        Release(id=r["id"], wiki=r["wiki"], start=parse_start_date(r["start"]), active=bool(r.get("active", False)),
-                series=r.get("series") or OPENSTACK_SERIES.get(r["id"]))
-        for r in document.get("releases", [])
+        Release(id=r["id"], wiki=r["wiki"], start=start, active=bool(r.get("active", False)),
+                series=r.get("series") or OPENSTACK_SERIES.get(r["id"]), start_epoch=int(start.timestamp()))
+        for r in document.get("releases", []) for start in [parse_start_date(r["start"])]
     )
     by_branch_name = {r.series: r for r in releases if r.series}
     by_branch_name.update({r.id.lower(): r for r in releases})

@@ -12,10 +12,9 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, BinaryIO, TextIO
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple, TextIO
 
 from driverlog_daemon.events import Scanner
 from driverlog_daemon.pipeline import Outcome, Pending, Pipeline, examine
@@ -32,8 +31,7 @@ PARALLEL_SPAN_BYTES = 4 << 20
 PARALLEL_MIN_BYTES = 16 << 20  # below this, starting workers costs more than it saves
 
 
-@dataclass(slots=True)
-class ReplayReport:
+class ReplayReport(NamedTuple):
     bytes_read: int
     seconds: float
     interrupted: bool

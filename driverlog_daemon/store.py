@@ -15,9 +15,8 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from driverlog_daemon.model import ChangeFact, Source, Verification
 from driverlog_daemon.registry import Registry
@@ -322,8 +321,7 @@ def _split_sql(script: str) -> list[str]:
     return statements
 
 
-@dataclass(frozen=True, slots=True)
-class BatchResult:
+class BatchResult(NamedTuple):
     inserted_success: int
     inserted_failure: int
     already_present: int
@@ -649,8 +647,7 @@ class _Transaction:
             self.conn.execute("ROLLBACK")
 
 
-@dataclass(frozen=True, slots=True)
-class Gap:
+class Gap(NamedTuple):
     id: int
     since: int  # Gerrit's time
     reason: str

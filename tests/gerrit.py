@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
@@ -28,7 +28,7 @@ class SSHEnv:
         cfg = GerritConfig(host=self.server.host, port=self.server.port, username="driverlog",
                            key_file=str(self.client_key_file), known_hosts=str(self.known_hosts),
                            keepalive_seconds=5, connect_timeout_seconds=5, stall_timeout_seconds=30)
-        return replace(cfg, **overrides)  # type: ignore[arg-type]
+        return cfg._replace(**overrides)  # type: ignore[arg-type]
 
 
 def make_env(tmp: Path, *, trust: bool = True) -> SSHEnv:
