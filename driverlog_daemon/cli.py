@@ -99,7 +99,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return daemon.run(config)
 
 
-def build_parser() -> argparse.ArgumentParser:
+COMMANDS = ("validate", "replay", "run", "check-config", "demo")
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line; ``only``: with just that command's parser (argparse looks up translations for every
+    parser it builds: the others would cost a short command a few milliseconds)."""
     parser = argparse.ArgumentParser(
         prog="driverlog-daemon",
         description="Record OpenStack third-party CI results for DriverLog drivers from Gerrit into SQLite.",
@@ -113,38 +118,43 @@ def build_parser() -> argparse.ArgumentParser:
                        help="configuration file (default: $DRIVERLOG_CONFIG or /etc/driverlog/driverlog.toml)")
         return p
 
-    p = add("validate", "check a driver registry file",
-            "Validate a DriverLog registry (JSON syntax, schema, semantic checks). Prints one summary line and "
-            "exits 0, or prints every error (one a line, with its JSON path) and exits 1.")
-    p.add_argument("path", nargs="?", help="registry file (default: [registry] path of the configuration)")
-    p.set_defaults(func=cmd_validate)
+    if only in (None, "validate"):
+        p = add("validate", "check a driver registry file",
+                "Validate a DriverLog registry (JSON syntax, schema, semantic checks). Prints one summary line and "
+                "exits 0, or prints every error (one a line, with its JSON path) and exits 1.")
+        p.add_argument("path", nargs="?", help="registry file (default: [registry] path of the configuration)")
+        p.set_defaults(func=cmd_validate)
 
-    p = add("replay", "feed a recorded event stream into the database",
-            "Read a recorded `gerrit stream-events` output (one JSON event a line; .gz read transparently; - for "
-            "stdin), match CI comments and record verifications with source 'replay'. Idempotent. Ctrl-C keeps "
-            "every committed batch and says how far it got.")
-    p.add_argument("file", help="recorded stream, .gz, or - for stdin")
-    p.add_argument("--database", metavar="PATH", help="SQLite file (default: [database] path)")
-    p.add_argument("--registry", metavar="PATH", help="registry file (default: [registry] path)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--batch-rows", type=int, default=2000, metavar="N",
-                   help="commit after every N verifications (default: 2000)")
-    p.add_argument("--jobs", type=int, default=0, metavar="N",
-                   help=f"worker processes that scan a plain file (default: the CPUs available, here "
-                        f"{len(os.sched_getaffinity(0))}); 1 for none")
-    p.set_defaults(func=cmd_replay)
+    if only in (None, "replay"):
+        p = add("replay", "feed a recorded event stream into the database",
+                "Read a recorded `gerrit stream-events` output (one JSON event a line; .gz read transparently; - for "
+                "stdin), match CI comments and record verifications with source 'replay'. Idempotent. Ctrl-C keeps "
+                "every committed batch and says how far it got.")
+        p.add_argument("file", help="recorded stream, .gz, or - for stdin")
+        p.add_argument("--database", metavar="PATH", help="SQLite file (default: [database] path)")
+        p.add_argument("--registry", metavar="PATH", help="registry file (default: [registry] path)")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.add_argument("--batch-rows", type=int, default=2000, metavar="N",
+                       help="commit after every N verifications (default: 2000)")
+        p.add_argument("--jobs", type=int, default=0, metavar="N",
+                       help=f"worker processes that scan a plain file (default: the CPUs available, here "
+                            f"{len(os.sched_getaffinity(0))}); 1 for none")
+        p.set_defaults(func=cmd_replay)
 
-    p = add("run", "run the daemon",
-            "Listen to Gerrit's event stream, backfill what was missed, record verifications, serve /metrics and "
-            "/healthz. Checks the configuration first (exit 2 naming the key). SIGTERM/SIGINT stop after committing "
-            "what is queued; SIGHUP reloads the registry (an invalid one is refused and the old one kept).")
-    p.set_defaults(func=cmd_run)
+    if only in (None, "run"):
+        p = add("run", "run the daemon",
+                "Listen to Gerrit's event stream, backfill what was missed, record verifications, serve /metrics "
+                "and /healthz. Checks the configuration first (exit 2 naming the key). SIGTERM/SIGINT stop after "
+                "committing what is queued; SIGHUP reloads the registry (an invalid one is refused and the old one "
+                "kept).")
+        p.set_defaults(func=cmd_run)
 
-    p = add("check-config", "print and check the effective configuration",
-            "Print the effective configuration (file, defaults and DRIVERLOG_<SECTION>_<KEY> overrides) and check it "
-            "with its registry: an unknown key, a wrong type, an unreadable key_file or known_hosts, an invalid "
-            "registry exit 2 with the key named.")
-    p.set_defaults(func=cmd_check_config)
+    if only in (None, "check-config"):
+        p = add("check-config", "print and check the effective configuration",
+                "Print the effective configuration (file, defaults and DRIVERLOG_<SECTION>_<KEY> overrides) and "
+                "check it with its registry: an unknown key, a wrong type, an unreadable key_file or known_hosts, an "
+                "invalid registry exit 2 with the key named.")
+        p.set_defaults(func=cmd_check_config)
 
     # `demo` has its own parser (driverlog_daemon.demo); listed here for --help only
     sub.add_parser("demo", help="run the daemon against a local Gerrit test server (make demo); demo --help")
@@ -157,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from driverlog_daemon import demo
 
         return demo.main(argv[1:])
-    parser = build_parser()
+    parser = build_parser(only=argv[0] if argv[:1] and argv[0] in COMMANDS else None)
     args = parser.parse_args(argv)
     from driverlog_daemon.config import ConfigError
     from driverlog_daemon.registry import RegistryError
