@@ -66,7 +66,7 @@ class Service:
         self.listener: StreamListener | None = None
         if g.host:
             hooks = StreamHooks(deliver=self.writer.put_block, connected=self._connected,
-                                quiet_window=self._quiet_window)
+                                quiet_window=self._quiet_window, resumed=self._resumed)
             self.listener = StreamListener(g, hooks, self.metrics, self.stop_event, backoff=backoff,
                                            poll_interval=poll_interval)
         self._client: paramiko.SSHClient | None = None
@@ -163,6 +163,12 @@ class Service:
         # stored cursor after a restart), recorded after every block already read, then a backfill covers it.
         gap = self.writer.open_gap(trigger, self._initial_since())
         self.backfiller.request(client, trigger, after=gap)
+
+    def _resumed(self, client: paramiko.SSHClient) -> None:
+        """The stream speaks again after a quiet window judged alive: what it may have dropped since that window's
+        backfill is a gap from the newest event committed (recorded before the block about to be delivered)."""
+        gap = self.writer.open_gap("resumed", self._initial_since())
+        self.backfiller.request(client, "resumed", after=gap)
 
     def _current_client(self) -> paramiko.SSHClient | None:
         connected = self.listener is not None and self.listener.state == "connected"

@@ -68,6 +68,8 @@ class StreamHooks:
     deliver: Callable[[bytes], None]  # a block of complete lines; may block when the queue is full
     connected: Callable[[paramiko.SSHClient, bool], None]  # (client, first connection?): schedule a backfill
     quiet_window: Callable[[paramiko.SSHClient, float], int]  # backfill since wall time t; CI results found
+    # the stream speaks again after a stall judged it alive: a gap before the block about to be delivered
+    resumed: Callable[[paramiko.SSHClient], None] = lambda client: None
 
 
 class StreamListener:
@@ -169,6 +171,9 @@ class StreamListener:
         limit = self.cfg.max_event_bytes
         last_bytes = self.clock()
         last_bytes_wall = time.time()
+        # After a stall that found the stream alive, what it may have dropped since that backfill's queries is not
+        # proven: when it speaks again, a gap from before its next block is backfilled.
+        quiet = False
         while not self.stop.is_set():
             try:
                 data = channel.recv(1 << 16)
@@ -176,6 +181,7 @@ class StreamListener:
                 if self.clock() - last_bytes >= self.cfg.stall_timeout_seconds:
                     self._stalled(client, channel, last_bytes_wall)
                     last_bytes, last_bytes_wall = self.clock(), time.time()
+                    quiet = True
                 continue
             if not data:
                 self._ended(channel)
@@ -196,6 +202,9 @@ class StreamListener:
                 if len(block) > limit:
                     block = self._drop_oversized(block)
                 if block:
+                    if quiet:
+                        self.hooks.resumed(client)
+                        quiet = False
                     self.hooks.deliver(block)
             if len(partial) > limit:
                 self._oversized(len(partial))

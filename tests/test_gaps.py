@@ -91,6 +91,9 @@ def test_the_quiet_window_is_read_in_gerrits_clock(ssh_env: SSHEnv, tmp_path: Pa
         t = int(time.time()) + skew
         ssh_env.server.push_event(ci_event(9001, t))
         assert wait_until(lambda: h.numbers() == [9001])
+        # 9001 may have ended a quiet window (a `resumed` backfill): let it finish, so that only the next stall's
+        # backfill can find 9002
+        assert wait_until(lambda: h.service.backfiller.idle() and h.open_gaps() == 0)
         ssh_env.server.kill_streams_silently(True)
         ssh_env.server.push_event(ci_event(9002, t + 1))  # the stream is dead: only the index has it
         assert wait_until(lambda: h.metric("driverlog_gerrit_reconnects_total", {"reason": "dead-stream"}) >= 1)

@@ -51,6 +51,19 @@ class Harness:
     def numbers(self) -> list[int]:
         return [r[0] for r in self.rows()]
 
+    def closed_gaps(self, reason: str) -> int:
+        return self._count("SELECT count(*) FROM gaps WHERE reason = ? AND closed_at IS NOT NULL", reason)
+
+    def open_gaps(self) -> int:
+        return self._count("SELECT count(*) FROM gaps WHERE closed_at IS NULL")
+
+    def _count(self, sql: str, *args: object) -> int:
+        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
+        try:
+            return int(conn.execute(sql, args).fetchone()[0])
+        finally:
+            conn.close()
+
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
         value = self.service.metrics.registry.get_sample_value(name, labels or {})
         return float(value or 0.0)
@@ -193,6 +206,28 @@ def test_silently_dead_stream_is_detected_through_backfill(ssh_env: SSHEnv, tmp_
         assert wait_until(lambda: h.settled() and ssh_env.server.connections == 2)
         ssh_env.server.push_event(ci_event(8002))
         assert wait_until(lambda: h.numbers() == [8001, 8002])
+
+
+def test_a_result_dropped_after_the_quiet_window_check_is_backfilled_when_the_stream_resumes(
+        ssh_env: SSHEnv, tmp_path: Path) -> None:
+    """The stream goes silent, the stall's backfill finds nothing missed (so it looks alive), then the stream drops
+    a result and resumes with a newer one: the resumed stream must not carry the cursor over the dropped result.
+    No overlap, so that only a gap from before the resumed events can find it (the soak found this hole)."""
+    h = Harness(ssh_env, tmp_path, stall_timeout_seconds=0.3, backfill_overlap_minutes=0)
+    t0 = int(time.time()) - 600
+    with h:
+        assert wait_until(h.settled)
+        ssh_env.server.push_event(ci_event(9001, t=t0))
+        assert wait_until(lambda: h.numbers() == [9001] and h.service.backfiller.idle() and h.open_gaps() == 0)
+        stalls = h.closed_gaps("stall")
+        ssh_env.server.kill_streams_silently(True)
+        # a stall's backfill has covered the quiet window and found nothing missed: the stream looks alive
+        assert wait_until(lambda: h.closed_gaps("stall") > stalls)
+        ssh_env.server.push_event(ci_event(9002, t=t0 + 10))  # dropped by the stream, recorded on the change
+        ssh_env.server.kill_streams_silently(False)
+        ssh_env.server.push_event(ci_event(9003, t=t0 + 20))  # delivered
+        assert wait_until(lambda: h.numbers() == [9001, 9002, 9003])
+        assert h.rows()[1] == (9002, "success", "backfill")
 
 
 def test_stream_events_not_permitted_backs_off_to_the_slow_end(ssh_env: SSHEnv, tmp_path: Path) -> None:
