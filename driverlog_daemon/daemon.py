@@ -158,17 +158,18 @@ class Service:
 
     def _connected(self, client: paramiko.SSHClient, first: bool) -> None:
         self._client = client
-        trigger = "start" if first else "reconnect"
         # What happened before this connection is not proven: a gap from the newest event committed (or the
         # stored cursor after a restart), recorded after every block already read, then a backfill covers it.
-        gap = self.writer.open_gap(trigger, self._initial_since())
-        self.backfiller.request(client, trigger, after=gap)
+        self._backfill_gap(client, "start" if first else "reconnect")
 
     def _resumed(self, client: paramiko.SSHClient) -> None:
         """The stream speaks again after a quiet window judged alive: what it may have dropped since that window's
         backfill is a gap from the newest event committed (recorded before the block about to be delivered)."""
-        gap = self.writer.open_gap("resumed", self._initial_since())
-        self.backfiller.request(client, "resumed", after=gap)
+        self._backfill_gap(client, "resumed")
+
+    def _backfill_gap(self, client: paramiko.SSHClient, trigger: str) -> None:
+        gap = self.writer.open_gap(trigger, self._initial_since())
+        self.backfiller.request(client, trigger, after=gap)
 
     def _current_client(self) -> paramiko.SSHClient | None:
         connected = self.listener is not None and self.listener.state == "connected"

@@ -206,7 +206,7 @@ def comment_fact(comment: CommentAdded) -> ChangeFact:
 def parse_line(line: bytes) -> Event | Malformed:
     """Decode one line completely. Never raises: bad input comes back as :class:`Malformed`."""
     try:
-        obj = _generic_decoder()(line)  # strict JSON, 3x json.loads' speed
+        obj = _decoders()[1](line)  # strict JSON, 3x json.loads' speed
     except Exception:  # whatever msgspec refuses, json decides (and names the reason)
         try:
             text = line.decode("utf-8")
@@ -287,7 +287,7 @@ class Scanner:
 
     def warm_up(self) -> None:
         """Compile the searches and load the decoders now (a live daemon's first event should not wait)."""
-        _ = self._candidate, self._project, _state_decoder(), _generic_decoder()
+        _ = self._candidate, self._project, _decoders()
 
     @functools.cached_property
     def _candidate(self) -> re.Pattern[bytes]:
@@ -349,7 +349,7 @@ class Scanner:
     def _read_state(self, kind: bytes, line: bytes, result: ScanResult) -> None:
         """A change-state event: its fact when its change is of a review project, read with a typed decoder."""
         try:
-            state = _state_decoder()(line)
+            state = _decoders()[0](line)
             project = state.change.project
         except Exception:  # not what the typed decoder reads: the line-by-line rule, on its bytes
             if self._project.search(line):
@@ -384,15 +384,9 @@ class Scanner:
 
 
 @cache
-def _state_decoder() -> Callable[[bytes], Any]:
-    """msgspec's decoder of just the fields a change fact needs (:mod:`driverlog_daemon.event_fields`)."""
+def _decoders() -> tuple[Callable[[bytes], Any], Callable[[bytes], Any]]:
+    """msgspec's decoders (:mod:`driverlog_daemon.event_fields`), imported on first use: of just the fields a
+    change fact needs, and of a whole line."""
     from driverlog_daemon import event_fields
 
-    return event_fields.read_state_event
-
-
-@cache
-def _generic_decoder() -> Callable[[bytes], Any]:
-    from driverlog_daemon import event_fields
-
-    return event_fields.read_any
+    return event_fields.read_state_event, event_fields.read_any

@@ -103,6 +103,11 @@ def new_scanner(registry: Registry) -> Scanner:
     return Scanner(registry.ci_accounts, registry.review_projects)
 
 
+def _warm_up(scanner: Scanner, registry: Registry) -> None:
+    scanner.warm_up()
+    registry.compile_patterns()
+
+
 def examine(scanner: Scanner, registry: Registry, block: bytes, start: int = 0, end: int | None = None) -> Outcome:
     """Scan a block of complete lines and match its CI comments. No state, no I/O: safe in any process."""
     scan = scanner.scan(block, start, end)
@@ -164,15 +169,13 @@ class Pipeline:
         """For a live daemon: compile and import now what the first events would otherwise wait for."""
         with self._lock:
             scanner, registry = self.scanner, self.registry
-        scanner.warm_up()
-        registry.compile_patterns()
+        _warm_up(scanner, registry)
 
     def swap_registry(self, registry: Registry) -> None:
         """Use a new (already validated) registry from the next block on; sync the drivers table first."""
         self.store.sync_drivers(registry)
         scanner = new_scanner(registry)
-        scanner.warm_up()
-        registry.compile_patterns()
+        _warm_up(scanner, registry)
         with self._lock:
             self.registry, self.scanner = registry, scanner
         self.metrics.registry_drivers.set(len(registry.drivers))

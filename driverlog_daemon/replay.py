@@ -202,11 +202,11 @@ def replay(pipeline: Pipeline, path: str, *, progress: TextIO | None = None,
                 if len(pending.verifications) >= batch_rows:
                     # Change facts keep merging across batches until MAX_CHANGE_ROWS changes: a change's many
                     # events become one upsert (order-independent, so marks end the same).
-                    carried = pending.changes if len(pending.changes) < MAX_CHANGE_ROWS else None
-                    if carried is not None:
-                        pending.changes = ChangeRows()
+                    carried = ChangeRows()
+                    if len(pending.changes) < MAX_CHANGE_ROWS:
+                        carried, pending.changes = pending.changes, carried
                     committer.submit(pending)
-                    pending = Pending() if carried is None else Pending(changes=carried)
+                    pending = Pending(changes=carried)
                 if bar:
                     bar.show(done, pipeline.stats.lines)
                 if stop:

@@ -343,14 +343,19 @@ _ROWS_PER_STATEMENT = 256
 def _values_statements(head: str, tail: str, width: int,
                        rows: Sequence[Sequence[Any]]) -> Iterator[tuple[str, list[Any]]]:
     """``head VALUES (?, …), (?, …) tail`` statements with their parameters, for ``rows`` of ``width`` values."""
-    one = "(" + ",".join("?" * width) + ")"
     at, size = 0, _ROWS_PER_STATEMENT
     while at < len(rows):
         while size > len(rows) - at:
             size //= 2
         chunk = rows[at:at + size]
         at += size
-        yield f"{head} VALUES {','.join([one] * size)} {tail}", [x for row in chunk for x in row]
+        yield _values_sql(head, tail, width, size), [x for row in chunk for x in row]
+
+
+@functools.cache
+def _values_sql(head: str, tail: str, width: int, size: int) -> str:
+    one = "(" + ",".join("?" * width) + ")"
+    return f"{head} VALUES {','.join([one] * size)} {tail}"
 
 
 _INSERT_VERIFICATIONS = """
@@ -536,7 +541,6 @@ class Store:
         ``changes`` are merged into the change state in the same transaction; the marks follow by trigger.
         """
         received_at = self._clock()
-        # a fact's status time is 0 when it says no status: any status said later wins
         change_rows = list((changes if isinstance(changes, ChangeRows) else ChangeRows(changes)).rows.values())
         ids = self._driver_ids
         by_result: dict[str, list[tuple[Any, ...]]] = {"success": [], "failure": []}
