@@ -27,8 +27,9 @@ import functools
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from functools import cache
+from types import ModuleType
 from typing import Any, NamedTuple
 
 from driverlog_daemon.model import CHANGE_STATE_EVENTS, Account, Approval, Change, ChangeFact, CommentAdded
@@ -82,6 +83,10 @@ def _get(obj: Mapping[str, Any], path: str, kind: type | tuple[type, ...]) -> An
     if not isinstance(node, kind) or isinstance(node, bool):
         raise _Missing(f"invalid_field:{path}")
     return node
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if type(value) is str else None
 
 
 def _opt_str(obj: Any, key: str) -> str | None:
@@ -206,7 +211,7 @@ def comment_fact(comment: CommentAdded) -> ChangeFact:
 def parse_line(line: bytes) -> Event | Malformed:
     """Decode one line completely. Never raises: bad input comes back as :class:`Malformed`."""
     try:
-        obj = _decoders()[1](line)  # strict JSON, 3x json.loads' speed
+        obj = _fields().read_any(line)  # strict JSON, 3x json.loads' speed
     except Exception:  # whatever msgspec refuses, json decides (and names the reason)
         try:
             text = line.decode("utf-8")
@@ -287,7 +292,7 @@ class Scanner:
 
     def warm_up(self) -> None:
         """Compile the searches and load the decoders now (a live daemon's first event should not wait)."""
-        _ = self._candidate, self._project, _decoders()
+        _ = self._candidate, self._project, _fields()
 
     @functools.cached_property
     def _candidate(self) -> re.Pattern[bytes]:
@@ -332,7 +337,7 @@ class Scanner:
                     newest = t
                 if kind == _COMMENT_ADDED:
                     if names_ci(block, pos, at):
-                        self._decode(block[pos:line_end], result, counted=True)
+                        self._read_comment(block[pos:line_end], result)
                 elif kind in _STATE_KINDS:
                     self._read_state(kind, block[pos:line_end], result)
             elif block[pos:line_end].strip():
@@ -346,10 +351,37 @@ class Scanner:
             result.note_time(newest)
         return result
 
+    def _read_comment(self, line: bytes, result: ScanResult) -> None:
+        """A ``comment-added`` that names a CI account: read with a typed decoder, else decoded in full."""
+        try:
+            ev = _fields().read_comment_event(line)
+            author, change, created, comment = ev.author, ev.change, ev.eventCreatedOn, ev.comment
+            username, project, branch, number = author.username, change.project, change.branch, change.number
+            ps_number = ev.patchSet.number
+        except Exception:  # not the shape the typed decoder reads (or not JSON): the whole line decides
+            self._decode(line, result, counted=True)
+            return
+        if not (type(username) is str and type(project) is str and type(branch) is str and type(number) is int
+                and type(ps_number) is int and type(created) is int and type(comment) is str
+                and number >= 0 and ps_number >= 0):  # as comment_added_from's fast path: else the exact reason
+            self._decode(line, result, counted=True)
+            return
+        result.note_time(created)
+        if username not in self.ci_accounts:
+            return
+        approvals = () if ev.approvals is None else tuple(
+            Approval(a.type, a.value, _str_or_none(a.description), _str_or_none(a.oldValue))
+            for a in ev.approvals if type(a.type) is str and type(a.value) is str)
+        result.comments.append(CommentAdded(
+            author=Account(username, _str_or_none(author.name), _str_or_none(author.email)),
+            change=Change(project, branch, number, _str_or_none(change.id), _str_or_none(change.url),
+                          _str_or_none(change.status)),
+            patch_set=ps_number, comment=comment, created_on=created, approvals=approvals))
+
     def _read_state(self, kind: bytes, line: bytes, result: ScanResult) -> None:
         """A change-state event: its fact when its change is of a review project, read with a typed decoder."""
         try:
-            state = _decoders()[0](line)
+            state = _fields().read_state_event(line)
             project = state.change.project
         except Exception:  # not what the typed decoder reads: the line-by-line rule, on its bytes
             if self._project.search(line):
@@ -384,9 +416,8 @@ class Scanner:
 
 
 @cache
-def _decoders() -> tuple[Callable[[bytes], Any], Callable[[bytes], Any]]:
-    """msgspec's decoders (:mod:`driverlog_daemon.event_fields`), imported on first use: of just the fields a
-    change fact needs, and of a whole line."""
+def _fields() -> ModuleType:
+    """:mod:`driverlog_daemon.event_fields` (msgspec's decoders), imported on first use."""
     from driverlog_daemon import event_fields
 
-    return event_fields.read_state_event, event_fields.read_any
+    return event_fields

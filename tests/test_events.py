@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from driverlog_daemon.events import Malformed, OtherEvent, Scanner, parse_line
@@ -224,3 +224,71 @@ def test_precheck_never_drops_a_matching_line(specs: list[tuple[Any, ...]]) -> N
     )
     assert ours == direct_results(raw_lines, PROPERTY_REGISTRY)
     assert scan.lines == len(raw_lines)
+
+
+# ------------------------------------------------- property: the typed reading of a CI comment is the full decode
+
+_ODD_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.text(max_size=5), st.just([]), st.just({}))
+
+
+_APPROVAL = st.one_of(
+    st.fixed_dictionaries({"type": st.text(max_size=4), "value": st.one_of(st.text(max_size=2), _ODD_VALUES)},
+                          optional={"description": st.one_of(st.text(max_size=4), _ODD_VALUES),
+                                    "oldValue": st.one_of(st.text(max_size=2), _ODD_VALUES)}),
+    st.dictionaries(st.sampled_from(["type", "value", "description", "oldValue"]), _ODD_VALUES, max_size=4),
+    _ODD_VALUES)
+_AS_GERRIT_WRITES = {
+    "name": st.text(max_size=8), "email": st.text(max_size=8),
+    "username": st.sampled_from(ACCOUNTS),  # a CI account: the line is a candidate, read by the typed decoder
+    "number": st.integers(0, 10**7), "patch_set": st.integers(0, 99), "id": st.text(max_size=8),
+    "url": st.text(max_size=8), "status": st.sampled_from(["NEW", "MERGED"]), "project": st.just("openstack/cinder"),
+    "branch": st.just("master"), "comment": st.text(max_size=30), "approvals": st.lists(_APPROVAL, max_size=3),
+}
+# Each line as Gerrit writes it but for up to three fields: odd values (wrong types, negatives) or left out (...).
+comment_shape = st.builds(
+    lambda normal, odd: {**normal, **odd}, st.fixed_dictionaries(_AS_GERRIT_WRITES),
+    st.dictionaries(st.sampled_from(sorted(set(_AS_GERRIT_WRITES) - {"username"})),
+                    st.one_of(_ODD_VALUES, st.just(...)), max_size=3))
+
+
+def _shaped_comment_line(shape: dict[str, Any]) -> bytes:
+    ev = comment_event(author=shape["username"])
+    for obj, key, field in ((ev["author"], "name", "name"), (ev["author"], "email", "email"),
+                            (ev["author"], "username", "username"), (ev["change"], "number", "number"),
+                            (ev["patchSet"], "number", "patch_set"), (ev["change"], "id", "id"),
+                            (ev["change"], "url", "url"), (ev["change"], "status", "status"),
+                            (ev["change"], "project", "project"), (ev["change"], "branch", "branch"),
+                            (ev, "comment", "comment"), (ev, "approvals", "approvals")):
+        value = shape[field]
+        if value is ...:
+            obj.pop(key, None)
+        else:
+            obj[key] = value
+    return json.dumps(ev, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _shape(**odd: Any) -> dict[str, Any]:
+    normal = {"name": "n", "email": "e", "username": "x", "number": 1, "patch_set": 1, "id": "I1", "url": "u",
+              "status": "NEW", "project": "openstack/cinder", "branch": "master", "comment": "c",
+              "approvals": [{"type": "Verified", "value": "1", "description": "d", "oldValue": "0"}]}
+    return {**normal, **odd}
+
+
+@settings(max_examples=400, deadline=None)
+@given(comment_shape)
+@example(_shape(number=-1))
+@example(_shape(patch_set=-1))
+@example(_shape(status=7, name=True, email=[], id={}, url=0))
+@example(_shape(approvals=[{"type": "Verified", "value": 1}, {"type": "V", "value": "1", "description": 2,
+                                                              "oldValue": False}]))
+def test_the_typed_reading_of_a_ci_comment_equals_the_full_decode(shape: dict[str, Any]) -> None:
+    raw = _shaped_comment_line(shape)
+    full = parse_line(raw)
+    scan = Scanner(ACCOUNTS).scan(raw + b"\n")
+    if isinstance(full, Malformed):
+        assert scan.comments == [] and [m.reason for m in scan.malformed] == [full.reason]
+        assert scan.by_type["comment-added"] == 0
+    else:
+        assert isinstance(full, CommentAdded)
+        assert scan.comments == ([full] if full.author.username in ACCOUNTS else [])
+        assert scan.malformed == [] and scan.by_type["comment-added"] == 1
