@@ -97,6 +97,22 @@ class Outcome:
     def dropped_output(self) -> int:
         return self.by_type.get("dropped-output", 0)
 
+    # Replay's workers send outcomes to the parent: named tuples pickle as a call of their class each (~3 µs to
+    # dump, ~3 µs to load), plain tuples in C (~0.5 µs); the parent makes them named tuples again in C.
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (self.lines, self.by_type, self.malformed, self.ci_comments, self.unmatched,
+                [tuple(v) for v in self.verifications], [tuple(c) for c in self.changes], self.newest_event_time)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        (self.lines, self.by_type, self.malformed, self.ci_comments, self.unmatched, verifications, changes,
+         self.newest_event_time) = state
+        self.verifications = [_as(Verification, v) for v in verifications]
+        self.changes = [_as(ChangeFact, c) for c in changes]
+
+
+_as = tuple.__new__  # _as(NamedTupleClass, plain_tuple): the named tuple, made in C
+
 
 def new_scanner(registry: Registry) -> Scanner:
     """A scanner for the registry's CI accounts and the review projects whose change state is kept."""
