@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import mmap
 import os
 import signal
 import sys
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, BinaryIO, NamedTuple, TextIO
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple, TextIO, cast
 
 from driverlog_daemon.events import Scanner
 from driverlog_daemon.pipeline import Outcome, Pending, Pipeline, examine
@@ -29,6 +30,10 @@ BATCH_ROWS = 2000
 MAX_CHANGE_ROWS = 20_000  # changes whose facts replay merges before writing them (~4 MB)
 PARALLEL_SPAN_BYTES = 4 << 20
 PARALLEL_MIN_BYTES = 16 << 20  # below this, starting workers costs more than it saves
+SPANS_AHEAD = 8  # spans queued per worker: they keep scanning while this process waits for a commit
+# The commit thread (SQLite) is replay's critical path once the database is large: the workers scan at a lower
+# priority so that it gets a core whenever it can run (1,000,000 events: 10.5 -> 8.8 s).
+WORKER_NICE = 10
 
 
 class ReplayReport(NamedTuple):
@@ -138,15 +143,25 @@ _WORKER: tuple[Scanner, Registry] | None = None
 
 def _worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    os.nice(WORKER_NICE)
 
 
 def _examine_span(span: tuple[str, int, int]) -> tuple[Outcome, int]:
+    """A worker's task: scan a span of the file where it lies, mapped (no copy, no fresh pages to fault in:
+    200,000 events, 0.13 -> 0.04 s of system time); read when the file cannot be mapped."""
     path, start, end = span
     assert _WORKER is not None
+    scanner, registry = _WORKER
     with open(path, "rb") as f:
-        f.seek(start)
-        data = f.read(end - start)
-    return examine(_WORKER[0], _WORKER[1], data), len(data)
+        offset = start - start % mmap.ALLOCATIONGRANULARITY
+        try:
+            mapped = mmap.mmap(f.fileno(), end - offset, access=mmap.ACCESS_READ, offset=offset)
+        except (OSError, ValueError):
+            f.seek(start)
+            data = f.read(end - start)
+            return examine(scanner, registry, data), len(data)
+        with mapped:  # the scanner uses only what bytes and mmap both offer: find, rfind, slices, re
+            return examine(scanner, registry, cast(bytes, mapped), start - offset, end - offset), end - start
 
 
 def _parallel_outcomes(pipeline: Pipeline, path: str, jobs: int) -> Iterator[tuple[Outcome, int]]:
@@ -156,11 +171,12 @@ def _parallel_outcomes(pipeline: Pipeline, path: str, jobs: int) -> Iterator[tup
     _WORKER = (pipeline.scanner, pipeline.registry)  # inherited by the forked workers
     pool = multiprocessing.get_context("fork").Pool(jobs, initializer=_worker_init)
     try:
-        # At most 2 spans a worker in flight: results are taken in file order and memory stays bounded.
+        # At most SPANS_AHEAD spans a worker in flight: results are taken in file order and memory stays bounded
+        # (a span's outcome is its few results, ~100 KB).
         inflight: deque[AsyncResult[tuple[Outcome, int]]] = deque()
         for span in _spans(path, PARALLEL_SPAN_BYTES):
             inflight.append(pool.apply_async(_examine_span, (span,)))
-            if len(inflight) >= 2 * jobs:
+            if len(inflight) >= SPANS_AHEAD * jobs:
                 yield inflight.popleft().get()
         while inflight:
             yield inflight.popleft().get()
