@@ -83,14 +83,14 @@ class Outcome:
                  "verifications")
 
     def __init__(self, *, lines: int = 0, by_type: Counter[str] | None = None, malformed: list[Malformed] | None = None,
-                 changes: list[ChangeFact] | None = None, newest_event_time: int | None = None) -> None:
+                 changes: Iterable[ChangeFact] = (), newest_event_time: int | None = None) -> None:
         self.lines = lines
         self.by_type: Counter[str] = Counter() if by_type is None else by_type
         self.malformed: list[Malformed] = [] if malformed is None else malformed
         self.ci_comments: Counter[str] = Counter()  # by CI account
         self.unmatched: Counter[str] = Counter()  # CI comments that matched no pattern, by account
         self.verifications: list[Verification] = []
-        self.changes: list[ChangeFact] = [] if changes is None else changes  # of the registry's review projects
+        self.changes = ChangeRows(changes)  # of the registry's review projects, merged by change
         self.newest_event_time = newest_event_time
 
     @property
@@ -98,17 +98,17 @@ class Outcome:
         return self.by_type.get("dropped-output", 0)
 
     # Replay's workers send outcomes to the parent: named tuples pickle as a call of their class each (~3 µs to
-    # dump, ~3 µs to load), plain tuples in C (~0.5 µs); the parent makes them named tuples again in C.
+    # dump, ~3 µs to load), plain tuples in C (~0.5 µs); the parent makes them named tuples again in C. (The
+    # change rows are plain tuples already, merged by change in the worker.)
 
     def __getstate__(self) -> tuple[Any, ...]:
         return (self.lines, self.by_type, self.malformed, self.ci_comments, self.unmatched,
-                [tuple(v) for v in self.verifications], [tuple(c) for c in self.changes], self.newest_event_time)
+                [tuple(v) for v in self.verifications], self.changes, self.newest_event_time)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        (self.lines, self.by_type, self.malformed, self.ci_comments, self.unmatched, verifications, changes,
+        (self.lines, self.by_type, self.malformed, self.ci_comments, self.unmatched, verifications, self.changes,
          self.newest_event_time) = state
         self.verifications = [_as(Verification, v) for v in verifications]
-        self.changes = [_as(ChangeFact, c) for c in changes]
 
 
 _as = tuple.__new__  # _as(NamedTupleClass, plain_tuple): the named tuple, made in C
@@ -135,9 +135,10 @@ def examine(scanner: Scanner, registry: Registry, block: bytes, start: int = 0, 
 
 def _match(comments: Iterable[CommentAdded], registry: Registry, outcome: Outcome) -> None:
     projects = registry.review_projects
+    facts = []
     for comment in comments:
         if comment.change.project in projects:
-            outcome.changes.append(comment_fact(comment))
+            facts.append(comment_fact(comment))
         result = match_comment(comment, registry)
         if not result.is_ci_comment:
             continue
@@ -147,6 +148,7 @@ def _match(comments: Iterable[CommentAdded], registry: Registry, outcome: Outcom
             outcome.verifications.extend(result.verifications)
         else:
             outcome.unmatched[account] += 1
+    outcome.changes.add(facts)
 
 
 class Pipeline:
@@ -216,7 +218,7 @@ class Pipeline:
         with self._lock:
             registry = self.registry
         projects = registry.review_projects
-        outcome = Outcome(changes=[c for c in changes if c.project in projects])
+        outcome = Outcome(changes=(c for c in changes if c.project in projects))
         _match(comments, registry, outcome)
         self.absorb(outcome, into)
 
@@ -237,7 +239,7 @@ class Pipeline:
         for account, n in outcome.unmatched.items():
             self.metrics.ci_comments_unmatched.labels(account).inc(n)
         into.verifications.extend(outcome.verifications)
-        into.changes.add(outcome.changes)
+        into.changes.merge(outcome.changes)
         t = outcome.newest_event_time
         if t is not None:
             if into.newest_event_time is None or t > into.newest_event_time:

@@ -440,8 +440,22 @@ class ChangeRows:
             old = rows.get(n)
             rows[n] = row if old is None else merge_change_rows(old, row)
 
+    def merge(self, other: ChangeRows) -> None:
+        """Add rows merged elsewhere (a replay worker's span): dict operations in C but for the changes in both."""
+        rows, new = self.rows, other.rows
+        both = rows.keys() & new.keys()
+        merged = {n: merge_change_rows(rows[n], new[n]) for n in both}
+        rows.update(new)
+        rows.update(merged)
+
     def __len__(self) -> int:
         return len(self.rows)
+
+    def __getstate__(self) -> dict[int, ChangeRow]:
+        return self.rows
+
+    def __setstate__(self, rows: dict[int, ChangeRow]) -> None:
+        self.rows = rows
 
 
 class Store:

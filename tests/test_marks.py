@@ -23,7 +23,7 @@ from driverlog_daemon import store as store_mod
 from driverlog_daemon.events import Scanner, parse_line
 from driverlog_daemon.model import ChangeFact, Verification
 from driverlog_daemon.registry import Registry
-from driverlog_daemon.store import MIGRATIONS, SCHEMA_VERSION, Store, schema_version
+from driverlog_daemon.store import MIGRATIONS, SCHEMA_VERSION, ChangeRows, Store, schema_version
 
 from .conftest import comment_event, line
 
@@ -256,6 +256,11 @@ def test_any_order_and_batching_of_the_same_facts_gives_the_same_marks(
                          else ([], "backfill", None, [as_fact(item)])))
         every_column = "SELECT * FROM changes ORDER BY change_number"
         assert s.conn.execute(every_column).fetchall() == one.conn.execute(every_column).fetchall()
+    # Rows merged per span (replay's workers), then across spans (its parent): the rows of all the facts at once
+    across = ChangeRows()
+    for a, b in itertools.pairwise(bounds):
+        across.merge(ChangeRows(as_fact(x) for x in order[a:b] if isinstance(x, State)))
+    assert across.rows == ChangeRows(as_fact(x) for x in order if isinstance(x, State)).rows
 
 
 # ------------------------------------------------------------------------------------------------- the scanner
