@@ -138,6 +138,75 @@ def test_worker_processes_give_the_same_result_as_one(tmp_path: Path, monkeypatc
     assert results[0][3] == 40 and results[0][4] == f.stat().st_size
 
 
+def _spied_forks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The pids of the workers replay forks (os.fork itself runs unchanged)."""
+    pids: list[int] = []
+    real_fork = os.fork
+
+    def fork() -> int:
+        pid = real_fork()
+        if pid:
+            pids.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", fork)
+    return pids
+
+
+def _reaped(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return False
+
+
+def test_a_failing_worker_is_an_error_with_its_traceback_and_no_worker_outlives_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(replay_mod, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(replay_mod, "PARALLEL_SPAN_BYTES", 2000)
+    f = tmp_path / "stream.jsonl"
+    f.write_bytes(recording(40))
+    real_examine = replay_mod.examine
+
+    def examine(*args: object) -> object:  # in the workers (forked after this is patched): spans but the first fail
+        if args[3] if len(args) > 3 else False:
+            raise ValueError("boom in a worker")
+        return real_examine(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(replay_mod, "examine", examine)
+    pids = _spied_forks(monkeypatch)
+    with Store(tmp_path / "d.sqlite") as store, \
+            pytest.raises(RuntimeError, match=r"(?s)replay worker .* failed.*ValueError: boom in a worker"):
+        replay_mod.replay(Pipeline(load_registry(DATA), store), str(f), jobs=2, batch_rows=7)
+    assert len(pids) == 2 and all(_reaped(pid) for pid in pids)
+
+
+def test_an_interrupted_parallel_replay_keeps_its_commits_and_stops_its_workers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(replay_mod, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(replay_mod, "PARALLEL_SPAN_BYTES", 2000)
+    f = tmp_path / "stream.jsonl"
+    f.write_bytes(recording(200))
+    pids = _spied_forks(monkeypatch)
+    with Store(tmp_path / "d.sqlite") as store:
+        pipeline = Pipeline(load_registry(DATA), store)
+        real_absorb = pipeline.absorb
+        absorbed = []
+
+        def absorb(outcome: object, into: object) -> None:
+            real_absorb(outcome, into)  # type: ignore[arg-type]
+            absorbed.append(1)
+            if len(absorbed) == 3:
+                os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C would, while the workers are busy
+
+        monkeypatch.setattr(pipeline, "absorb", absorb)
+        report = replay_mod.replay(pipeline, str(f), jobs=2, batch_rows=1)
+        assert report.interrupted and 0 < report.bytes_read < f.stat().st_size
+        assert pipeline.stats.recorded == _count(tmp_path / "d.sqlite") > 0
+    assert len(pids) == 2 and all(_reaped(pid) for pid in pids)
+
+
 def test_a_short_replay_imports_only_what_it_uses(tmp_path: Path) -> None:
     """Start-up: a replay with nothing to do loads no schema checker, logger, metrics, decoder or SSH library (nor
     dataclasses, whose classes cost 0.05 s to create: the replay path uses named tuples and plain classes)."""
