@@ -102,18 +102,30 @@ def cmd_run(args: argparse.Namespace) -> int:
 COMMANDS = ("validate", "replay", "run", "check-config", "demo")
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's own, told the terminal's width: left to itself it imports shutil (and bz2, lzma) for it at every
+    add_argument, ~5 ms of a short command."""
+
+    def __init__(self, prog: str) -> None:
+        try:
+            columns = int(os.environ.get("COLUMNS", "0")) or os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 80
+        super().__init__(prog, width=max(columns - 2, 20))
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The command line; ``only``: with just that command's parser (argparse looks up translations for every
     parser it builds: the others would cost a short command a few milliseconds)."""
     parser = argparse.ArgumentParser(
-        prog="driverlog-daemon",
+        prog="driverlog-daemon", formatter_class=_Formatter,
         description="Record OpenStack third-party CI results for DriverLog drivers from Gerrit into SQLite.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, help: str, description: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=description)
+        p = sub.add_parser(name, help=help, description=description, formatter_class=_Formatter)
         p.add_argument("--config", metavar="PATH",
                        help="configuration file (default: $DRIVERLOG_CONFIG or /etc/driverlog/driverlog.toml)")
         return p
@@ -157,7 +169,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p.set_defaults(func=cmd_check_config)
 
     # `demo` has its own parser (driverlog_daemon.demo); listed here for --help only
-    sub.add_parser("demo", help="run the daemon against a local Gerrit test server (make demo); demo --help")
+    sub.add_parser("demo", formatter_class=_Formatter,
+                   help="run the daemon against a local Gerrit test server (make demo); demo --help")
     return parser
 
 
