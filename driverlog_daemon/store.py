@@ -17,6 +17,7 @@ import operator
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -492,6 +493,21 @@ class Store:
 
     def close(self) -> None:
         self.conn.close()
+
+    @contextmanager
+    def checkpoints_every(self, pages: int) -> Iterator[None]:
+        """Move the WAL into the database file only every ``pages`` pages while in the block (a bulk import).
+
+        SQLite's default (1,000 pages, 4 MB) checkpoints after nearly every replay batch once the indexes are
+        large, copying the same pages over and over: at 1,000,000 events a replay's commits took 5.7 -> 4.2 s.
+        The WAL may grow to ``pages`` pages meanwhile; the previous setting is back afterwards.
+        """
+        previous = int(self.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+        self.conn.execute(f"PRAGMA wal_autocheckpoint = {int(pages)}")
+        try:
+            yield
+        finally:
+            self.conn.execute(f"PRAGMA wal_autocheckpoint = {previous}")
 
     def __enter__(self) -> Store:
         return self

@@ -45,6 +45,19 @@ def test_fresh_file_gets_current_schema_wal_and_pragmas(store: Store) -> None:
     assert "driver_ci_status" in store.db.view_names()
 
 
+def test_a_bulk_import_checkpoints_less_often_and_then_as_before(store: Store) -> None:
+    def setting() -> int:
+        return int(store.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+
+    before = setting()
+    with store.checkpoints_every(before * 10):
+        assert setting() == before * 10
+    assert setting() == before
+    with pytest.raises(ZeroDivisionError), store.checkpoints_every(7):
+        1 / 0  # noqa: B018
+    assert setting() == before
+
+
 def test_reopening_does_not_migrate_again(tmp_path: Path, registry: Registry) -> None:
     path = tmp_path / "d.sqlite"
     with Store(path) as s:
