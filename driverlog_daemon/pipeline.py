@@ -276,7 +276,8 @@ class Pipeline:
             if n:
                 self.metrics.verifications.labels(source, kind).inc(n)
         if result.inserted:
-            self._note_driver_times(pending.verifications)
+            if self.metrics is not UNMEASURED:  # per-driver gauges: nothing to keep for a one-shot command
+                self._note_driver_times(pending.verifications)
             newest = max(v.comment_time for v in pending.verifications)
             if self.stats.last_verification_time is None or newest > self.stats.last_verification_time:
                 self.stats.last_verification_time = newest
