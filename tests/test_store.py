@@ -153,12 +153,19 @@ def test_removed_driver_is_marked_and_keeps_history(tmp_path: Path, store: Store
     assert store.conn.execute("SELECT count(*) FROM drivers WHERE removed_at IS NOT NULL").fetchone()[0] == 0
 
 
-def test_changed_pattern_updates_driver_row(store: Store) -> None:
+def test_changed_pattern_updates_driver_row(store: Store, registry: Registry) -> None:
+    before = store.conn.total_changes
+    statements: list[str] = []
+    store.conn.set_trace_callback(statements.append)
+    store.sync_drivers(registry)  # the same registry again: nothing to write, no statement to write it
+    store.conn.set_trace_callback(None)
+    assert store.conn.total_changes == before and not [s for s in statements if "INSERT" in s or "UPDATE" in s]
     doc = json.loads(DATA.read_text())
     doc["drivers"][0]["ci"]["success_pattern"] = "NEW PATTERN"
     store.sync_drivers(parse_registry(json.dumps(doc)))
     assert store.conn.execute("SELECT success_pattern FROM drivers WHERE name = ?",
                               (doc["drivers"][0]["name"],)).fetchone()[0] == "NEW PATTERN"
+    assert store.conn.total_changes == before + 1  # that row only
 
 
 def test_readonly_connection_cannot_write(store: Store) -> None:
