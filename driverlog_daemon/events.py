@@ -7,8 +7,10 @@ Two entry points:
 * :class:`Scanner` handles a block of complete lines the cheap way. Most lines are not comments from a
   registered CI account, so it decides that on the raw bytes, without decoding JSON: Gerrit writes an event's
   own type and time last (``…,"type":"X","eventCreatedOn":N}``), so each line's type and time are read from its
-  tail; only a ``comment-added`` line that mentions a CI account as a ``"username"`` is decoded. A line that does
-  not end that way (another JSON layout, garbage) is decoded in full.
+  tail; only a ``comment-added`` line that mentions a CI account as a ``"username"`` is decoded, by a typed
+  decoder of just the fields of a :class:`CommentAdded` (a line of another shape is decoded in full, and the
+  result is the same: a property test compares the two). A line that does not end the Gerrit way (another JSON
+  layout, garbage) is decoded in full.
 
 The candidate test is exact: a ``comment-added`` line is skipped only when no ``"username"`` value in it can
 equal a CI account, i.e. no such value is written literally as one and none is written with a JSON escape
