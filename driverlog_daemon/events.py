@@ -118,21 +118,31 @@ def _approvals(raw: Any) -> tuple[Approval, ...]:
     return tuple(out)
 
 
+def _common_comment(username: Any, name: Any, email: Any, project: Any, branch: Any, number: Any, change_id: Any,
+                    url: Any, status: Any, patch_set: Any, created: Any, comment: Any,
+                    approvals: tuple[Approval, ...]) -> CommentAdded | None:
+    """The :class:`CommentAdded` of a ``comment-added`` of the common well-formed shape, from its fields (however
+    they were decoded), else None: the caller decodes the line in full for the exact reason."""
+    if (type(username) is str and type(project) is str and type(branch) is str and type(number) is int
+            and type(patch_set) is int and type(created) is int and type(comment) is str
+            and number >= 0 and patch_set >= 0):
+        return CommentAdded(
+            author=Account(username, _str_or_none(name), _str_or_none(email)),
+            change=Change(project, branch, number, _str_or_none(change_id), _str_or_none(url), _str_or_none(status)),
+            patch_set=patch_set, comment=comment, created_on=created, approvals=approvals)
+    return None
+
+
 def comment_added_from(obj: Mapping[str, Any]) -> CommentAdded:
     """Build a :class:`CommentAdded` from a decoded ``comment-added`` object; raises ``_Missing``."""
     try:  # the common, well-formed case without the per-field checks below
-        author, change, ps = obj["author"], obj["change"], obj["patchSet"]
-        username, project, branch = author["username"], change["project"], change["branch"]
-        number, ps_number, created, comment = change["number"], ps["number"], obj["eventCreatedOn"], obj["comment"]
-        if (type(username) is str and type(project) is str and type(branch) is str and type(number) is int
-                and type(ps_number) is int and type(created) is int and type(comment) is str
-                and number >= 0 and ps_number >= 0):
-            return CommentAdded(
-                author=Account(username=username, name=_opt_str(author, "name"), email=_opt_str(author, "email")),
-                change=Change(project=project, branch=branch, number=number, id=_opt_str(change, "id"),
-                              url=_opt_str(change, "url"), status=_opt_str(change, "status")),
-                patch_set=ps_number, comment=comment, created_on=created, approvals=_approvals(obj.get("approvals")),
-            )
+        author, change = obj["author"], obj["change"]
+        event = _common_comment(
+            author["username"], author.get("name"), author.get("email"), change["project"], change["branch"],
+            change["number"], change.get("id"), change.get("url"), change.get("status"), obj["patchSet"]["number"],
+            obj["eventCreatedOn"], obj["comment"], _approvals(obj.get("approvals")))
+        if event is not None:
+            return event
     except (KeyError, TypeError):
         pass
     return _comment_added_checked(obj)
@@ -357,28 +367,21 @@ class Scanner:
         """A ``comment-added`` that names a CI account: read with a typed decoder, else decoded in full."""
         try:
             ev = _fields().read_comment_event(line)
-            author, change, created, comment = ev.author, ev.change, ev.eventCreatedOn, ev.comment
-            username, project, branch, number = author.username, change.project, change.branch, change.number
-            ps_number = ev.patchSet.number
+            author, change = ev.author, ev.change
+            event = _common_comment(
+                author.username, author.name, author.email, change.project, change.branch, change.number, change.id,
+                change.url, change.status, ev.patchSet.number, ev.eventCreatedOn, ev.comment,
+                () if ev.approvals is None else tuple(
+                    Approval(a.type, a.value, _str_or_none(a.description), _str_or_none(a.oldValue))
+                    for a in ev.approvals if type(a.type) is str and type(a.value) is str))
         except Exception:  # not the shape the typed decoder reads (or not JSON): the whole line decides
+            event = None
+        if event is None:
             self._decode(line, result, counted=True)
             return
-        if not (type(username) is str and type(project) is str and type(branch) is str and type(number) is int
-                and type(ps_number) is int and type(created) is int and type(comment) is str
-                and number >= 0 and ps_number >= 0):  # as comment_added_from's fast path: else the exact reason
-            self._decode(line, result, counted=True)
-            return
-        result.note_time(created)
-        if username not in self.ci_accounts:
-            return
-        approvals = () if ev.approvals is None else tuple(
-            Approval(a.type, a.value, _str_or_none(a.description), _str_or_none(a.oldValue))
-            for a in ev.approvals if type(a.type) is str and type(a.value) is str)
-        result.comments.append(CommentAdded(
-            author=Account(username, _str_or_none(author.name), _str_or_none(author.email)),
-            change=Change(project, branch, number, _str_or_none(change.id), _str_or_none(change.url),
-                          _str_or_none(change.status)),
-            patch_set=ps_number, comment=comment, created_on=created, approvals=approvals))
+        result.note_time(event.created_on)
+        if event.author.username in self.ci_accounts:
+            result.comments.append(event)
 
     def _read_state(self, kind: bytes, line: bytes, result: ScanResult) -> None:
         """A change-state event: its fact when its change is of a review project, read with a typed decoder."""

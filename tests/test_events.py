@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from driverlog_daemon import events
 from driverlog_daemon.events import Malformed, OtherEvent, Scanner, parse_line
 from driverlog_daemon.match import match_comment
 from driverlog_daemon.model import CommentAdded
@@ -284,6 +285,13 @@ def _shape(**odd: Any) -> dict[str, Any]:
 def test_the_typed_reading_of_a_ci_comment_equals_the_full_decode(shape: dict[str, Any]) -> None:
     raw = _shaped_comment_line(shape)
     full = parse_line(raw)
+    # Both readings share the common shape's checks (events._common_comment); the per-field checks of a decoded
+    # object, applied alone, are the reference for them.
+    try:
+        checked: CommentAdded | str = events._comment_added_checked(json.loads(raw))
+    except events._Missing as missing:
+        checked = missing.reason
+    assert (full.reason if isinstance(full, Malformed) else full) == checked
     scan = Scanner(ACCOUNTS).scan(raw + b"\n")
     if isinstance(full, Malformed):
         assert scan.comments == [] and [m.reason for m in scan.malformed] == [full.reason]
