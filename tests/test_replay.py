@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -120,11 +121,17 @@ def _count(db: Path) -> int:
         return -1
 
 
-def test_worker_processes_give_the_same_result_as_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _in_many_spans(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n_ci: int) -> Path:
+    """A recording of ``n_ci`` CI results that replay hands to its workers in many small spans (cut at line ends)."""
     monkeypatch.setattr(replay_mod, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(replay_mod, "PARALLEL_SPAN_BYTES", 2000)  # many spans, cut at line ends
+    monkeypatch.setattr(replay_mod, "PARALLEL_SPAN_BYTES", 2000)
     f = tmp_path / "stream.jsonl"
-    f.write_bytes(recording(40))
+    f.write_bytes(recording(n_ci))
+    return f
+
+
+def test_worker_processes_give_the_same_result_as_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = _in_many_spans(tmp_path, monkeypatch, 40)
     registry = load_registry(DATA)
     results = []
     for jobs in (1, 2):
@@ -163,16 +170,13 @@ def _reaped(pid: int) -> bool:
 
 def test_a_failing_worker_is_an_error_with_its_traceback_and_no_worker_outlives_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(replay_mod, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(replay_mod, "PARALLEL_SPAN_BYTES", 2000)
-    f = tmp_path / "stream.jsonl"
-    f.write_bytes(recording(40))
+    f = _in_many_spans(tmp_path, monkeypatch, 40)
     real_examine = replay_mod.examine
 
-    def examine(*args: object) -> object:  # in the workers (forked after this is patched): spans but the first fail
-        if args[3] if len(args) > 3 else False:
+    def examine(scanner: Any, registry: Any, block: bytes, start: int = 0, end: int | None = None) -> Any:
+        if start:  # in the workers (forked after this is patched): a span not at the start of its mapping fails
             raise ValueError("boom in a worker")
-        return real_examine(*args)  # type: ignore[arg-type]
+        return real_examine(scanner, registry, block, start, end)
 
     monkeypatch.setattr(replay_mod, "examine", examine)
     pids = _spied_forks(monkeypatch)
@@ -184,10 +188,7 @@ def test_a_failing_worker_is_an_error_with_its_traceback_and_no_worker_outlives_
 
 def test_an_interrupted_parallel_replay_keeps_its_commits_and_stops_its_workers(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(replay_mod, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(replay_mod, "PARALLEL_SPAN_BYTES", 2000)
-    f = tmp_path / "stream.jsonl"
-    f.write_bytes(recording(200))
+    f = _in_many_spans(tmp_path, monkeypatch, 200)
     pids = _spied_forks(monkeypatch)
     with Store(tmp_path / "d.sqlite") as store:
         pipeline = Pipeline(load_registry(DATA), store)
