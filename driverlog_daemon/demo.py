@@ -28,7 +28,7 @@ from driverlog_daemon import store as store_mod
 from driverlog_daemon.config import GerritConfig
 from driverlog_daemon.registry import DEFAULT_REGISTRY_PATH, Registry, load_registry
 from driverlog_daemon.testing import wait_for
-from driverlog_daemon.testing.gerrit_server import start_in
+from driverlog_daemon.testing.gerrit_server import daemon_config, start_in
 from driverlog_daemon.testing.samples import sample_events
 
 
@@ -63,12 +63,8 @@ class Demo:
         self.http_port = _free_port(http_port)
         self.db = work / "driverlog.sqlite"
         self.log_path = work / "daemon.log"
-        self.config = work / "driverlog.toml"
-        self.config.write_text(
-            f'[gerrit]\nhost = "{self.server.host}"\nport = {self.server.port}\nusername = "driverlog-demo"\n'
-            f'key_file = "{work / "id_ecdsa"}"\nknown_hosts = "{work / "known_hosts"}"\nstall_timeout_seconds = 20\n\n'
-            f'[registry]\npath = "{registry_path}"\n\n[database]\npath = "{self.db}"\n\n'
-            f'[http]\nlisten = "127.0.0.1"\nport = {self.http_port}\n\n[log]\nformat = "json"\n')
+        self.config = daemon_config(work, self.server, username="driverlog-demo", registry=registry_path,
+                                    database=self.db, http_port=self.http_port, stall_timeout_seconds=20)
         self.daemon: subprocess.Popen[bytes] | None = None
         self.subscribed = set(GerritConfig().subscribe)
         self.pushed = 0

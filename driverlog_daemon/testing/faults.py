@@ -27,7 +27,7 @@ from typing import Any
 
 from driverlog_daemon.registry import Registry, load_registry
 from driverlog_daemon.testing import wait_for
-from driverlog_daemon.testing.gerrit_server import start_in
+from driverlog_daemon.testing.gerrit_server import daemon_config, start_in
 from driverlog_daemon.testing.samples import sample_events
 
 FAULTS = ("drop", "drop-mid-line", "stall", "outage", "dead-stream", "kill", "kill-during-backfill",
@@ -144,14 +144,9 @@ class FaultRun:
         self.server = start_in(work)
         self.db = work / "driverlog.sqlite"
         self.log = work / "daemon.log"
-        self.config = work / "driverlog.toml"
-        self.config.write_text(
-            f'[gerrit]\nhost = "{self.server.host}"\nport = {self.server.port}\nusername = "faults"\n'
-            f'key_file = "{work / "id_ecdsa"}"\nknown_hosts = "{work / "known_hosts"}"\n'
-            f"stall_timeout_seconds = {stall_timeout}\nconnect_timeout_seconds = 3\nkeepalive_seconds = 2\n"
-            f"reconnect_max_delay_seconds = 2\n"
-            f'[registry]\npath = "{registry_path}"\n[database]\npath = "{self.db}"\n'
-            f'[http]\nport = 0\n[log]\nformat = "json"\nlevel = "info"\n')
+        self.config = daemon_config(work, self.server, username="faults", registry=registry_path, database=self.db,
+                                    http_port=0, stall_timeout_seconds=stall_timeout, connect_timeout_seconds=3,
+                                    keepalive_seconds=2, reconnect_max_delay_seconds=2)
         self.daemon: subprocess.Popen[bytes] | None = None
         self.faults_done: list[str] = []
 

@@ -594,3 +594,17 @@ def start_in(work: Path) -> GerritTestServer:
     (work / "known_hosts").write_text(
         f"{host_label(server.host, server.port)} {host_key.get_name()} {host_key.get_base64()}\n")
     return server
+
+
+def daemon_config(work: Path, server: GerritTestServer, *, username: str, registry: Path, database: Path,
+                  http_port: int, **gerrit: float) -> Path:
+    """Write ``work/driverlog.toml``: a daemon's configuration for ``server`` with the keys :func:`start_in` wrote
+    (``gerrit``: more keys of its section), JSON logs, the status page on 127.0.0.1:``http_port``."""
+    path = work / "driverlog.toml"
+    more = "".join(f"{key} = {value}\n" for key, value in gerrit.items())
+    path.write_text(
+        f'[gerrit]\nhost = "{server.host}"\nport = {server.port}\nusername = "{username}"\n'
+        f'key_file = "{work / "id_ecdsa"}"\nknown_hosts = "{work / "known_hosts"}"\n{more}\n'
+        f'[registry]\npath = "{registry}"\n\n[database]\npath = "{database}"\n\n'
+        f'[http]\nlisten = "127.0.0.1"\nport = {http_port}\n\n[log]\nformat = "json"\nlevel = "info"\n')
+    return path
