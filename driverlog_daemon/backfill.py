@@ -30,8 +30,9 @@ from driverlog_daemon.config import GerritConfig
 from driverlog_daemon.match import message_patch_set
 from driverlog_daemon.metrics import Metrics
 from driverlog_daemon.model import Account, Change, ChangeFact, CommentAdded
-from driverlog_daemon.pipeline import Writer
-from driverlog_daemon.store import BatchResult, Gap
+from driverlog_daemon.reads import Gap
+from driverlog_daemon.store import BatchResult
+from driverlog_daemon.writer import Writer
 
 log = structlog.get_logger("driverlog.backfill")
 

@@ -184,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from driverlog_daemon.config import ConfigError
     from driverlog_daemon.registry import RegistryError
-    from driverlog_daemon.store import StoreError
+    from driverlog_daemon.schema import StoreError
 
     try:
         return int(args.func(args))

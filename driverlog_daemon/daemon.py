@@ -3,7 +3,7 @@
     stream reader --blocks--> bounded queue --> writer (parse, match, group-commit) --> SQLite
     backfill worker --comments--^                                    \\--> metrics <-- HTTP (/metrics, /healthz)
 
-Nothing here parses, matches or stores: each of those is its own module.
+Nothing here parses, matches, stores, reads the database or renders text: each of those is its own module.
 """
 
 from __future__ import annotations
@@ -20,17 +20,17 @@ from typing import Any
 import paramiko
 import structlog
 
-from driverlog_daemon import store as store_mod
+from driverlog_daemon import reads
 from driverlog_daemon.backfill import Backfiller
 from driverlog_daemon.config import Config
 from driverlog_daemon.metrics import Metrics
-from driverlog_daemon.notify import Notifier, watchdog_interval
-from driverlog_daemon.pipeline import Pipeline, Writer
+from driverlog_daemon.notify import Notifier, gap_text, status_line, watchdog_interval
+from driverlog_daemon.pipeline import Pipeline
 from driverlog_daemon.registry import RegistryError, load_registry
 from driverlog_daemon.store import Store
 from driverlog_daemon.stream import Backoff, StreamHooks, StreamListener
 from driverlog_daemon.web import App, Live, WebServer
-from driverlog_daemon.web import queries as web_queries
+from driverlog_daemon.writer import Writer
 
 log = structlog.get_logger("driverlog.daemon")
 
@@ -55,8 +55,7 @@ class Service:
         self.pipeline = Pipeline(registry, self.store, metrics=self.metrics, server=self.server_name or None)
         self.pipeline.warm_up()
         self.writer = Writer(self.pipeline, on_dropped_output=self._dropped_output)
-        self._cursor_conn = store_mod.connect(self.store.path, readonly=True)
-        self._cursor_lock = threading.Lock()
+        self.reader = reads.Reader(self.store.path)  # the hooks' reads, on read-only connections
         self.backfiller = Backfiller(g, lambda: self.pipeline.registry.ci_accounts, self.writer, self.metrics,
                                      self._cursor, projects=lambda: self.pipeline.registry.review_projects,
                                      unknown_merges=self._unknown_merges, gaps=self.open_gaps,
@@ -104,8 +103,7 @@ class Service:
         finished = self.writer.stop(max(0.1, deadline - time.monotonic()))
         if self.web is not None:
             self.web.stop()
-        with self._cursor_lock:
-            self._cursor_conn.close()
+        self.reader.close()
         if finished:
             self.store.close()
         return finished
@@ -134,23 +132,21 @@ class Service:
     def _cursor(self) -> int | None:
         if not self.server_name:
             return None
-        with self._cursor_lock:
-            row = self._cursor_conn.execute("SELECT last_event_time FROM stream_state WHERE server = ?",
-                                            (self.server_name,)).fetchone()
-        return None if row is None else int(row[0])
+        with self.reader.snapshot() as conn:
+            return reads.cursor(conn, self.server_name)
 
     def _release_times(self) -> list[tuple[str, str, str, str, int, int | None]]:
-        with self._cursor_lock:
-            return web_queries.release_times(self._cursor_conn)
+        with self.reader.snapshot() as conn:
+            return reads.release_times(conn)
 
     def live(self) -> Live:
         """What the status page's header shows beside the database: the stream's state."""
         return Live(gerrit=self.listener.state if self.listener else "not configured",
-                    newest_event_time=self.pipeline.stats.newest_event_time, open_gap=self._gap_text())
+                    newest_event_time=self.pipeline.stats.newest_event_time, open_gap=gap_text(self.open_gaps()))
 
     def _unknown_merges(self) -> list[int]:
-        with self._cursor_lock:
-            return store_mod.unknown_merges(self._cursor_conn)
+        with self.reader.snapshot() as conn:
+            return reads.unknown_merges(conn)
 
     def _initial_since(self) -> int:
         """Where a first start's gap begins: as far back as a backfill may reach (the initial import)."""
@@ -185,30 +181,19 @@ class Service:
         self.writer.open_gap("stall", self._initial_since()).result(timeout=60)
         return self.backfiller.run_now(client, "stall").inserted
 
-    def open_gaps(self) -> list[store_mod.Gap]:
+    def open_gaps(self) -> list[reads.Gap]:
         if not self.server_name:
             return []
-        with self._cursor_lock:
-            return store_mod.open_gaps(self._cursor_conn, self.server_name)
+        with self.reader.snapshot() as conn:
+            return reads.open_gaps(conn, self.server_name)
 
-    def _gap_state(self) -> tuple[list[store_mod.Gap], int | None, int | None]:
+    def _gap_state(self) -> tuple[list[reads.Gap], int | None, int | None]:
         """(open gaps, proven cursor, newest event seen) for the metrics."""
         if not self.server_name:
             return [], None, None
-        with self._cursor_lock:
-            row = self._cursor_conn.execute("SELECT last_event_time, newest_event_time FROM stream_state "
-                                            "WHERE server = ?", (self.server_name,)).fetchone()
-            gaps = store_mod.open_gaps(self._cursor_conn, self.server_name)
-        return gaps, (row[0] if row else None), (row[1] if row else None)
-
-    def _gap_text(self) -> str | None:
-        gaps = self.open_gaps()
-        if not gaps:
-            return None
-        oldest = gaps[0]
-        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(oldest.since))
-        return f"since {since} ({oldest.reason}" + (f", {oldest.attempts} failed attempts" if oldest.attempts
-                                                    else "") + (f", {len(gaps)} open" if len(gaps) > 1 else "") + ")"
+        with self.reader.snapshot() as conn:
+            return (reads.open_gaps(conn, self.server_name), reads.cursor(conn, self.server_name),
+                    reads.newest_event_time(conn, self.server_name))
 
     # -------------------------------------------------------------------------------------- health
 
@@ -236,20 +221,10 @@ class Service:
         return self.healthy(), detail
 
     def status_line(self) -> str:
-        stats = self.pipeline.stats
-        if self.listener is None:
-            conn = "no Gerrit configured"
-        elif self.listener.state == "connected":
-            conn = f"connected to {self.server_name}"
-        else:
-            conn = f"{self.listener.state} ({self.server_name})" + (
-                f", last error: {self.listener.last_error[:80]}" if self.listener.last_error else "")
-        last = "none yet"
-        if stats.last_verification_time is not None:
-            last = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stats.last_verification_time))
-        gap = self._gap_text()
-        return (f"{conn}; {stats.lines:,} events, {stats.recorded:,} verifications recorded; last verification {last}"
-                + (f"; backfill gap open {gap}" if gap else ""))
+        stats, listener = self.pipeline.stats, self.listener
+        return status_line(self.server_name, listener.state if listener else None,
+                           listener.last_error if listener else None, stats.lines, stats.recorded,
+                           stats.last_verification_time, self.open_gaps())
 
 
 # ------------------------------------------------------------------------------------------------- run

@@ -24,11 +24,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from driverlog_daemon import store as store_mod
+from driverlog_daemon import reads, schema
 from driverlog_daemon.config import GerritConfig
 from driverlog_daemon.registry import DEFAULT_REGISTRY_PATH, Registry, load_registry
 from driverlog_daemon.testing import wait_for
-from driverlog_daemon.testing.gerrit_server import daemon_config, start_in
+from driverlog_daemon.testing.gerrit import daemon_config, start_in
 from driverlog_daemon.testing.samples import sample_events
 
 
@@ -153,9 +153,9 @@ class Demo:
             if e.get("event") in interesting:
                 detail = {k: v for k, v in e.items() if k not in ("event", "timestamp", "level")}
                 print(f"    {e.get('timestamp', '')[11:19]} {e['event']:<22} {json.dumps(detail)[:110]}")
-        conn = store_mod.connect(self.db, readonly=True)
+        conn = schema.connect(self.db, readonly=True)
         try:
-            s = store_mod.summary(conn)
+            s = reads.summary(conn)
             _say(f"the database ({self.db})")
             print(f"    drivers {s['drivers']}, verifications {s['verifications']} "
                   f"(by source {s['by_source']}, by result {s['by_result']}), driver_status rows {s['driver_status']}")

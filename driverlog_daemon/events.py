@@ -1,35 +1,16 @@
-"""Parse: bytes from ``gerrit stream-events`` -> typed events.
+"""Parse: one line of ``gerrit stream-events`` (or a ``gerrit query`` row's message) -> a typed event.
 
-Two entry points:
-
-* :func:`parse_line` decodes one line completely: a :class:`CommentAdded` for a ``comment-added``, an
-  :class:`OtherEvent` for every other type, or a :class:`Malformed` with a reason. It never raises.
-* :class:`Scanner` handles a block of complete lines the cheap way. Most lines are not comments from a
-  registered CI account, so it decides that on the raw bytes, without decoding JSON: Gerrit writes an event's
-  own type and time last (``…,"type":"X","eventCreatedOn":N}``), so each line's type and time are read from its
-  tail; only a ``comment-added`` line that mentions a CI account as a ``"username"`` is decoded, by a typed
-  decoder of just the fields of a :class:`CommentAdded` (a line of another shape is decoded in full, and the
-  result is the same: a property test compares the two). A line that does not end the Gerrit way (another JSON
-  layout, garbage) is decoded in full.
-
-The candidate test is exact: a ``comment-added`` line is skipped only when no ``"username"`` value in it can
-equal a CI account, i.e. no such value is written literally as one and none is written with a JSON escape
-(values with a backslash are always decoded). It assumes object keys are written without escapes, as every
-Gerrit version and JSON library does. The change-state events (``patchset-created``, ``change-merged``,
-``change-abandoned``, ``change-restored``) are read by a typed decoder (msgspec, :mod:`event_fields`) that reads
-only ``change``'s number, project, branch and status, the patch set number and the time, and skips the rest in C;
-a fact is kept when ``change.project`` is one of the registry's review projects. A state line that decoder
-cannot read falls back to the rule above, with a review project as a ``"project"`` value. Whole lines are
-decoded by msgspec first; what it refuses, ``json.loads`` judges, so a malformed line gets the same reason.
+:func:`parse_line` decodes one line completely: a :class:`CommentAdded` for a ``comment-added``, a
+:class:`ChangeEvent` for a change-state event, an :class:`OtherEvent` for every other type, or a
+:class:`Malformed` with a reason. It never raises. Whole lines are decoded by msgspec first (:mod:`event_fields`);
+what it refuses, ``json.loads`` judges, so a malformed line gets the same reason either way. The cheap way through
+a block of lines, deciding on raw bytes which lines need decoding at all, is :mod:`scanner`.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import re
-from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from functools import cache
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -87,7 +68,7 @@ def _get(obj: Mapping[str, Any], path: str, kind: type | tuple[type, ...]) -> An
     return node
 
 
-def _str_or_none(value: Any) -> str | None:
+def str_or_none(value: Any) -> str | None:
     return value if type(value) is str else None
 
 
@@ -118,7 +99,7 @@ def _approvals(raw: Any) -> tuple[Approval, ...]:
     return tuple(out)
 
 
-def _common_comment(username: Any, name: Any, email: Any, project: Any, branch: Any, number: Any, change_id: Any,
+def common_comment(username: Any, name: Any, email: Any, project: Any, branch: Any, number: Any, change_id: Any,
                     url: Any, status: Any, patch_set: Any, created: Any, comment: Any,
                     approvals: tuple[Approval, ...]) -> CommentAdded | None:
     """The :class:`CommentAdded` of a ``comment-added`` of the common well-formed shape, from its fields (however
@@ -127,8 +108,8 @@ def _common_comment(username: Any, name: Any, email: Any, project: Any, branch: 
             and type(patch_set) is int and type(created) is int and type(comment) is str
             and number >= 0 and patch_set >= 0):
         return CommentAdded(
-            author=Account(username, _str_or_none(name), _str_or_none(email)),
-            change=Change(project, branch, number, _str_or_none(change_id), _str_or_none(url), _str_or_none(status)),
+            author=Account(username, str_or_none(name), str_or_none(email)),
+            change=Change(project, branch, number, str_or_none(change_id), str_or_none(url), str_or_none(status)),
             patch_set=patch_set, comment=comment, created_on=created, approvals=approvals)
     return None
 
@@ -137,7 +118,7 @@ def comment_added_from(obj: Mapping[str, Any]) -> CommentAdded:
     """Build a :class:`CommentAdded` from a decoded ``comment-added`` object; raises ``_Missing``."""
     try:  # the common, well-formed case without the per-field checks below
         author, change = obj["author"], obj["change"]
-        event = _common_comment(
+        event = common_comment(
             author["username"], author.get("name"), author.get("email"), change["project"], change["branch"],
             change["number"], change.get("id"), change.get("url"), change.get("status"), obj["patchSet"]["number"],
             obj["eventCreatedOn"], obj["comment"], _approvals(obj.get("approvals")))
@@ -175,7 +156,7 @@ def _comment_added_checked(obj: Mapping[str, Any]) -> CommentAdded:
 _STATUS_BY_EVENT = {"change-merged": "MERGED", "change-abandoned": "ABANDONED", "change-restored": "NEW"}
 
 
-def _state_fact(kind: str, number: Any, project: Any, branch: Any, status: Any, created: Any,
+def state_fact(kind: str, number: Any, project: Any, branch: Any, status: Any, created: Any,
                 patch_set: Any) -> ChangeFact | None:
     """The :class:`ChangeFact` of a change-state event of the common well-formed shape, else None."""
     if (type(number) is int and type(patch_set) is int and type(created) is int and type(project) is str
@@ -191,7 +172,7 @@ def change_event_from(obj: Mapping[str, Any], kind: str) -> ChangeEvent:
     """Build a :class:`ChangeEvent` from a decoded change-state event; raises ``_Missing``."""
     try:  # the common, well-formed case without the per-field checks below
         change, ps = obj["change"], obj["patchSet"]
-        fact = _state_fact(kind, change["number"], change["project"], change["branch"], change.get("status"),
+        fact = state_fact(kind, change["number"], change["project"], change["branch"], change.get("status"),
                            obj["eventCreatedOn"], ps["number"])
         if fact is not None:
             return ChangeEvent(kind, fact.time, fact)
@@ -223,7 +204,7 @@ def comment_fact(comment: CommentAdded) -> ChangeFact:
 def parse_line(line: bytes) -> Event | Malformed:
     """Decode one line completely. Never raises: bad input comes back as :class:`Malformed`."""
     try:
-        obj = _fields().read_any(line)  # strict JSON, 3x json.loads' speed
+        obj = fields().read_any(line)  # strict JSON, 3x json.loads' speed
     except Exception:  # whatever msgspec refuses, json decides (and names the reason)
         try:
             text = line.decode("utf-8")
@@ -252,176 +233,8 @@ def parse_line(line: bytes) -> Event | Malformed:
     return OtherEvent(kind, created if isinstance(created, int) and not isinstance(created, bool) else None)
 
 
-# ------------------------------------------------------------------------------------------------ scanner
-
-# Gerrit writes the event's own type and time last: `…,"type":"comment-added","eventCreatedOn":1718901234}`.
-_TYPE = b'"type":"'
-_TAIL = re.compile(rb'"type":"([^"\\]+)","eventCreatedOn":(\d+)\}\s*$')
-_COMMENT_ADDED = b"comment-added"
-_STATE_KINDS = frozenset(k.encode() for k in CHANGE_STATE_EVENTS)
-
-
-def _value_candidate(key: bytes, values: Iterable[str]) -> re.Pattern[bytes]:
-    """``"key":"v"`` for one of ``values`` written literally, or any ``"key"`` value with a JSON escape."""
-    names = sorted((re.escape(v.encode("utf-8")) for v in values), key=len, reverse=True)
-    alternatives = [b"[^\"\\\\]*\\\\"]
-    if names:
-        alternatives.insert(0, b"(?:" + b"|".join(names) + b')"')
-    return re.compile(b'"' + key + b'"\\s*:\\s*"(?:' + b"|".join(alternatives) + b")")
-
-
-class ScanResult:
-    """What one block of lines held."""
-
-    __slots__ = ("by_type", "changes", "comments", "lines", "malformed", "newest_event_time")
-
-    def __init__(self) -> None:
-        self.lines = 0
-        self.by_type: Counter[str] = Counter()
-        self.newest_event_time: int | None = None
-        self.comments: list[CommentAdded] = []  # comment-added events by CI accounts
-        self.changes: list[ChangeFact] = []  # change-state events of the review projects
-        self.malformed: list[Malformed] = []
-
-    @property
-    def dropped_output(self) -> int:
-        """How many ``{"type":"dropped-output"}`` lines (Gerrit discarded events before them)."""
-        return self.by_type.get("dropped-output", 0)
-
-    def note_time(self, t: int | None) -> None:
-        if t is not None and (self.newest_event_time is None or t > self.newest_event_time):
-            self.newest_event_time = t
-
-
-class Scanner:
-    """Classifies blocks of complete lines against a fixed set of CI accounts (rebuild it on reload)."""
-
-    def __init__(self, ci_accounts: Iterable[str], review_projects: Iterable[str] = ()) -> None:
-        self.ci_accounts = frozenset(ci_accounts)
-        self.review_projects = frozenset(review_projects)
-
-    # The searches are compiled when first used: a start-up with nothing to scan compiles none.
-
-    def warm_up(self) -> None:
-        """Compile the searches and load the decoders now (a live daemon's first event should not wait)."""
-        _ = self._candidate, self._project, _fields()
-
-    @functools.cached_property
-    def _candidate(self) -> re.Pattern[bytes]:
-        """A username value equal to a CI account written literally, or any username value with an escape."""
-        return _value_candidate(b"username", self.ci_accounts)
-
-    @functools.cached_property
-    def _project(self) -> re.Pattern[bytes]:
-        """Likewise a project value equal to a review project: the change-state events worth decoding."""
-        return _value_candidate(b"project", self.review_projects)
-
-    def scan(self, block: bytes, start: int = 0, end: int | None = None) -> ScanResult:
-        """Classify the lines of ``block[start:end]`` (each ends in a newline; a last one without counts too).
-
-        A line that ends the way Gerrit writes events (``"type":"X","eventCreatedOn":N}``) is counted and
-        timed from those bytes. A ``comment-added`` is decoded only when it names a CI account as a
-        ``"username"`` (literally, or with a JSON escape). A change-state event is read by a typed decoder that
-        reads just what a change fact needs, and kept when its ``change.project`` is a review project (a line
-        that decoder cannot read is decoded in full when it names a review project as a ``"project"``). Any
-        other line is decoded in full. Blank lines are skipped.
-        """
-        result = ScanResult()
-        end = len(block) if end is None else end
-        find, rfind, tail = block.find, block.rfind, _TAIL.match
-        names_ci = self._candidate.search
-        counts: dict[bytes, int] = {}
-        newest = -1
-        lines = 0
-        pos = start
-        while pos < end:
-            line_end = find(b"\n", pos, end)
-            if line_end < 0:
-                line_end = end
-            at = rfind(_TYPE, pos, line_end)
-            m = tail(block, at, line_end) if at >= 0 else None
-            if m is not None:
-                lines += 1
-                kind, digits = m.groups()
-                counts[kind] = counts.get(kind, 0) + 1
-                t = int(digits)
-                if t > newest:
-                    newest = t
-                if kind == _COMMENT_ADDED:
-                    if names_ci(block, pos, at):
-                        self._read_comment(block[pos:line_end], result)
-                elif kind in _STATE_KINDS:
-                    self._read_state(kind, block[pos:line_end], result)
-            elif block[pos:line_end].strip():
-                lines += 1
-                self._decode(block[pos:line_end], result, counted=False)
-            pos = line_end + 1
-        result.lines += lines
-        for kind, n in counts.items():
-            result.by_type[kind.decode("utf-8", "replace")] += n
-        if newest >= 0:
-            result.note_time(newest)
-        return result
-
-    def _read_comment(self, line: bytes, result: ScanResult) -> None:
-        """A ``comment-added`` that names a CI account: read with a typed decoder, else decoded in full."""
-        try:
-            ev = _fields().read_comment_event(line)
-            author, change = ev.author, ev.change
-            event = _common_comment(
-                author.username, author.name, author.email, change.project, change.branch, change.number, change.id,
-                change.url, change.status, ev.patchSet.number, ev.eventCreatedOn, ev.comment,
-                () if ev.approvals is None else tuple(
-                    Approval(a.type, a.value, _str_or_none(a.description), _str_or_none(a.oldValue))
-                    for a in ev.approvals if type(a.type) is str and type(a.value) is str))
-        except Exception:  # not the shape the typed decoder reads (or not JSON): the whole line decides
-            event = None
-        if event is None:
-            self._decode(line, result, counted=True)
-            return
-        result.note_time(event.created_on)
-        if event.author.username in self.ci_accounts:
-            result.comments.append(event)
-
-    def _read_state(self, kind: bytes, line: bytes, result: ScanResult) -> None:
-        """A change-state event: its fact when its change is of a review project, read with a typed decoder."""
-        try:
-            state = _fields().read_state_event(line)
-            project = state.change.project
-        except Exception:  # not what the typed decoder reads: the line-by-line rule, on its bytes
-            if self._project.search(line):
-                self._decode(line, result, counted=True)
-            return
-        if type(project) is not str or project not in self.review_projects:
-            return
-        fact = _state_fact(kind.decode(), state.change.number, project, state.change.branch, state.change.status,
-                           state.eventCreatedOn, None if state.patchSet is None else state.patchSet.number)
-        if fact is None:  # not the common well-formed shape: decode it all for the exact reason
-            self._decode(line, result, counted=True)
-        else:
-            result.changes.append(fact)
-
-    def _decode(self, line: bytes, result: ScanResult, *, counted: bool) -> None:
-        """Decode a line in full. ``counted``: its type was already counted from its bytes."""
-        event = parse_line(line)
-        if isinstance(event, Malformed):
-            result.malformed.append(event)
-            if counted:  # counted by type from the raw bytes, but it is not a valid event after all
-                m = _TAIL.search(line)
-                result.by_type[m.group(1).decode("utf-8", "replace") if m else "comment-added"] -= 1
-            return
-        if not counted:
-            result.by_type["comment-added" if isinstance(event, CommentAdded) else event.type] += 1
-        result.note_time(event.created_on)
-        if isinstance(event, CommentAdded):
-            if event.author.username in self.ci_accounts:
-                result.comments.append(event)
-        elif isinstance(event, ChangeEvent) and event.fact.project in self.review_projects:
-            result.changes.append(event.fact)
-
-
 @cache
-def _fields() -> ModuleType:
+def fields() -> ModuleType:
     """:mod:`driverlog_daemon.event_fields` (msgspec's decoders), imported on first use."""
     from driverlog_daemon import event_fields
 

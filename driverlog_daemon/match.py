@@ -1,4 +1,5 @@
-"""Match: a CI account's review message x the registry -> verifications, by DriverLog's rules.
+"""Match: a CI account's review message x the registry -> verifications, by DriverLog's rules; and the pure
+step every source shares, :func:`examine`: a block of lines -> scanned -> matched :class:`Findings`.
 
 The rules (``shared/docs/matching-rules.md``), in short: the comment's author is a driver's CI account
 (exact, case-sensitive); the change's project is the driver's review project; the ``Patch Set N:`` prefix is
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-from driverlog_daemon.model import CommentAdded, Result, Verification
+from driverlog_daemon.events import comment_fact
+from driverlog_daemon.model import ChangeFact, CommentAdded, Result, Verification
 from driverlog_daemon.registry import CIBinding, Registry
+from driverlog_daemon.scanner import Findings, Scanner
 
 _PATCH_SET_PREFIX = re.compile(r"Patch Set (\d+):")
 
@@ -89,16 +92,16 @@ def release_for(branch: str, when: int, registry: Registry) -> str:
     return ""
 
 
-class MatchOutcome(NamedTuple):
+class Judgement(NamedTuple):
     verifications: list[Verification]
     is_ci_comment: bool  # the author is a registered CI account (whether or not a pattern matched)
 
 
-def match_comment(event: CommentAdded, registry: Registry) -> MatchOutcome:
+def match_comment(event: CommentAdded, registry: Registry) -> Judgement:
     """Judge one review message for every driver bound to its author."""
     drivers = registry.by_account.get(event.author.username or "")
     if not drivers:
-        return MatchOutcome([], False)
+        return Judgement([], False)
     change = event.change
     lines: list[str] | None = None
     digest = ""
@@ -131,4 +134,45 @@ def match_comment(event: CommentAdded, registry: Registry) -> MatchOutcome:
                 change_id=change.id,
             )
         )
-    return MatchOutcome(found, True)
+    return Judgement(found, True)
+
+
+def match_findings(findings: Findings, registry: Registry) -> Findings:
+    """Judge the findings' CI comments (then forget them): verifications, counts by CI account, and what each
+    comment says of its change when the change is of a review project."""
+    projects = registry.review_projects
+    for comment in findings.comments:
+        if comment.change.project in projects:
+            findings.changes.add_one(comment_fact(comment))
+        judgement = match_comment(comment, registry)
+        if not judgement.is_ci_comment:
+            continue
+        account = comment.author.username or ""
+        findings.ci_comments[account] += 1
+        if judgement.verifications:
+            findings.verifications.extend(judgement.verifications)
+        else:
+            findings.unmatched[account] += 1
+    findings.comments = []
+    return findings
+
+
+def new_scanner(registry: Registry) -> Scanner:
+    """A scanner for the registry's CI accounts and the review projects whose change state is kept."""
+    return Scanner(registry.ci_accounts, registry.review_projects)
+
+
+def examine(scanner: Scanner, registry: Registry, block: bytes, start: int = 0, end: int | None = None) -> Findings:
+    """Scan a block of complete lines and match its CI comments. No state, no I/O: safe in any process."""
+    return match_findings(scanner.scan(block, start, end), registry)
+
+
+def examine_messages(comments: Iterable[CommentAdded], changes: Iterable[ChangeFact], registry: Registry) -> Findings:
+    """Backfill's equivalent of :func:`examine`: review messages already decoded, and change facts."""
+    findings = Findings()
+    findings.comments = list(comments)
+    projects = registry.review_projects
+    for fact in changes:
+        if fact.project in projects:
+            findings.changes.add_one(fact)
+    return match_findings(findings, registry)

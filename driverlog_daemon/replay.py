@@ -16,10 +16,12 @@ from pathlib import Path
 from types import FrameType
 from typing import BinaryIO, NamedTuple, NoReturn, TextIO, cast
 
-from driverlog_daemon.events import Scanner
-from driverlog_daemon.pipeline import Outcome, Pending, Pipeline, examine
+from driverlog_daemon.changes import ChangeRows
+from driverlog_daemon.match import examine
+from driverlog_daemon.pipeline import Pending, Pipeline
 from driverlog_daemon.registry import Registry
-from driverlog_daemon.store import ChangeRows
+from driverlog_daemon.scanner import Findings, Scanner
+from driverlog_daemon.writer import DEFAULT_RETRY, retrying
 
 BLOCK_BYTES = 1 << 20
 BATCH_ROWS = 2000
@@ -27,8 +29,7 @@ MAX_CHANGE_ROWS = 20_000  # changes whose facts replay merges before writing the
 PARALLEL_SPAN_BYTES = 4 << 20
 PARALLEL_MIN_BYTES = 16 << 20  # below this, starting workers costs more than it saves
 # The commit thread (SQLite) is replay's critical path once the database is large: the workers scan at a lower
-# priority so that it gets a core whenever it can run (1,000,000 events, with the workers kept ~8 spans ahead:
-# 10.6 -> 8.8 s).
+# priority so that it gets a core whenever it can run.
 WORKER_NICE = 10
 CHECKPOINT_PAGES = 10_000  # WAL pages (40 MB) between checkpoints during a replay (Store.checkpoints_every)
 
@@ -109,10 +110,10 @@ def default_jobs() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
-def _outcomes(pipeline: Pipeline, path: str, stream: BinaryIO, jobs: int) -> Iterator[tuple[Outcome, int]]:
+def _findings(pipeline: Pipeline, path: str, stream: BinaryIO, jobs: int) -> Iterator[tuple[Findings, int]]:
     """(what each block held, its size), in file order; with ``jobs`` > 1, examined by worker processes."""
     if jobs > 1 and path not in ("-", "") and not _is_gzip(path) and os.path.getsize(path) > PARALLEL_MIN_BYTES:
-        yield from _parallel_outcomes(pipeline, path, jobs)
+        yield from _parallel_findings(pipeline, path, jobs)
         return
     for block, start, end in blocks(stream):
         yield examine(pipeline.scanner, pipeline.registry, block, start, end), end - start
@@ -135,9 +136,9 @@ def _spans(path: str, span_bytes: int) -> list[tuple[str, int, int]]:
     return [(path, a, b) for a, b in itertools.pairwise(bounds) if b > a]
 
 
-def _examine_span(scanner: Scanner, registry: Registry, span: tuple[str, int, int]) -> Outcome:
-    """Scan a span of the file where it lies, mapped (no copy, no fresh pages to fault in: 200,000 events,
-    0.13-0.22 -> 0.04-0.06 s of system time); read when the file cannot be mapped."""
+def _examine_span(scanner: Scanner, registry: Registry, span: tuple[str, int, int]) -> Findings:
+    """Scan a span of the file where it lies, mapped (no copy, no fresh pages to fault in); read when the file
+    cannot be mapped."""
     path, start, end = span
     with open(path, "rb") as f:
         offset = start - start % mmap.ALLOCATIONGRANULARITY
@@ -151,7 +152,7 @@ def _examine_span(scanner: Scanner, registry: Registry, span: tuple[str, int, in
 
 
 class _WorkerFailed:
-    """What a worker sends instead of an outcome when it fails: the traceback, raised again in the parent."""
+    """What a worker sends instead of its findings when it fails: the traceback, raised again in the parent."""
 
     __slots__ = ("text",)
 
@@ -160,7 +161,7 @@ class _WorkerFailed:
 
 
 def _worker(scanner: Scanner, registry: Registry, spans: list[tuple[str, int, int]], out_fd: int) -> NoReturn:
-    """A forked worker: the outcome of each of its spans, pickled into its pipe, in order. Never returns."""
+    """A forked worker: the findings of each of its spans, pickled into its pipe, in order. Never returns."""
     import pickle
     import traceback
 
@@ -185,13 +186,13 @@ def _worker(scanner: Scanner, registry: Registry, spans: list[tuple[str, int, in
         os._exit(code)  # never back into the parent's code (its finally blocks, its database connection)
 
 
-def _parallel_outcomes(pipeline: Pipeline, path: str, jobs: int) -> Iterator[tuple[Outcome, int]]:
-    """Outcomes of the file's spans in file order, from ``jobs`` forked workers taking every ``jobs``-th span.
+def _parallel_findings(pipeline: Pipeline, path: str, jobs: int) -> Iterator[tuple[Findings, int]]:
+    """The findings of the file's spans in file order, from ``jobs`` forked workers taking every ``jobs``-th span.
 
-    Each worker writes its outcomes into its own pipe (widened to 1 MiB: ~8 spans ahead, so that the workers scan
+    Each worker writes its findings into its own pipe (widened to 1 MiB: ~8 spans ahead, so that the workers scan
     on while this process waits for a commit, and a full pipe holds a worker back: memory stays bounded). Plain
-    fork and pipes rather than a multiprocessing pool: its three threads took the parent, whose commit thread is
-    the critical path, ~1.3 s of CPU at 1,000,000 events, of which only the unpickling (~0.3 s) remains.
+    fork and pipes rather than a multiprocessing pool, whose helper threads would take CPU from the parent's
+    commit thread, the critical path.
     """
     import pickle
 
@@ -210,12 +211,12 @@ def _parallel_outcomes(pipeline: Pipeline, path: str, jobs: int) -> Iterator[tup
         for k, (_, start, end) in enumerate(spans):
             pid, results = workers[k % jobs]
             try:
-                outcome = pickle.load(results)
+                findings = pickle.load(results)
             except EOFError:
                 raise RuntimeError(f"replay worker {pid} ended before its work was done") from None
-            if isinstance(outcome, _WorkerFailed):
-                raise RuntimeError(f"replay worker {pid} failed:\n{outcome.text}")
-            yield outcome, end - start
+            if isinstance(findings, _WorkerFailed):
+                raise RuntimeError(f"replay worker {pid} failed:\n{findings.text}")
+            yield findings, end - start
     finally:
         for pid, results in workers:
             results.close()
@@ -256,9 +257,9 @@ def replay(pipeline: Pipeline, path: str, *, progress: TextIO | None = None,
         with pipeline.store.checkpoints_every(CHECKPOINT_PAGES):
             try:
                 with open_input(path) as stream:
-                    for outcome, size in _outcomes(pipeline, path, stream, jobs):
+                    for findings, size in _findings(pipeline, path, stream, jobs):
                         done += size
-                        batches.add(outcome, done)
+                        batches.add(findings, done)
                         if bar:
                             bar.show(done, pipeline.stats.lines)
                         if stop:
@@ -282,7 +283,7 @@ class _Batches:
     upsert; order-independent, so the marks end the same). The rows still carried at the end would be written
     after the last block, on one core; so near the end of a file of known size they go out early, with the results
     so far, while the rest is still being scanned: when an eighth of the file is left, then a sixteenth, a
-    thirty-second, … (the time after the last block: 200,000 events 0.17 -> 0.02 s, 1,000,000: 0.40 -> 0.03 s).
+    thirty-second, …
     """
 
     def __init__(self, pipeline: Pipeline, committer: _Committer, batch_rows: int, total: int | None) -> None:
@@ -290,9 +291,9 @@ class _Batches:
         self.pending = Pending()
         self.flush_at = None if total is None else total - total // 8  # bytes read
 
-    def add(self, outcome: Outcome, done: int) -> None:
-        """Take a block's outcome; ``done``: the bytes read so far, that block included."""
-        self.pipeline.absorb(outcome, self.pending)
+    def add(self, findings: Findings, done: int) -> None:
+        """Take a block's findings; ``done``: the bytes read so far, that block included."""
+        self.pipeline.absorb(findings, self.pending)
         near_end = self.flush_at is not None and done >= self.flush_at
         if len(self.pending.verifications) < self.batch_rows and not near_end:
             return
@@ -328,8 +329,9 @@ class _Committer:
         self._thread.start()
 
     def _commit(self, pending: Pending) -> None:
-        try:
-            self.pipeline.commit(pending, "replay")
+        try:  # a moment's lock by another process is waited out; a lasting failure ends the replay
+            retrying(lambda: self.pipeline.commit(pending, "replay"), DEFAULT_RETRY,
+                     give_up_after=len(DEFAULT_RETRY.quiet))
         except BaseException as exc:  # raised again in the caller
             self._error = exc
 

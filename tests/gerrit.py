@@ -10,7 +10,7 @@ import paramiko
 
 from driverlog_daemon.config import GerritConfig
 from driverlog_daemon.ssh import host_label
-from driverlog_daemon.testing.gerrit_server import GerritTestServer
+from driverlog_daemon.testing.gerrit import GerritTestServer
 
 
 def new_key() -> paramiko.PKey:

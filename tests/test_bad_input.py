@@ -6,7 +6,8 @@ import json
 import time
 from pathlib import Path
 
-from driverlog_daemon.pipeline import Pipeline, Writer
+from driverlog_daemon.pipeline import Pipeline
+from driverlog_daemon.writer import Retry, Writer
 from driverlog_daemon.registry import Registry
 from driverlog_daemon.store import Store
 
@@ -59,9 +60,9 @@ def test_storage_faults_are_retried_until_they_clear(tmp_path: Path, registry: R
     """A full database (max_page_count) and a read-only one (query_only): writes fail, the batch is kept and
     retried, the writer reports failing (so /healthz says 503 with the reason), and everything lands after."""
     path = tmp_path / "d.sqlite"
-    store = Store(path, retry_delays=(0.01,))
+    store = Store(path)
     pipeline = Pipeline(registry, store)
-    writer = Writer(pipeline, flush_seconds=0.01)
+    writer = Writer(pipeline, flush_seconds=0.01, retry=Retry(quiet=(0.01,)))
     writer.start()
     sample = pipeline.metrics.registry.get_sample_value
     pages = store.conn.execute("PRAGMA page_count").fetchone()[0]

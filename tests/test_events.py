@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from driverlog_daemon import events
-from driverlog_daemon.events import Malformed, OtherEvent, Scanner, parse_line
+from driverlog_daemon.events import Malformed, OtherEvent, parse_line
+from driverlog_daemon.scanner import Scanner
 from driverlog_daemon.match import match_comment
 from driverlog_daemon.model import CommentAdded
 from driverlog_daemon.registry import Registry

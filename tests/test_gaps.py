@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from driverlog_daemon import store as store_mod
+from driverlog_daemon import reads
 from driverlog_daemon.registry import Registry
 from driverlog_daemon.store import Store
 
@@ -25,15 +25,15 @@ def test_live_events_never_move_the_cursor_across_an_open_gap(tmp_path: Path, re
         gap = s.open_gap(SERVER, 100, "reconnect")
         for t in (150, 200, 250):  # the new connection delivers newer events
             s.record([], "stream", cursor=(SERVER, t))
-        assert (s.cursor(SERVER), s.newest_event_time(SERVER)) == (100, 250)
+        assert (s.cursor(SERVER), reads.newest_event_time(s.conn, SERVER)) == (100, 250)
         later = s.open_gap(SERVER, 250, "dropped-output")
         result = s.record([], "backfill", close=(SERVER, gap, 250))  # a backfill that started before `later`
         assert [g[0] for g in result.closed_gaps] == [gap]
-        assert s.cursor(SERVER) == 250 and [g.id for g in store_mod.open_gaps(s.conn, SERVER)] == [later]
+        assert s.cursor(SERVER) == 250 and [g.id for g in reads.open_gaps(s.conn, SERVER)] == [later]
         s.record([], "stream", cursor=(SERVER, 300))
         assert s.cursor(SERVER) == 250
         s.record([], "backfill", close=(SERVER, later, 300))
-        assert s.cursor(SERVER) == 300 and store_mod.open_gaps(s.conn, SERVER) == []
+        assert s.cursor(SERVER) == 300 and reads.open_gaps(s.conn, SERVER) == []
 
 
 def rows(db: Path) -> list[int]:
@@ -48,7 +48,7 @@ def state(db: Path) -> tuple[int | None, list[Any]]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         row = conn.execute("SELECT last_event_time FROM stream_state").fetchone()
-        return (row[0] if row else None), store_mod.open_gaps(conn, conn.execute(
+        return (row[0] if row else None), reads.open_gaps(conn, conn.execute(
             "SELECT server FROM stream_state").fetchone()[0])
     finally:
         conn.close()

@@ -19,11 +19,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from driverlog_daemon import store as store_mod
-from driverlog_daemon.events import Scanner, parse_line
+from driverlog_daemon import reads, schema
+from driverlog_daemon.events import parse_line
+from driverlog_daemon.scanner import Scanner
 from driverlog_daemon.model import ChangeFact, Verification
 from driverlog_daemon.registry import Registry
-from driverlog_daemon.store import MIGRATIONS, SCHEMA_VERSION, ChangeRows, Store, schema_version
+from driverlog_daemon.changes import ChangeRows
+from driverlog_daemon.schema import MIGRATIONS, SCHEMA_VERSION, schema_version
+from driverlog_daemon.store import Store
 
 from .conftest import comment_event, line
 
@@ -285,7 +288,8 @@ def test_scanner_reads_state_events_of_review_projects_only(registry: Registry) 
         line(state_event("change-merged", 14, 1)).replace(b'"patchSet":{"number":1,', b'"patchSet":{'),
     ])
     scan = scanner.scan(block)
-    assert [(f.number, f.status, f.merged_patch_set) for f in scan.changes] == [
+    # one row a change: (number, project, branch, status, status_time, patch set, merged patch set, …)
+    assert [(r[0], r[3], r[6]) for r in scan.changes.rows.values()] == [
         (10, "MERGED", 4), (12, "ABANDONED", None), (13, "MERGED", 1)]
     assert scan.by_type == {"change-merged": 2, "patchset-created": 1, "change-abandoned": 1}
     assert [m.reason for m in scan.malformed] == ["missing_field:patchSet.number"]
@@ -303,7 +307,7 @@ def test_state_lines_the_typed_decoder_cannot_read_are_judged_on_their_bytes(reg
         line(state_event("change-restored", 22, 3)),
     ])
     scan = scanner.scan(block)
-    assert [(f.number, f.status) for f in scan.changes] == [(22, "NEW")]
+    assert [(r[0], r[3]) for r in scan.changes.rows.values()] == [(22, "NEW")]
     assert sorted(m.reason for m in scan.malformed) == ["invalid_field:change", "invalid_json"]
     assert scan.by_type == {"change-merged": 1, "change-restored": 1}  # the two malformed ones are not counted
 
@@ -334,13 +338,16 @@ def test_scanner_state_facts_equal_decoding_every_line(specs: list[tuple[str, st
         raw.append(text.encode() + b"\n")
     status_of = {"change-merged": "MERGED", "change-abandoned": "ABANDONED", "change-restored": "NEW",
                  "patchset-created": "NEW"}
-    expected = []
+    expected = ChangeRows()
     for r in raw:
         ev = json.loads(r)
         if ev["type"] in status_of and ev["change"]["project"] in projects:
-            expected.append((ev["change"]["number"], status_of[ev["type"]]))
+            merged = ev["type"] == "change-merged"
+            ps, t = ev["patchSet"]["number"], ev["eventCreatedOn"]
+            expected.add_one(ChangeFact(ev["change"]["number"], ev["change"]["project"], ev["change"]["branch"],
+                                        status_of[ev["type"]], t, ps, ps if merged else None, t if merged else None))
     scan = Scanner([], projects).scan(b"".join(raw))
-    assert [(f.number, f.status) for f in scan.changes] == expected
+    assert scan.changes.rows == expected.rows
 
 
 # ---------------------------------------------------------------------------------------- version 1 upgrade
@@ -349,7 +356,7 @@ def test_scanner_state_facts_equal_decoding_every_line(specs: list[tuple[str, st
 def test_a_version_1_file_upgrades_in_place_and_derives_change_state(tmp_path: Path, registry: Registry) -> None:
     path = tmp_path / "v1.sqlite"
     conn = sqlite3.connect(path, isolation_level=None)
-    for statement in store_mod._split_sql(MIGRATIONS[0]):  # the schema version 1 as released
+    for statement in schema.split_sql(MIGRATIONS[0].sql):  # the schema version 1 as released
         conn.execute(statement)
     conn.execute("PRAGMA user_version = 1")
     d = ci_drivers(registry)[0]
@@ -371,11 +378,11 @@ def test_a_version_1_file_upgrades_in_place_and_derives_change_state(tmp_path: P
         changes = s.conn.execute("SELECT change_number, status, current_patch_set, merged_patch_set, merged_time "
                                  "FROM changes ORDER BY change_number").fetchall()
         assert changes == [(1, "MERGED", 2, None, T + 50), (2, "ABANDONED", 1, None, None)]
-        assert store_mod.unknown_merges(s.conn) == [1]  # the next backfill asks Gerrit which patch set merged
+        assert reads.unknown_merges(s.conn) == [1]  # the next backfill asks Gerrit which patch set merged
         assert s.conn.execute("SELECT count(*) FROM driver_marks").fetchone()[0] == 0
         # what that backfill learns: a merged row whose current patch set is 2
         s.record([], "backfill", changes=[ChangeFact(1, PROJECT, "master", "MERGED", T + 60, 2, 2, T + 60)])
-        assert store_mod.unknown_merges(s.conn) == []
+        assert reads.unknown_merges(s.conn) == []
         assert s.conn.execute("SELECT release, result, change_number, patch_set, merged_at FROM driverlog_marks"
                               ).fetchall() == [("Caracal", "failure", 1, 2, "2026-05-28 20:27:30")]
 

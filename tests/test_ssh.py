@@ -11,7 +11,8 @@ import pytest
 
 from driverlog_daemon import ssh
 from driverlog_daemon.backfill import command, fetch, query_text
-from driverlog_daemon.testing.gerrit_server import GerritTestServer, fingerprint
+from driverlog_daemon.ssh import fingerprint
+from driverlog_daemon.testing.gerrit import GerritTestServer
 
 from .conftest import comment_event, other_event
 from .gerrit import SSHEnv, make_env, new_key

@@ -11,7 +11,9 @@ import pytest
 
 from driverlog_daemon.model import Verification
 from driverlog_daemon.registry import Registry, parse_registry
-from driverlog_daemon.store import SCHEMA_VERSION, Store, StoreError, connect, schema_version
+from driverlog_daemon.schema import SCHEMA_VERSION, StoreError, connect, schema_version
+from driverlog_daemon.store import Store
+from driverlog_daemon.writer import Retry, retrying
 
 from .conftest import DATA
 
@@ -179,14 +181,15 @@ def test_write_is_retried_while_another_process_holds_the_lock(store: Store, reg
     other = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
     other.execute("BEGIN IMMEDIATE")
     store.conn.execute("PRAGMA busy_timeout = 0")
-    store._retry_delays = (0.01, 0.01, 0.01, 5.0)
     import threading
 
+    failures: list[int] = []
     release = threading.Timer(0.05, lambda: other.execute("COMMIT"))
     release.start()
-    res = store.record([verification(registry)], "stream")
+    res = retrying(lambda: store.record([verification(registry)], "stream"), Retry(quiet=(0.01, 0.01, 0.01, 5.0)),
+                   failed=lambda error, n, delay: failures.append(n))
     release.join()
-    assert res.inserted == 1 and store.write_retries >= 1
+    assert res.inserted == 1 and len(failures) >= 1
 
 
 READER = textwrap.dedent("""

@@ -19,9 +19,9 @@ from driverlog_daemon.config import HttpConfig
 from driverlog_daemon.metrics import Metrics
 from driverlog_daemon.model import ChangeFact, Verification
 from driverlog_daemon.registry import Registry
+from driverlog_daemon import reads
 from driverlog_daemon.store import Store
 from driverlog_daemon.web import App, Live, WebServer
-from driverlog_daemon.web import queries as web_queries
 
 NOW = int(time.time())
 XSS_SCRIPT = "- acme-cinder-fc <script>alert(1)</script> : SUCCESS"
@@ -90,7 +90,7 @@ def site(tmp_path: Path, registry: Registry) -> Iterator[Site]:
     ], "stream", changes=[merged(100, 2, NOW - 1800), merged(300, 1, NOW - 30 * 86400, "openstack/nova")])
     health: dict[str, Any] = {"ok": True}
     metrics = Metrics()
-    metrics.watch_releases(lambda: web_queries.release_times(store.conn))
+    metrics.watch_releases(lambda: reads.release_times(store.conn))
     app = App(db, lambda: registry, metrics, lambda: (health["ok"], {"events": 3}),
               live=lambda: Live("connected", int(time.time()) - 5, None), stale_after_days=7)
     web = WebServer(app, HttpConfig().listen, 0)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from driverlog_daemon.pipeline import Pipeline, Writer
+from driverlog_daemon.pipeline import Pipeline
+from driverlog_daemon.writer import Retry, Writer
 from driverlog_daemon.registry import Registry
 from driverlog_daemon.store import Store
 
@@ -45,10 +46,10 @@ def test_group_commit_and_cursor(tmp_path: Path, registry: Registry) -> None:
 
 def test_failing_write_is_retried_not_dropped(tmp_path: Path, registry: Registry) -> None:
     path = tmp_path / "d.sqlite"
-    store = Store(path, retry_delays=(0.01,))
+    store = Store(path)
     store.conn.execute("PRAGMA busy_timeout = 10")
     pipeline = Pipeline(registry, store)
-    writer = Writer(pipeline, flush_seconds=0.01)
+    writer = Writer(pipeline, flush_seconds=0.01, retry=Retry(quiet=(0.01,)))
     writer.start()
     blocker = sqlite3.connect(path, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")  # another process holds the write lock: every commit fails for now

@@ -27,7 +27,7 @@ from typing import Any
 
 from driverlog_daemon.registry import Registry, load_registry
 from driverlog_daemon.testing import wait_for
-from driverlog_daemon.testing.gerrit_server import daemon_config, start_in
+from driverlog_daemon.testing.gerrit import daemon_config, start_in
 from driverlog_daemon.testing.samples import sample_events
 
 FAULTS = ("drop", "drop-mid-line", "stall", "outage", "dead-stream", "kill", "kill-during-backfill",

@@ -1,7 +1,7 @@
 """Expose: the read-only web side, served by waitress on 127.0.0.1 by default.
 
-``app.py`` is the WSGI application (routes, cache, headers), ``queries.py`` the read-only SQL, ``api.py``
-DriverLog's API shapes, ``badge.py`` the badges, ``templates/`` the HTML, SVG and CSS.
+``app.py`` is the WSGI application (routes, cache, headers), ``api.py`` DriverLog's API shapes, ``badge.py`` the
+badges, ``templates/`` the HTML, SVG and CSS. Its reads are ``driverlog_daemon.reads``, on read-only connections.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from driverlog_daemon.reads import DriverRow
 from driverlog_daemon.registry import Driver, Registry
-from driverlog_daemon.web.queries import DriverRow
 
 STATUSES = ("passing", "failing", "stale", "unknown")
 

@@ -27,9 +27,10 @@ import jinja2
 import structlog
 from prometheus_client import make_wsgi_app
 
+from driverlog_daemon import reads
 from driverlog_daemon.metrics import Metrics
 from driverlog_daemon.registry import Registry
-from driverlog_daemon.web import api, badge, queries
+from driverlog_daemon.web import api, badge
 
 log = structlog.get_logger("driverlog.web")
 
@@ -101,7 +102,7 @@ class App:
     def __init__(self, database: str | Path, registry: Callable[[], Registry], metrics: Metrics, health: Health,
                  *, live: Callable[[], Live] = Live, stale_after_days: float = 7.0,
                  clock: Callable[[], float] = time.time) -> None:
-        self.reader = queries.Reader(database)
+        self.reader = reads.Reader(database)
         self.registry = registry
         self.metrics = metrics
         self.health = health
@@ -225,7 +226,7 @@ class App:
         with self._records_lock:
             if self._records_key != key or self._records_value is None:
                 with self.reader.snapshot() as conn:
-                    rows = queries.drivers(conn)
+                    rows = reads.drivers(conn)
                 now = self.clock()
                 self._records_value = (registry, [
                     api.driver_record(d, rows.get(d.key), registry, now, self.stale_after_days)
@@ -268,14 +269,13 @@ class App:
         registry, records = self._records()
         record = next((r for r in records if r["id"] == int(driver_id)), None)
         with self.reader.snapshot() as conn:
-            row = conn.execute("SELECT project_id, vendor, name, removed_at IS NOT NULL FROM drivers WHERE id = ?",
-                               (int(driver_id),)).fetchone()
-            if row is None:
+            known = reads.driver_key(conn, int(driver_id))
+            if known is None:
                 return text_response("404 Not Found", "no such driver")
-            history, total = queries.history(conn, int(driver_id), limit=HISTORY_PAGE,
+            history, total = reads.history(conn, int(driver_id), limit=HISTORY_PAGE,
                                              offset=(page - 1) * HISTORY_PAGE)
         pages = max(1, -(-total // HISTORY_PAGE))
-        return self._html("driver.html", record=record, key=row[:3], removed=bool(row[3]), history=history,
+        return self._html("driver.html", record=record, key=known[0], removed=known[1], history=history,
                           page=page, pages=pages, total=total, driver_id=int(driver_id), registry=registry)
 
     def static_css(self, query: Mapping[str, str]) -> Response:
@@ -349,7 +349,7 @@ class App:
         driver = api.int_param(query, "driver", None)
         since = api.int_param(query, "since", None)
         with self.reader.snapshot() as conn:
-            rows = queries.verifications(conn, driver_id=driver, since=since, after=after, limit=limit)
+            rows = reads.verifications(conn, driver_id=driver, since=since, after=after, limit=limit)
         following = None
         if len(rows) == limit:
             following = "/api/1.0/verifications?" + urllib.parse.urlencode(

@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import json
 import queue
-import re
 import shlex
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import paramiko
@@ -35,197 +32,10 @@ from paramiko.common import (
     OPEN_SUCCEEDED,
 )
 
-from driverlog_daemon.ssh import fingerprint, host_label
-
-__all__ = ["GerritTestServer", "fingerprint"]
+from driverlog_daemon.testing.gerrit.index import ChangeIndex
+from driverlog_daemon.testing.gerrit.query import QueryError
 
 GERRIT_VERSION = "3.10.2-driverlog-test"
-DEFAULT_QUERY_LIMIT = 500
-
-
-# ----------------------------------------------------------------------------------------------- changes
-
-
-class QueryError(Exception):
-    pass
-
-
-@dataclass
-class StoredChange:
-    data: dict[str, Any]  # project, branch, id, number, subject, owner, url, status, createdOn
-    last_updated: int
-    messages: list[dict[str, Any]] = field(default_factory=list)  # timestamp, reviewer, message
-    patch_sets: dict[int, dict[str, Any]] = field(default_factory=dict)
-
-    def row(self, *, comments: bool, current_patch_set: bool, patch_sets: bool) -> dict[str, Any]:
-        out = dict(self.data)
-        out["lastUpdated"] = self.last_updated
-        out["open"] = out.get("status", "NEW") == "NEW"
-        if comments:
-            out["comments"] = list(self.messages)
-        sets = [self.patch_sets[n] for n in sorted(self.patch_sets)]
-        if patch_sets:
-            out["patchSets"] = sets
-        if current_patch_set and sets:
-            out["currentPatchSet"] = sets[-1]
-        return out
-
-
-class ChangeIndex:
-    """The changes the server knows, fed by the events it streams; answers ``gerrit query``."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.changes: dict[int, StoredChange] = {}
-
-    def record(self, event: dict[str, Any], message_skew: int = 0) -> None:
-        change = event.get("change")
-        if not isinstance(change, dict) or "number" not in change:
-            return
-        number = int(change["number"])
-        when = int(event.get("eventCreatedOn") or time.time())
-        with self._lock:
-            stored = self.changes.get(number)
-            data = {k: v for k, v in change.items() if k not in ("commitMessage",)}
-            data["number"] = number
-            if stored is None:
-                stored = self.changes[number] = StoredChange(data=data, last_updated=when)
-            else:
-                stored.data.update(data)
-            stored.last_updated = max(stored.last_updated, when)
-            ps = event.get("patchSet")
-            if isinstance(ps, dict) and "number" in ps:
-                stored.patch_sets.setdefault(int(ps["number"]), {**ps, "number": int(ps["number"])})
-            kind = event.get("type")
-            if kind == "comment-added":
-                text = str(event.get("comment", ""))
-                ps_number = int(ps["number"]) if isinstance(ps, dict) and "number" in ps else 1
-                if not re.match(r"Patch Set \d+:", text):
-                    text = f"Patch Set {ps_number}:\n\n{text}"
-                stored.messages.append({"timestamp": when + message_skew, "reviewer": event.get("author", {}),
-                                        "message": text})
-            elif kind == "patchset-created" and isinstance(ps, dict):
-                stored.messages.append({"timestamp": when, "reviewer": event.get("uploader", {}),
-                                        "message": f"Uploaded patch set {ps.get('number')}."})
-
-    def query(self, text: str, start: int = 0) -> tuple[list[StoredChange], bool]:
-        predicate, limit = parse_query(text)
-        with self._lock:
-            hits = [c for c in self.changes.values() if predicate(c)]
-        hits.sort(key=lambda c: (c.last_updated, c.data["number"]), reverse=True)
-        page = hits[start:start + limit]
-        return page, len(hits) > start + limit
-
-
-Predicate = Callable[[StoredChange], bool]
-_TOKEN = re.compile(r"""\s*(\(|\)|-?[A-Za-z_]+:(?:"[^"]*"|'[^']*'|\{[^}]*\}|[^\s()]+)|\S+)""")
-
-
-def _time_arg(value: str) -> int:
-    value = value.strip("\"'{}")
-    m = re.fullmatch(r"(\d{4}-\d{2}-\d{2})(?: (\d{2}:\d{2}:\d{2})(?:\.\d+)?)?(?: ([+-]\d{4}))?", value)
-    if not m:
-        raise QueryError(f'Invalid value for "after": {value}')
-    stamp = datetime.strptime(f"{m.group(1)} {m.group(2) or '00:00:00'} {m.group(3) or '+0000'}",
-                              "%Y-%m-%d %H:%M:%S %z")
-    return int(stamp.astimezone(UTC).timestamp())
-
-
-def _commented(change: StoredChange, who: str) -> bool:
-    """The user wrote a review message on the change (the test server's meaning of commentby: and reviewer:)."""
-    for m in change.messages:
-        r = m.get("reviewer") or {}
-        if who in (r.get("username"), r.get("email")):
-            return True
-    return False
-
-
-def _term(token: str) -> Predicate | int:
-    negate = token.startswith("-")
-    key, _, value = token.lstrip("-").partition(":")
-    value = value.strip("\"'{}") if key != "after" else value
-    pred: Predicate
-    if key == "limit":
-        return int(value)
-    if key in ("commentby", "reviewer"):
-        pred = lambda c: _commented(c, value)  # noqa: E731
-    elif key == "project":
-        pred = lambda c: c.data.get("project") == value  # noqa: E731
-    elif key == "branch":
-        pred = lambda c: c.data.get("branch") == value  # noqa: E731
-    elif key == "change":
-        pred = lambda c: str(c.data.get("number")) == value  # noqa: E731
-    elif key == "status":
-        pred = lambda c: str(c.data.get("status", "NEW")).lower() == value.lower()  # noqa: E731
-    elif key in ("after", "since"):
-        t = _time_arg(value)
-        pred = lambda c: c.last_updated >= t  # noqa: E731
-    elif key in ("before", "until"):
-        t = _time_arg(value)
-        pred = lambda c: c.last_updated <= t  # noqa: E731
-    else:
-        raise QueryError(f"Unsupported operator {key}:{value}")
-    return (lambda c: not pred(c)) if negate else pred
-
-
-def parse_query(text: str) -> tuple[Predicate, int]:
-    """A small recursive-descent parser: terms, implicit AND, AND, OR, NOT/-, parentheses, limit:N."""
-    tokens: list[str] = [str(t) for t in _TOKEN.findall(text) if t]
-    pos = 0
-    limit = DEFAULT_QUERY_LIMIT
-
-    def peek() -> str | None:
-        return tokens[pos] if pos < len(tokens) else None
-
-    def take() -> str:
-        nonlocal pos
-        pos += 1
-        return tokens[pos - 1]
-
-    def parse_or() -> Predicate:
-        left = parse_and()
-        while peek() == "OR":
-            take()
-            right = parse_and()
-            left = (lambda a, b: lambda c: a(c) or b(c))(left, right)
-        return left
-
-    def parse_and() -> Predicate:
-        parts: list[Predicate] = []
-        while (tok := peek()) is not None and tok not in (")", "OR"):
-            if tok == "AND":
-                take()
-                continue
-            parts.append(parse_unary())
-        return lambda c: all(p(c) for p in parts)
-
-    def parse_unary() -> Predicate:
-        nonlocal limit
-        tok = take()
-        if tok == "NOT":
-            inner = parse_unary()
-            return lambda c: not inner(c)
-        if tok == "(":
-            inner = parse_or()
-            if peek() != ")":
-                raise QueryError("unbalanced parentheses")
-            take()
-            return inner
-        if ":" not in tok:
-            raise QueryError(f"Unsupported query: {tok}")
-        term = _term(tok)
-        if isinstance(term, int):
-            limit = min(limit, term)
-            return lambda c: True
-        return term
-
-    predicate = parse_or()
-    if pos != len(tokens):
-        raise QueryError(f"unexpected {tokens[pos]!r}")
-    return predicate, limit
-
-
-# ------------------------------------------------------------------------------------------------ server
 
 
 class _Interface(paramiko.ServerInterface):
@@ -582,29 +392,3 @@ class GerritTestServer:
                 transport.close()
             return
         self._finish(channel, 0, stdout=text)
-
-
-def start_in(work: Path) -> GerritTestServer:
-    """A test server on 127.0.0.1 with fresh keys: the client's private key in ``work/id_ecdsa`` and the server's
-    host key in ``work/known_hosts`` (what a daemon's configuration points at)."""
-    client_key = paramiko.ECDSAKey.generate(bits=256)
-    client_key.write_private_key_file(str(work / "id_ecdsa"))
-    host_key = paramiko.ECDSAKey.generate(bits=256)
-    server = GerritTestServer(host_key, [client_key]).start()
-    (work / "known_hosts").write_text(
-        f"{host_label(server.host, server.port)} {host_key.get_name()} {host_key.get_base64()}\n")
-    return server
-
-
-def daemon_config(work: Path, server: GerritTestServer, *, username: str, registry: Path, database: Path,
-                  http_port: int, **gerrit: float) -> Path:
-    """Write ``work/driverlog.toml``: a daemon's configuration for ``server`` with the keys :func:`start_in` wrote
-    (``gerrit``: more keys of its section), JSON logs, the status page on 127.0.0.1:``http_port``."""
-    path = work / "driverlog.toml"
-    more = "".join(f"{key} = {value}\n" for key, value in gerrit.items())
-    path.write_text(
-        f'[gerrit]\nhost = "{server.host}"\nport = {server.port}\nusername = "{username}"\n'
-        f'key_file = "{work / "id_ecdsa"}"\nknown_hosts = "{work / "known_hosts"}"\n{more}\n'
-        f'[registry]\npath = "{registry}"\n\n[database]\npath = "{database}"\n\n'
-        f'[http]\nlisten = "127.0.0.1"\nport = {http_port}\n\n[log]\nformat = "json"\nlevel = "info"\n')
-    return path

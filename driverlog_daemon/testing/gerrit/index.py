@@ -1,0 +1,56 @@
+"""The Gerrit test server's change index: the changes it knows, fed by the events it streams."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from typing import Any
+
+from driverlog_daemon.testing.gerrit.query import StoredChange, parse_query
+
+
+class ChangeIndex:
+    """The changes the server knows, fed by the events it streams; answers ``gerrit query``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.changes: dict[int, StoredChange] = {}
+
+    def record(self, event: dict[str, Any], message_skew: int = 0) -> None:
+        change = event.get("change")
+        if not isinstance(change, dict) or "number" not in change:
+            return
+        number = int(change["number"])
+        when = int(event.get("eventCreatedOn") or time.time())
+        with self._lock:
+            stored = self.changes.get(number)
+            data = {k: v for k, v in change.items() if k not in ("commitMessage",)}
+            data["number"] = number
+            if stored is None:
+                stored = self.changes[number] = StoredChange(data=data, last_updated=when)
+            else:
+                stored.data.update(data)
+            stored.last_updated = max(stored.last_updated, when)
+            ps = event.get("patchSet")
+            if isinstance(ps, dict) and "number" in ps:
+                stored.patch_sets.setdefault(int(ps["number"]), {**ps, "number": int(ps["number"])})
+            kind = event.get("type")
+            if kind == "comment-added":
+                text = str(event.get("comment", ""))
+                ps_number = int(ps["number"]) if isinstance(ps, dict) and "number" in ps else 1
+                if not re.match(r"Patch Set \d+:", text):
+                    text = f"Patch Set {ps_number}:\n\n{text}"
+                stored.messages.append({"timestamp": when + message_skew, "reviewer": event.get("author", {}),
+                                        "message": text})
+            elif kind == "patchset-created" and isinstance(ps, dict):
+                stored.messages.append({"timestamp": when, "reviewer": event.get("uploader", {}),
+                                        "message": f"Uploaded patch set {ps.get('number')}."})
+
+    def query(self, text: str, start: int = 0) -> tuple[list[StoredChange], bool]:
+        predicate, limit = parse_query(text)
+        with self._lock:
+            hits = [c for c in self.changes.values() if predicate(c)]
+        hits.sort(key=lambda c: (c.last_updated, c.data["number"]), reverse=True)
+        page = hits[start:start + limit]
+        return page, len(hits) > start + limit
