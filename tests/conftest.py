@@ -1,16 +1,35 @@
+"""The suite's fixtures; the helpers they are made of are in ``helpers.py``."""
+
 from __future__ import annotations
 
-import json
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from driverlog_daemon import reads
+from driverlog_daemon.metrics import Metrics
 from driverlog_daemon.registry import Registry, load_registry
+from driverlog_daemon.store import Store
+from driverlog_daemon.web import App, Live, WebServer
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "data" / "default_data.json"
-UPSTREAM = ROOT.parent / "shared" / "driverlog" / "default_data.json"
+from .helpers import (
+    DATA,
+    EVIL_URL,
+    NOW,
+    UPSTREAM,
+    XSS_ATTR,
+    XSS_SCRIPT,
+    Harness,
+    Site,
+    SSHEnv,
+    make_env,
+    merged,
+    vote,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -33,52 +52,50 @@ def upstream_registry() -> Registry:
     return load_registry(UPSTREAM)
 
 
-def comment_event(
-    author: str = "acme-storage-ci",
-    comment: str = "Patch Set 3: Verified+1\n\nBuild succeeded.\n\n- acme-cinder-fc https://ci/1 : SUCCESS in 1h",
-    *,
-    project: str = "openstack/cinder",
-    branch: str = "master",
-    number: int | str = 873412,
-    patch_set: int | str = 3,
-    created_on: int = 1_750_000_000,
-    status: str = "NEW",
-    **extra: Any,
-) -> dict[str, Any]:
-    """A comment-added event as a current Gerrit writes it."""
-    ev: dict[str, Any] = {
-        "author": {"name": f"{author} (CI)", "email": f"{author}@ci.example.org", "username": author},
-        "approvals": [{"type": "Verified", "description": "Verified", "value": "1", "oldValue": "0"}],
-        "comment": comment,
-        "patchSet": {"number": patch_set, "revision": "5d1c" * 10, "ref": f"refs/changes/12/{number}/{patch_set}",
-                     "uploader": {"name": "Jane Dev", "username": "jdev"}, "createdOn": created_on - 600},
-        "change": {"project": project, "branch": branch, "id": "I" + "8f3c" * 10, "number": number,
-                   "subject": "Add multiattach", "owner": {"name": "Jane Dev", "username": "jdev"},
-                   "url": f"https://review.example.org/c/{project}/+/{number}", "status": status},
-        "project": project,
-        "refName": f"refs/heads/{branch}",
-        "type": "comment-added",
-        "eventCreatedOn": created_on,
-    }
-    ev.update(extra)
-    return ev
-
-
-def line(ev: dict[str, Any]) -> bytes:
-    """One stream line, compact as Gerrit writes it."""
-    return json.dumps(ev, separators=(",", ":")).encode() + b"\n"
-
-
-def other_event(kind: str = "patchset-created", created_on: int = 1_750_000_000) -> dict[str, Any]:
-    return {"uploader": {"name": "Jane Dev", "username": "jdev"},
-            "change": {"project": "openstack/nova", "branch": "master", "number": 1, "status": "NEW"},
-            "patchSet": {"number": 1}, "type": kind, "eventCreatedOn": created_on}
+@pytest.fixture
+def store(tmp_path: Path, registry: Registry) -> Iterator[Store]:
+    """A fresh database file with the shipped registry's drivers, written at a fixed time."""
+    s = Store(tmp_path / "d.sqlite", clock=lambda: 1_800_000_000.0)
+    s.sync_drivers(registry)
+    yield s
+    s.close()
 
 
 @pytest.fixture
-def ssh_env(tmp_path: Path):  # type: ignore[no-untyped-def]
-    from .gerrit import make_env
-
+def ssh_env(tmp_path: Path) -> Iterator[SSHEnv]:
     env = make_env(tmp_path)
     yield env
     env.server.stop()
+
+
+@pytest.fixture
+def harness(ssh_env: SSHEnv, tmp_path: Path) -> Iterator[Harness]:
+    """The service running against the test server, connected and past its first backfill."""
+    with Harness(ssh_env, tmp_path) as h:
+        assert wait_until(h.settled)
+        yield h
+
+
+@pytest.fixture
+def site(tmp_path: Path, registry: Registry) -> Iterator[Site]:
+    db = tmp_path / "driverlog.sqlite"
+    store = Store(db)
+    store.sync_drivers(registry)
+    fc, iscsi, nova = "Acme Volume Driver (FC)", "Acme Volume Driver (iSCSI)", "Hooli Hypervisor Driver"
+    store.record([
+        vote(registry, fc, 100, 2, NOW - 3600, "success", "Gazpacho", evidence=XSS_SCRIPT, url=EVIL_URL),
+        vote(registry, iscsi, 100, 2, NOW - 3600, "failure", "Gazpacho", evidence=XSS_ATTR),
+        vote(registry, fc, 101, 1, NOW - 60, "failure", "Gazpacho"),  # latest activity, not merged: no mark
+        vote(registry, nova, 300, 1, NOW - 30 * 86400, "success", "Flamingo"),  # stale
+    ], "stream", changes=[merged(100, 2, NOW - 1800), merged(300, 1, NOW - 30 * 86400, "openstack/nova")])
+    health: dict[str, Any] = {"ok": True}
+    metrics = Metrics()
+    metrics.watch_releases(lambda: reads.release_times(store.conn))
+    app = App(db, lambda: registry, metrics, lambda: (health["ok"], {"events": 3}),
+              live=lambda: Live("connected", int(time.time()) - 5, None), stale_after_days=7)
+    web = WebServer(app, "127.0.0.1", 0)
+    web.start()
+    yield Site(web, db, store, registry, health)
+    web.stop()
+    store.close()
+

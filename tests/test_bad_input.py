@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from driverlog_daemon.pipeline import Pipeline
-from driverlog_daemon.writer import Retry, Writer
-from driverlog_daemon.registry import Registry
-from driverlog_daemon.store import Store
-
-from .conftest import comment_event, line
-from .gerrit import SSHEnv, wait_until
-from .test_stream import Harness, ci_event
-from .test_writer import ci_line, count
+from .helpers import Harness, SSHEnv, ci_event, comment_event, line, wait_until
 
 
 def test_bad_lines_are_counted_by_reason_and_later_results_still_land(ssh_env: SSHEnv, tmp_path: Path) -> None:
@@ -56,28 +47,3 @@ def test_bad_lines_are_counted_by_reason_and_later_results_still_land(ssh_env: S
         assert h.metric("driverlog_ci_comments_unmatched_total", {"ci_account": "acme-storage-ci"}) >= 1
 
 
-def test_storage_faults_are_retried_until_they_clear(tmp_path: Path, registry: Registry) -> None:
-    """A full database (max_page_count) and a read-only one (query_only): writes fail, the batch is kept and
-    retried, the writer reports failing (so /healthz says 503 with the reason), and everything lands after."""
-    path = tmp_path / "d.sqlite"
-    store = Store(path)
-    pipeline = Pipeline(registry, store)
-    writer = Writer(pipeline, flush_seconds=0.01, retry=Retry(quiet=(0.01,)))
-    writer.start()
-    sample = pipeline.metrics.registry.get_sample_value
-    pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
-    store.conn.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full
-    writer.put_block(b"".join(ci_line(n) for n in range(1, 200)))
-    assert wait_until(lambda: (sample("driverlog_db_write_errors_total") or 0) >= 2)
-    assert writer.failing and count(path) == 0
-    store.conn.execute("PRAGMA max_page_count = 1073741823")  # space again
-    assert wait_until(lambda: not writer.failing and count(path) == 199)
-    store.conn.execute("PRAGMA query_only = ON")  # read-only (a file mode does not stop root; this does)
-    errors = sample("driverlog_db_write_errors_total") or 0
-    writer.put_block(ci_line(500))
-    assert wait_until(lambda: (sample("driverlog_db_write_errors_total") or 0) > errors + 1)
-    assert writer.failing
-    store.conn.execute("PRAGMA query_only = OFF")
-    assert wait_until(lambda: not writer.failing and count(path) == 200)
-    assert writer.stop()
-    assert json.loads(json.dumps(count(path))) == 200

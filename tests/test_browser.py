@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_web import Site, site  # noqa: F401  (the fixture)
+from .helpers import Site
 
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser")) if p), None)
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -24,7 +24,7 @@ def chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.timeout(120)
-def test_page_renders_in_chromium_without_console_errors(site: Site, tmp_path: Path) -> None:  # noqa: F811
+def test_page_renders_in_chromium_without_console_errors(site: Site, tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{site.web.port}/"
     proc = chromium(tmp_path, "--dump-dom", url)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -21,8 +21,7 @@ import pytest
 
 from driverlog_daemon.config import load_config
 
-from .conftest import DATA, ROOT, comment_event
-from .gerrit import SSHEnv, wait_until
+from .helpers import DATA, ROOT, SSHEnv, comment_event, query, wait_until
 
 
 def ci_event(number: int, author: str = "acme-storage-ci", job: str = "acme-cinder-fc",
@@ -112,11 +111,7 @@ format = "json"
         return 0.0
 
     def rows(self) -> list[tuple[Any, ...]]:
-        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
-        try:
-            return conn.execute("SELECT change_number, ci_account FROM verifications ORDER BY change_number").fetchall()
-        finally:
-            conn.close()
+        return query(self.db, "SELECT change_number, ci_account FROM verifications ORDER BY change_number")
 
     def stop(self) -> int:
         if self.proc.poll() is None:

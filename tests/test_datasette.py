@@ -20,7 +20,7 @@ import yaml
 from driverlog_daemon.registry import load_registry
 from driverlog_daemon.testing.samples import sample_events
 
-from .conftest import DATA, ROOT
+from .helpers import DATA, ROOT
 
 METADATA = ROOT / "deploy" / "datasette" / "metadata.yml"
 

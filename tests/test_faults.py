@@ -14,7 +14,7 @@ import pytest
 
 from driverlog_daemon.testing.faults import FaultRun, Outcome, Scenario
 
-from .conftest import DATA
+from .helpers import DATA
 
 SKEWS = {"gerrit-behind": -2 * 3600, "gerrit-ahead": 2 * 3600}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -11,8 +10,7 @@ from driverlog_daemon import reads
 from driverlog_daemon.registry import Registry
 from driverlog_daemon.store import Store
 
-from .gerrit import SSHEnv, wait_until
-from .test_stream import Harness, ci_event
+from .helpers import Harness, SSHEnv, ci_event, query, wait_until
 
 SERVER = "gerrit:29418"
 
@@ -37,21 +35,14 @@ def test_live_events_never_move_the_cursor_across_an_open_gap(tmp_path: Path, re
 
 
 def rows(db: Path) -> list[int]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return [r[0] for r in conn.execute("SELECT change_number FROM verifications ORDER BY change_number")]
-    finally:
-        conn.close()
+    return [r[0] for r in query(db, "SELECT change_number FROM verifications ORDER BY change_number")]
 
 
 def state(db: Path) -> tuple[int | None, list[Any]]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        row = conn.execute("SELECT last_event_time FROM stream_state").fetchone()
-        return (row[0] if row else None), reads.open_gaps(conn, conn.execute(
-            "SELECT server FROM stream_state").fetchone()[0])
-    finally:
-        conn.close()
+    (server, cursor), = query(db, "SELECT server, last_event_time FROM stream_state")
+    return cursor, [reads.Gap(*g) for g in query(
+        db, "SELECT id, since, reason, opened_at, attempts, last_error FROM gaps WHERE server = ? "
+            "AND closed_at IS NULL ORDER BY since, id", server)]
 
 
 def test_a_failed_backfill_keeps_its_window_and_is_retried(ssh_env: SSHEnv, tmp_path: Path) -> None:
@@ -101,29 +92,3 @@ def test_the_quiet_window_is_read_in_gerrits_clock(ssh_env: SSHEnv, tmp_path: Pa
         assert wait_until(lambda: h.numbers() == [9001, 9002])
 
 
-def test_backfill_reads_again_the_rows_updated_while_it_pages(ssh_env: SSHEnv) -> None:
-    """Gerrit pages by offset over rows newest-updated first: a change updated between two pages jumps to the
-    front, past the pages read. Its older CI result must still be found."""
-    from driverlog_daemon import backfill, ssh
-
-    server = ssh_env.server
-    t0 = 1_780_000_000
-    for i in range(450):  # change 20000 is the least recently updated: the last page
-        server.record_only(ci_event(20000 + i, t0 + i))
-    client = ssh.connect(ssh_env.config())
-    calls: list[str] = []
-
-    def execute(command: str) -> bytes:
-        out = ssh.run(client, command, 10)
-        calls.append(command)
-        if len(calls) == 1:  # between the first and second page, change 20000 gets a new patch set
-            server.record_only({"type": "patchset-created", "eventCreatedOn": t0 + 1000, "patchSet": {"number": 3},
-                                "change": {"project": "openstack/cinder", "branch": "master", "number": 20000,
-                                           "status": "NEW"}, "uploader": {"username": "jdev"}})
-        return out.stdout
-
-    try:
-        report = backfill.fetch(execute, ["acme-storage-ci"], t0 - 10, page_size=200)
-    finally:
-        client.close()
-    assert {c.change.number for c in report.comments} == set(range(20000, 20450))

@@ -7,8 +7,6 @@ verification, by comment time, on the patch set that merged), not from the daemo
 from __future__ import annotations
 
 import itertools
-import json
-import random
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -19,16 +17,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from driverlog_daemon import reads, schema
-from driverlog_daemon.events import parse_line
-from driverlog_daemon.scanner import Scanner
+from driverlog_daemon.changes import ChangeRows
 from driverlog_daemon.model import ChangeFact, Verification
 from driverlog_daemon.registry import Registry
-from driverlog_daemon.changes import ChangeRows
-from driverlog_daemon.schema import MIGRATIONS, SCHEMA_VERSION, schema_version
 from driverlog_daemon.store import Store
 
-from .conftest import comment_event, line
+from .helpers import (
+    PROJECT,
+    Harness,
+    T,
+    comment_event,
+    query,
+    state_event,
+    wait_until,
+)
 
 # ------------------------------------------------------------------------------------------------ the reference
 
@@ -86,7 +88,6 @@ def reference_status(states: list[State]) -> dict[int, str]:
 
 # ------------------------------------------------------------------------------------- building store inputs
 
-PROJECT = "openstack/cinder"
 
 
 def ci_drivers(registry: Registry) -> list[Any]:
@@ -119,13 +120,6 @@ def marks(conn: sqlite3.Connection, registry: Registry) -> dict[tuple[int, str],
     return {(index[(p, vd, n)], rel): (c, ps, res, t) for p, vd, n, rel, c, ps, res, t in rows}
 
 
-@pytest.fixture
-def store(tmp_path: Path, registry: Registry) -> Store:
-    s = Store(tmp_path / "d.sqlite")
-    s.sync_drivers(registry)
-    return s
-
-
 def apply(store: Store, registry: Registry, items: list[Vote | State]) -> None:
     for item in items:
         if isinstance(item, Vote):
@@ -140,7 +134,6 @@ def status(store: Store) -> dict[int, str]:
 
 # --------------------------------------------------------------------------------------------- scenarios
 
-T = 1_780_000_000
 
 
 def test_vote_before_the_merge_and_after_it_both_count(store: Store, registry: Registry) -> None:
@@ -269,122 +262,7 @@ def test_any_order_and_batching_of_the_same_facts_gives_the_same_marks(
 # ------------------------------------------------------------------------------------------------- the scanner
 
 
-def state_event(kind: str, number: int, ps: int, project: str = PROJECT, t: int = T) -> dict[str, Any]:
-    status = {"change-merged": "MERGED", "change-abandoned": "ABANDONED"}.get(kind, "NEW")
-    return {"submitter": {"name": "Core", "username": "core"}, "patchSet": {"number": ps, "revision": "ab" * 20},
-            "change": {"project": project, "branch": "stable/2024.1", "id": "I" + "1" * 40, "number": number,
-                       "url": f"https://review.example.org/c/{project}/+/{number}", "status": status},
-            "project": project, "refName": "refs/heads/stable/2024.1", "type": kind, "eventCreatedOn": t}
-
-
-def test_scanner_reads_state_events_of_review_projects_only(registry: Registry) -> None:
-    scanner = Scanner(registry.ci_accounts, registry.review_projects)
-    block = b"".join([
-        line(state_event("change-merged", 10, 4)),
-        line(state_event("patchset-created", 11, 2, project="openstack/horizon")),  # not a review project
-        line(state_event("change-abandoned", 12, 1, project="x/networking-globex")),  # a driver's repo
-        line(state_event("change-merged", 13, 1)).replace(b'"project":"openstack/cinder"',
-                                                          b'"project":"openstack\\/cinder"'),  # escaped
-        line(state_event("change-merged", 14, 1)).replace(b'"patchSet":{"number":1,', b'"patchSet":{'),
-    ])
-    scan = scanner.scan(block)
-    # one row a change: (number, project, branch, status, status_time, patch set, merged patch set, …)
-    assert [(r[0], r[3], r[6]) for r in scan.changes.rows.values()] == [
-        (10, "MERGED", 4), (12, "ABANDONED", None), (13, "MERGED", 1)]
-    assert scan.by_type == {"change-merged": 2, "patchset-created": 1, "change-abandoned": 1}
-    assert [m.reason for m in scan.malformed] == ["missing_field:patchSet.number"]
-
-
-def test_state_lines_the_typed_decoder_cannot_read_are_judged_on_their_bytes(registry: Registry) -> None:
-    """Invalid JSON, or a field of another type: decoded in full (a reason) when they name a review project."""
-    scanner = Scanner(registry.ci_accounts, registry.review_projects)
-    good = line(state_event("change-merged", 20, 2))
-    block = b"".join([
-        good.replace(b'"eventCreatedOn"', b'"eventCreatedOn" oops', 0).replace(b'"submitter":{', b'"submitter":{{'),
-        good.replace(b'"change":{', b'"change":"x","was":{'),  # change is not an object
-        line(state_event("change-merged", 21, 2, project="openstack/horizon")).replace(b'"change":{',
-                                                                                       b'"change":[1],"c":{'),
-        line(state_event("change-restored", 22, 3)),
-    ])
-    scan = scanner.scan(block)
-    assert [(r[0], r[3]) for r in scan.changes.rows.values()] == [(22, "NEW")]
-    assert sorted(m.reason for m in scan.malformed) == ["invalid_field:change", "invalid_json"]
-    assert scan.by_type == {"change-merged": 1, "change-restored": 1}  # the two malformed ones are not counted
-
-
-def test_a_merge_fact_from_parse_line() -> None:
-    event = parse_line(line(state_event("change-merged", 10, 4, t=T + 5)))
-    assert getattr(event, "fact", None) == ChangeFact(
-        number=10, project=PROJECT, branch="stable/2024.1", status="MERGED", time=T + 5, patch_set=4,
-        merged_patch_set=4, merged_at=T + 5)
-
-
-@settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["patchset-created", "change-merged", "change-abandoned",
-                                            "change-restored", "ref-updated"]),
-                          st.sampled_from([PROJECT, "openstack/nova", "openstack/cinder-backup", "x/ü"]),
-                          st.integers(1, 99), st.sampled_from(["compact", "spaced", "ascii", "reordered"])),
-                max_size=12))
-def test_scanner_state_facts_equal_decoding_every_line(specs: list[tuple[str, str, int, str]]) -> None:
-    projects = frozenset({PROJECT, "x/ü"})
-    raw = []
-    for kind, project, number, fmt in specs:
-        ev = state_event(kind, number, 1 + number % 3, project=project)
-        if fmt == "reordered":
-            items = list(ev.items())
-            random.Random(number).shuffle(items)
-            ev = dict(items)
-        text = json.dumps(ev, separators=None if fmt == "spaced" else (",", ":"), ensure_ascii=fmt == "ascii")
-        raw.append(text.encode() + b"\n")
-    status_of = {"change-merged": "MERGED", "change-abandoned": "ABANDONED", "change-restored": "NEW",
-                 "patchset-created": "NEW"}
-    expected = ChangeRows()
-    for r in raw:
-        ev = json.loads(r)
-        if ev["type"] in status_of and ev["change"]["project"] in projects:
-            merged = ev["type"] == "change-merged"
-            ps, t = ev["patchSet"]["number"], ev["eventCreatedOn"]
-            expected.add_one(ChangeFact(ev["change"]["number"], ev["change"]["project"], ev["change"]["branch"],
-                                        status_of[ev["type"]], t, ps, ps if merged else None, t if merged else None))
-    scan = Scanner([], projects).scan(b"".join(raw))
-    assert scan.changes.rows == expected.rows
-
-
 # ---------------------------------------------------------------------------------------- version 1 upgrade
-
-
-def test_a_version_1_file_upgrades_in_place_and_derives_change_state(tmp_path: Path, registry: Registry) -> None:
-    path = tmp_path / "v1.sqlite"
-    conn = sqlite3.connect(path, isolation_level=None)
-    for statement in schema.split_sql(MIGRATIONS[0].sql):  # the schema version 1 as released
-        conn.execute(statement)
-    conn.execute("PRAGMA user_version = 1")
-    d = ci_drivers(registry)[0]
-    conn.execute("INSERT INTO drivers (id, project_id, vendor, name, review_project, ci_account, first_seen_at, "
-                 "updated_at) VALUES (1, ?, ?, ?, ?, ?, 0, 0)", (d.project_id, d.vendor, d.name, PROJECT,
-                                                                d.ci.account if d.ci else None))
-    rows = [(1, 1, "NEW", T, "success", "Caracal"), (1, 2, "MERGED", T + 50, "failure", "Caracal"),
-            (2, 1, "ABANDONED", T + 10, "success", "Epoxy")]
-    for number, ps, change_status, t, result, release in rows:
-        conn.execute("""INSERT INTO verifications (driver_id, ci_account, change_number, patch_set, comment_sha256,
-                        comment_time, result, evidence, project, branch, release, change_status, review_url,
-                        received_at, source) VALUES (1, 'acme-storage-ci', ?, ?, ?, ?, ?, 'e', ?, 'master', ?, ?,
-                        'https://r/1', 0, 'stream')""",
-                     (number, ps, f"{number}{ps}" * 32, t, result, PROJECT, release, change_status))
-    conn.close()
-
-    with Store(path) as s:
-        assert schema_version(s.conn) == SCHEMA_VERSION
-        changes = s.conn.execute("SELECT change_number, status, current_patch_set, merged_patch_set, merged_time "
-                                 "FROM changes ORDER BY change_number").fetchall()
-        assert changes == [(1, "MERGED", 2, None, T + 50), (2, "ABANDONED", 1, None, None)]
-        assert reads.unknown_merges(s.conn) == [1]  # the next backfill asks Gerrit which patch set merged
-        assert s.conn.execute("SELECT count(*) FROM driver_marks").fetchone()[0] == 0
-        # what that backfill learns: a merged row whose current patch set is 2
-        s.record([], "backfill", changes=[ChangeFact(1, PROJECT, "master", "MERGED", T + 60, 2, 2, T + 60)])
-        assert reads.unknown_merges(s.conn) == []
-        assert s.conn.execute("SELECT release, result, change_number, patch_set, merged_at FROM driverlog_marks"
-                              ).fetchall() == [("Caracal", "failure", 1, 2, "2026-05-28 20:27:30")]
 
 
 # ------------------------------------------------------------------------ end to end: SSH, restart, backfill
@@ -400,8 +278,6 @@ def vote_event(driver: str, result: str, number: int, ps: int, branch: str, t: i
 
 
 def test_marks_over_ssh_through_a_restart_with_merges_learned_only_by_backfill(ssh_env: Any, tmp_path: Path) -> None:
-    from .gerrit import wait_until
-    from .test_stream import Harness
 
     t0 = int(time.time()) - 300
     fc, iscsi = "Acme Volume Driver (FC)", "Acme Volume Driver (iSCSI)"
@@ -445,11 +321,7 @@ def test_marks_over_ssh_through_a_restart_with_merges_learned_only_by_backfill(s
         return {(d, r, c, ps, res) for (d, r), (_, c, ps, res) in best.items()}
 
     def observed(db: Path) -> set[tuple[str, str, int, int, str]]:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-        try:
-            return set(conn.execute("SELECT driver, release, change_number, patch_set, result FROM driverlog_marks"))
-        finally:
-            conn.close()
+        return set(query(db, "SELECT driver, release, change_number, patch_set, result FROM driverlog_marks"))
 
     first = Harness(ssh_env, tmp_path)
     with first:
@@ -473,7 +345,5 @@ def test_marks_over_ssh_through_a_restart_with_merges_learned_only_by_backfill(s
         ssh_env.server.push_event(late)
         assert wait_until(lambda: observed(second.db) == expected(live + away + [late]))
         assert (fc, "Caracal", 506, 2, "failure") in observed(second.db)
-        conn = sqlite3.connect(f"file:{second.db}?mode=ro", uri=True)
-        states = dict(conn.execute("SELECT change_number, status FROM changes").fetchall())
-        conn.close()
+        states = dict(query(second.db, "SELECT change_number, status FROM changes"))
         assert states == {n: "MERGED" for n in range(501, 507)}

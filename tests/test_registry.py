@@ -12,7 +12,7 @@ import pytest
 from driverlog_daemon.cli import main
 from driverlog_daemon.registry import Registry, RegistryError, load_registry, parse_registry
 
-from .conftest import DATA, UPSTREAM
+from .helpers import DATA, UPSTREAM
 
 
 def ours() -> dict[str, Any]:

@@ -18,7 +18,7 @@ from driverlog_daemon.pipeline import Pipeline
 from driverlog_daemon.registry import load_registry
 from driverlog_daemon.store import Store
 
-from .conftest import DATA, comment_event, line, other_event
+from .helpers import DATA, comment_event, count, line, other_event, query
 
 CLI = [sys.executable, "-m", "driverlog_daemon"]
 
@@ -41,11 +41,7 @@ def run_replay(tmp_path: Path, source: str, stdin: bytes | None = None) -> subpr
 
 
 def rows(db: Path) -> list[tuple[object, ...]]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute("SELECT change_number, result, source FROM verifications ORDER BY change_number").fetchall()
-    finally:
-        conn.close()
+    return query(db, "SELECT change_number, result, source FROM verifications ORDER BY change_number")
 
 
 def test_replay_records_and_summarises(tmp_path: Path) -> None:
@@ -112,12 +108,8 @@ def test_interrupt_keeps_committed_batches_and_says_how_far(tmp_path: Path) -> N
 
 def _count(db: Path) -> int:
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-        try:
-            return int(conn.execute("SELECT count(*) FROM verifications").fetchone()[0])
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:
+        return count(db)
+    except sqlite3.OperationalError:  # not created yet
         return -1
 
 

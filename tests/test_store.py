@@ -9,42 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from driverlog_daemon.model import Verification
 from driverlog_daemon.registry import Registry, parse_registry
-from driverlog_daemon.schema import SCHEMA_VERSION, StoreError, connect, schema_version
+from driverlog_daemon.schema import connect
 from driverlog_daemon.store import Store
-from driverlog_daemon.writer import Retry, retrying
 
-from .conftest import DATA
-
-
-def verification(registry: Registry, *, ps: int = 1, t: int = 1_750_000_000, result: str = "success",
-                 release: str = "Gazpacho", sha: str = "a" * 64, driver: int = 0, number: int = 1000) -> Verification:
-    d = [d for d in registry.drivers if d.ci][driver]
-    assert d.ci is not None
-    return Verification(
-        driver_key=d.key, ci_account=d.ci.account, change_number=number, patch_set=ps, comment_sha256=sha,
-        comment_time=t, result=result,  # type: ignore[arg-type]
-        evidence=f"- job : {result.upper()}", project=d.review_project, branch="master", release=release,
-        change_status="NEW", review_url=f"https://review.example.org/{number}", change_id="I" + "0" * 40,
-    )
-
-
-@pytest.fixture
-def store(tmp_path: Path, registry: Registry) -> Store:
-    s = Store(tmp_path / "d.sqlite", clock=lambda: 1_800_000_000.0)
-    s.sync_drivers(registry)
-    return s
-
-
-def test_fresh_file_gets_current_schema_wal_and_pragmas(store: Store) -> None:
-    assert schema_version(store.conn) == SCHEMA_VERSION
-    assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert store.conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-    assert store.conn.execute("PRAGMA busy_timeout").fetchone()[0] > 0
-    tables = set(store.db.table_names())
-    assert {"drivers", "verifications", "driver_status", "stream_state"} <= tables
-    assert "driver_ci_status" in store.db.view_names()
+from .helpers import DATA, verification
 
 
 def test_a_bulk_import_checkpoints_less_often_and_then_as_before(store: Store) -> None:
@@ -58,24 +27,6 @@ def test_a_bulk_import_checkpoints_less_often_and_then_as_before(store: Store) -
     with pytest.raises(ZeroDivisionError), store.checkpoints_every(7):
         1 / 0  # noqa: B018
     assert setting() == before
-
-
-def test_reopening_does_not_migrate_again(tmp_path: Path, registry: Registry) -> None:
-    path = tmp_path / "d.sqlite"
-    with Store(path) as s:
-        s.sync_drivers(registry)
-        s.record([verification(registry)], "stream")
-    with Store(path) as s:
-        assert s.conn.execute("SELECT count(*) FROM verifications").fetchone()[0] == 1
-
-
-def test_file_from_a_newer_version_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "future.sqlite"
-    conn = sqlite3.connect(path)
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    conn.close()
-    with pytest.raises(StoreError, match=r"schema version 3 is newer than this driverlog-daemon supports \(2\)"):
-        Store(path)
 
 
 def test_same_comment_from_every_source_is_one_row(store: Store, registry: Registry) -> None:
@@ -175,21 +126,6 @@ def test_readonly_connection_cannot_write(store: Store) -> None:
     assert ro.execute("SELECT count(*) FROM drivers").fetchone()[0] == 14
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
         ro.execute("DELETE FROM drivers")
-
-
-def test_write_is_retried_while_another_process_holds_the_lock(store: Store, registry: Registry) -> None:
-    other = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
-    other.execute("BEGIN IMMEDIATE")
-    store.conn.execute("PRAGMA busy_timeout = 0")
-    import threading
-
-    failures: list[int] = []
-    release = threading.Timer(0.05, lambda: other.execute("COMMIT"))
-    release.start()
-    res = retrying(lambda: store.record([verification(registry)], "stream"), Retry(quiet=(0.01, 0.01, 0.01, 5.0)),
-                   failed=lambda error, n, delay: failures.append(n))
-    release.join()
-    assert res.inserted == 1 and len(failures) >= 1
 
 
 READER = textwrap.dedent("""

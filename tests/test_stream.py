@@ -2,85 +2,14 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from driverlog_daemon.config import Config, DatabaseConfig, RegistryConfig
-from driverlog_daemon.daemon import Service
 from driverlog_daemon.stream import Backoff
 
-from .conftest import DATA, comment_event, line, other_event
-from .gerrit import SSHEnv, wait_until
-
-
-def ci_event(number: int, t: int | None = None, result: str = "SUCCESS", **kw: Any) -> dict[str, Any]:
-    text = f"Patch Set 2: Verified+1\n\nBuild done.\n\n- acme-cinder-fc https://ci/{number} : {result} in 1h"
-    return comment_event(comment=text, number=number, patch_set=2, created_on=t or int(time.time()), **kw)
-
-
-class Harness:
-    def __init__(self, env: SSHEnv, tmp: Path, **gerrit: Any) -> None:
-        self.env = env
-        self.db = tmp / "d.sqlite"
-        cfg = Config(gerrit=env.config(**gerrit), registry=RegistryConfig(str(DATA)),
-                     database=DatabaseConfig(str(self.db)))
-        self.backoff = Backoff(base=0.01, cap=0.08, rng=lambda: 1.0)
-        self.service = Service(cfg, backoff=self.backoff, poll_interval=0.05, http=False)
-        self.service.backfiller.command_timeout = 5
-
-    def __enter__(self) -> Harness:
-        self.service.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.service.stop()
-
-    def rows(self) -> list[tuple[Any, ...]]:
-        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
-        try:
-            return conn.execute("SELECT change_number, result, source FROM verifications ORDER BY change_number"
-                                ).fetchall()
-        finally:
-            conn.close()
-
-    def numbers(self) -> list[int]:
-        return [r[0] for r in self.rows()]
-
-    def closed_gaps(self, reason: str) -> int:
-        return self._count("SELECT count(*) FROM gaps WHERE reason = ? AND closed_at IS NOT NULL", reason)
-
-    def open_gaps(self) -> int:
-        return self._count("SELECT count(*) FROM gaps WHERE closed_at IS NULL")
-
-    def _count(self, sql: str, *args: object) -> int:
-        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
-        try:
-            return int(conn.execute(sql, args).fetchone()[0])
-        finally:
-            conn.close()
-
-    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
-        value = self.service.metrics.registry.get_sample_value(name, labels or {})
-        return float(value or 0.0)
-
-    def connected(self) -> bool:
-        return self.service.listener is not None and self.service.listener.state == "connected"
-
-    def settled(self) -> bool:
-        """Connected, subscribed, and the backfill that follows every connection is done."""
-        return self.connected() and self.env.server.stream_count >= 1 and self.service.backfiller.idle()
-
-
-@pytest.fixture
-def harness(ssh_env: SSHEnv, tmp_path: Path) -> Iterator[Harness]:
-    with Harness(ssh_env, tmp_path) as h:
-        assert wait_until(h.settled)
-        yield h
+from .helpers import Harness, SSHEnv, ci_event, comment_event, line, other_event, wait_until
 
 
 def test_events_flow_into_the_database(harness: Harness) -> None:

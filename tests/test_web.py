@@ -3,102 +3,15 @@
 from __future__ import annotations
 
 import gzip
-import http.client
 import json
 import re
 import sqlite3
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from driverlog_daemon.config import HttpConfig
-from driverlog_daemon.metrics import Metrics
-from driverlog_daemon.model import ChangeFact, Verification
-from driverlog_daemon.registry import Registry
-from driverlog_daemon import reads
-from driverlog_daemon.store import Store
-from driverlog_daemon.web import App, Live, WebServer
+from driverlog_daemon.web import App
 
-NOW = int(time.time())
-XSS_SCRIPT = "- acme-cinder-fc <script>alert(1)</script> : SUCCESS"
-XSS_ATTR = '- acme-cinder-iscsi "><img src=x onerror=alert(1)> : FAILURE'
-EVIL_URL = "javascript:alert(1)"
-EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+")
-
-
-def driver(registry: Registry, name: str) -> Any:
-    return next(d for d in registry.drivers if d.name == name)
-
-
-def vote(registry: Registry, name: str, number: int, ps: int, t: int, result: str, release: str,
-         evidence: str | None = None, url: str | None = None, sha: str = "a") -> Verification:
-    d = driver(registry, name)
-    return Verification(driver_key=d.key, ci_account=d.ci.account, change_number=number, patch_set=ps,
-                        comment_sha256=sha * 64, comment_time=t, result=result,  # type: ignore[arg-type]
-                        evidence=evidence or f"- job https://ci/{number} : {result.upper()}",
-                        project=d.review_project, branch="master", release=release, change_status="NEW",
-                        review_url=url or f"https://review.example.org/c/{d.review_project}/+/{number}",
-                        change_id=None)
-
-
-def merged(number: int, ps: int, t: int, project: str = "openstack/cinder") -> ChangeFact:
-    return ChangeFact(number, project, "master", "MERGED", t, ps, ps, t)
-
-
-@dataclass
-class Site:
-    web: WebServer
-    db: Path
-    store: Store
-    registry: Registry
-    health: dict[str, Any]
-
-    def get(self, path: str, method: str = "GET", headers: dict[str, str] | None = None
-            ) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.web.port, timeout=10)
-        try:
-            conn.request(method, path, headers=headers or {})
-            r = conn.getresponse()
-            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-        finally:
-            conn.close()
-
-    def json(self, path: str) -> Any:
-        status, _, body = self.get(path)
-        assert status == 200, (path, body)
-        return json.loads(body)
-
-    def driver_id(self, name: str) -> int:
-        return int(self.store.conn.execute("SELECT id FROM drivers WHERE name = ?", (name,)).fetchone()[0])
-
-
-@pytest.fixture
-def site(tmp_path: Path, registry: Registry) -> Iterator[Site]:
-    db = tmp_path / "driverlog.sqlite"
-    store = Store(db)
-    store.sync_drivers(registry)
-    fc, iscsi, nova = "Acme Volume Driver (FC)", "Acme Volume Driver (iSCSI)", "Hooli Hypervisor Driver"
-    store.record([
-        vote(registry, fc, 100, 2, NOW - 3600, "success", "Gazpacho", evidence=XSS_SCRIPT, url=EVIL_URL),
-        vote(registry, iscsi, 100, 2, NOW - 3600, "failure", "Gazpacho", evidence=XSS_ATTR),
-        vote(registry, fc, 101, 1, NOW - 60, "failure", "Gazpacho"),  # latest activity, not merged: no mark
-        vote(registry, nova, 300, 1, NOW - 30 * 86400, "success", "Flamingo"),  # stale
-    ], "stream", changes=[merged(100, 2, NOW - 1800), merged(300, 1, NOW - 30 * 86400, "openstack/nova")])
-    health: dict[str, Any] = {"ok": True}
-    metrics = Metrics()
-    metrics.watch_releases(lambda: reads.release_times(store.conn))
-    app = App(db, lambda: registry, metrics, lambda: (health["ok"], {"events": 3}),
-              live=lambda: Live("connected", int(time.time()) - 5, None), stale_after_days=7)
-    web = WebServer(app, HttpConfig().listen, 0)
-    web.start()
-    yield Site(web, db, store, registry, health)
-    web.stop()
-    store.close()
-
+from .helpers import EMAIL, EVIL_URL, NOW, XSS_SCRIPT, Site, driver, merged, vote
 
 # ------------------------------------------------------------------------------------------------- serving
 

@@ -6,25 +6,11 @@ import sqlite3
 from pathlib import Path
 
 from driverlog_daemon.pipeline import Pipeline
-from driverlog_daemon.writer import Retry, Writer
 from driverlog_daemon.registry import Registry
 from driverlog_daemon.store import Store
+from driverlog_daemon.writer import Retry, Writer, retrying
 
-from .conftest import comment_event, line
-from .gerrit import wait_until
-
-
-def ci_line(number: int) -> bytes:
-    text = f"Patch Set 1:\n\n- acme-cinder-fc https://ci/{number} : SUCCESS in 1h"
-    return line(comment_event(comment=text, number=number, patch_set=1, created_on=1_750_000_000 + number))
-
-
-def count(path: Path) -> int:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return int(conn.execute("SELECT count(*) FROM verifications").fetchone()[0])
-    finally:
-        conn.close()
+from .helpers import ci_line, count, verification, wait_until
 
 
 def test_group_commit_and_cursor(tmp_path: Path, registry: Registry) -> None:
@@ -64,3 +50,44 @@ def test_failing_write_is_retried_not_dropped(tmp_path: Path, registry: Registry
     assert wait_until(lambda: not writer.failing)
     assert writer.stop()
     assert count(path) == 2
+
+
+def test_write_is_retried_while_another_process_holds_the_lock(store: Store, registry: Registry) -> None:
+    other = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    store.conn.execute("PRAGMA busy_timeout = 0")
+    import threading
+
+    failures: list[int] = []
+    release = threading.Timer(0.05, lambda: other.execute("COMMIT"))
+    release.start()
+    res = retrying(lambda: store.record([verification(registry)], "stream"), Retry(quiet=(0.01, 0.01, 0.01, 5.0)),
+                   failed=lambda error, n, delay: failures.append(n))
+    release.join()
+    assert res.inserted == 1 and len(failures) >= 1
+
+
+def test_storage_faults_are_retried_until_they_clear(tmp_path: Path, registry: Registry) -> None:
+    """A full database (max_page_count) and a read-only one (query_only): writes fail, the batch is kept and
+    retried, the writer reports failing (so /healthz says 503 with the reason), and everything lands after."""
+    path = tmp_path / "d.sqlite"
+    store = Store(path)
+    pipeline = Pipeline(registry, store)
+    writer = Writer(pipeline, flush_seconds=0.01, retry=Retry(quiet=(0.01,)))
+    writer.start()
+    sample = pipeline.metrics.registry.get_sample_value
+    pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
+    store.conn.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full
+    writer.put_block(b"".join(ci_line(n) for n in range(1, 200)))
+    assert wait_until(lambda: (sample("driverlog_db_write_errors_total") or 0) >= 2)
+    assert writer.failing and count(path) == 0
+    store.conn.execute("PRAGMA max_page_count = 1073741823")  # space again
+    assert wait_until(lambda: not writer.failing and count(path) == 199)
+    store.conn.execute("PRAGMA query_only = ON")  # read-only (a file mode does not stop root; this does)
+    errors = sample("driverlog_db_write_errors_total") or 0
+    writer.put_block(ci_line(500))
+    assert wait_until(lambda: (sample("driverlog_db_write_errors_total") or 0) > errors + 1)
+    assert writer.failing
+    store.conn.execute("PRAGMA query_only = OFF")
+    assert wait_until(lambda: not writer.failing and count(path) == 200)
+    assert writer.stop()

@@ -1,0 +1,65 @@
+"""Backfill: gerrit query texts, paging, and rows moved while paging read again, against the test server."""
+
+from __future__ import annotations
+
+import time
+
+from driverlog_daemon import ssh
+from driverlog_daemon.backfill import command, fetch, query_text
+
+from .helpers import SSHEnv, ci_event, seed_changes
+
+
+def test_backfill_fetch_pages_over_several_pages(ssh_env: SSHEnv) -> None:
+    now = int(time.time())
+    seed_changes(ssh_env.server, now)
+    client = ssh.connect(ssh_env.config())
+    try:
+        def execute(cmd: str) -> bytes:
+            out = ssh.run(client, cmd, 5)
+            assert out.status == 0
+            return out.stdout
+
+        report = fetch(execute, ["acme-storage-ci", "initech-ci", "unused-ci"], now - 3600, accounts_per_query=2,
+                       page_size=2)
+        assert report.queries == 2 and report.pages >= 4
+        assert sorted(c.change.number for c in report.comments) == list(range(5000, 5007))
+        c = next(c for c in report.comments if c.change.number == 5000)
+        assert (c.patch_set, c.author.username, c.change.project) == (3, "acme-storage-ci", "openstack/cinder")
+        assert c.created_on == now - 100 + 1  # the message's own timestamp (a second after the event)
+        assert all(x.comment.startswith("Patch Set 3:") for x in report.comments)
+    finally:
+        client.close()
+
+
+def test_query_text_quotes_time_for_gerrit() -> None:
+    assert query_text(["a", "b"], 0, 50) == '(commentby:a OR commentby:b) after:"1970-01-01 00:00:00 +0000" limit:50'
+    assert command("x", 4).endswith("--start 4 'x'")
+
+
+def test_backfill_reads_again_the_rows_updated_while_it_pages(ssh_env: SSHEnv) -> None:
+    """Gerrit pages by offset over rows newest-updated first: a change updated between two pages jumps to the
+    front, past the pages read. Its older CI result must still be found."""
+    from driverlog_daemon import backfill, ssh
+
+    server = ssh_env.server
+    t0 = 1_780_000_000
+    for i in range(450):  # change 20000 is the least recently updated: the last page
+        server.record_only(ci_event(20000 + i, t0 + i))
+    client = ssh.connect(ssh_env.config())
+    calls: list[str] = []
+
+    def execute(command: str) -> bytes:
+        out = ssh.run(client, command, 10)
+        calls.append(command)
+        if len(calls) == 1:  # between the first and second page, change 20000 gets a new patch set
+            server.record_only({"type": "patchset-created", "eventCreatedOn": t0 + 1000, "patchSet": {"number": 3},
+                                "change": {"project": "openstack/cinder", "branch": "master", "number": 20000,
+                                           "status": "NEW"}, "uploader": {"username": "jdev"}})
+        return out.stdout
+
+    try:
+        report = backfill.fetch(execute, ["acme-storage-ci"], t0 - 10, page_size=200)
+    finally:
+        client.close()
+    assert {c.change.number for c in report.comments} == set(range(20000, 20450))
