@@ -104,7 +104,7 @@ COMMANDS = ("validate", "replay", "run", "check-config", "demo")
 
 class _Formatter(argparse.HelpFormatter):
     """argparse's own, told the terminal's width: left to itself it imports shutil (and bz2, lzma) for it at every
-    add_argument, ~5 ms of a short command."""
+    add_argument, which a short command should not pay for."""
 
     def __init__(self, prog: str) -> None:
         try:

@@ -1,10 +1,9 @@
 """The few fields of an event the scanner's fast path reads, as msgspec types (imported on first use).
 
-msgspec decodes just the fields named here and skips the rest of a line in C: a change-state event's
-fields take 3.1 µs where ``json.loads`` of the whole 1.4 KB line takes 22 µs (``bench/ingest.py``'s stream).
-A CI's ``comment-added`` is read the same way (the fields of a ``CommentAdded``): 12.3 µs a 3.2 KB line where
-decoding it whole with msgspec takes 15.2 µs and ``json.loads`` 25.9 µs (most of it is reading the comment
-itself). Lines of another shape are decoded whole by msgspec, and what it refuses by ``json.loads``.
+msgspec decodes just the fields named here and skips the rest of a line in C, which is what makes the
+change-state events (a quarter of a busy stream) cheap to read (docs/performance.md has the figures). A CI's
+``comment-added`` is read the same way (the fields of a ``CommentAdded``). Lines of another shape are decoded
+whole by msgspec, and what it refuses by ``json.loads``, so every line gets the same answer either way.
 No ``from __future__ import annotations`` here: msgspec reads the annotations at class creation.
 """
 

@@ -3,7 +3,7 @@
 An explicit processor chain, configured once per process by :func:`configure`. Every line carries an event
 name plus its context (ci_account, change, patch_set, driver, …); comments are never logged whole at INFO.
 
-A short command need not pay for structlog (its import is ~0.1 s): :func:`configure_on_first_use` keeps the
+A short command need not pay for importing structlog: :func:`configure_on_first_use` keeps the
 settings, and the loggers of :func:`get_logger` import and configure structlog when they first log.
 """
 

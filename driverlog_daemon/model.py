@@ -2,7 +2,7 @@
 
 Plain named tuples, immutable, no behaviour beyond a few derived properties, so that every stage can be
 tested alone on plain data. (Named tuples rather than dataclasses: they pickle small between replay's processes,
-and creating ~30 dataclasses at import costs a short command 0.05 s.)
+and creating dataclasses at import is a cost every short command would pay.)
 """
 
 from __future__ import annotations

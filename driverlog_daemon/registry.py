@@ -70,7 +70,7 @@ def _compiled(pattern: str) -> re.Pattern[str]:
 class CIBinding(NamedTuple):
     """A driver's ``ci`` block: the Gerrit username that reports for it and its two patterns.
 
-    The patterns are compiled when first used: a start-up compiles none (147 bindings: 0.1 s).
+    The patterns are compiled when first used: a start-up that matches nothing compiles none.
     """
 
     account: str
@@ -255,7 +255,7 @@ def format_path(parts: Iterator[str | int] | list[str | int] | tuple[str | int, 
 
 @cache
 def _validator() -> Any:
-    import jsonschema  # only when a registry is validated: ~0.14 s of imports a short command need not pay
+    import jsonschema  # only when a registry is validated: a short command need not pay for its imports
 
     schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
     cls = jsonschema.validators.validator_for(schema)

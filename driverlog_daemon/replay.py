@@ -25,13 +25,13 @@ from driverlog_daemon.writer import DEFAULT_RETRY, retrying
 
 BLOCK_BYTES = 1 << 20
 BATCH_ROWS = 2000
-MAX_CHANGE_ROWS = 20_000  # changes whose facts replay merges before writing them (~4 MB)
+MAX_CHANGE_ROWS = 20_000  # changes whose facts replay merges before writing them (bounds the memory)
 PARALLEL_SPAN_BYTES = 4 << 20
 PARALLEL_MIN_BYTES = 16 << 20  # below this, starting workers costs more than it saves
 # The commit thread (SQLite) is replay's critical path once the database is large: the workers scan at a lower
 # priority so that it gets a core whenever it can run.
 WORKER_NICE = 10
-CHECKPOINT_PAGES = 10_000  # WAL pages (40 MB) between checkpoints during a replay (Store.checkpoints_every)
+CHECKPOINT_PAGES = 10_000  # WAL pages between checkpoints during a replay (Store.checkpoints_every)
 
 
 class ReplayReport(NamedTuple):
