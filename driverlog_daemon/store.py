@@ -66,12 +66,13 @@ def _values_sql(head: str, tail: str, width: int, size: int) -> str:
 
 
 #: A verification row's natural key in its unique index's order: driver, change, patch set, CI account, comment.
-_NATURAL_KEY_ORDER = operator.itemgetter(0, 2, 3, 1, 4)
+# A verification row is its Verification with the driver's id for its key, then when and how it arrived: the
+# columns are named from the model's fields, so the two cannot drift apart.
+_VERIFICATION_COLUMNS = ("driver_id", *Verification._fields[1:], "received_at", "source")
+_NATURAL_KEY_ORDER = operator.itemgetter(*(_VERIFICATION_COLUMNS.index(c) for c in (
+    "driver_id", "change_number", "patch_set", "ci_account", "comment_sha256")))
 
-_INSERT_VERIFICATIONS = """
-    INSERT OR IGNORE INTO verifications
-        (driver_id, ci_account, change_number, patch_set, comment_sha256, comment_time, result, evidence, project,
-         branch, release, change_status, review_url, change_id, received_at, source)"""
+_INSERT_VERIFICATIONS = f"INSERT OR IGNORE INTO verifications ({', '.join(_VERIFICATION_COLUMNS)})"
 
 
 # Facts merge order-independently: a merge is final (MERGED wins, and the merged patch set is set once, as in
@@ -233,7 +234,7 @@ class Store:
             for sql, values in _values_statements(_UPSERT_CHANGES, _UPSERT_CHANGES_TAIL, 9, change_rows):
                 self.conn.execute(sql, values)
             for result, rows in by_result.items():
-                for sql, values in _values_statements(_INSERT_VERIFICATIONS, "", 16, rows):
+                for sql, values in _values_statements(_INSERT_VERIFICATIONS, "", len(_VERIFICATION_COLUMNS), rows):
                     inserted[result] += max(self.conn.execute(sql, values).rowcount, 0)
             if cursor is not None:
                 self._advance_cursor(*cursor)
