@@ -13,6 +13,7 @@ set is not known yet (a file upgraded from schema version 1, a merge seen only i
 
 from __future__ import annotations
 
+import collections
 import json
 import threading
 import time
@@ -29,7 +30,7 @@ from driverlog_daemon import ssh
 from driverlog_daemon.config import GerritConfig
 from driverlog_daemon.match import message_patch_set
 from driverlog_daemon.metrics import Metrics
-from driverlog_daemon.model import Account, Change, ChangeFact, CommentAdded
+from driverlog_daemon.model import Account, BackfillRun, Change, ChangeFact, CommentAdded
 from driverlog_daemon.reads import Gap
 from driverlog_daemon.store import BatchResult
 from driverlog_daemon.writer import Writer
@@ -41,7 +42,7 @@ PROJECTS_PER_QUERY = 10
 CHANGES_PER_QUERY = 50
 PAGE_SIZE = 200
 MAX_PAGES = 1000  # a safety stop against a server that always says moreChanges
-MAX_REPASSES = 20  # re-reads of the rows updated during a pass (a busy server keeps moving them)
+MAX_REPASSES = 20  # a safety stop (per backfill): each re-pass reads only the rows moved during the one before
 
 
 class BackfillError(Exception):
@@ -143,7 +144,8 @@ def comments_from_row(row: dict[str, Any], accounts: frozenset[str], since: int)
 class BackfillReport:
     since: int
     queries: int = 0
-    pages: int = 0
+    pages: int = 0  # SSH commands run: one a page
+    repasses: int = 0
     changes: int = 0  # change rows read
     comments: list[CommentAdded] = field(default_factory=list)
     facts: list[ChangeFact] = field(default_factory=list)  # the state of every change row read
@@ -167,21 +169,24 @@ def fetch(execute: Exec, accounts: Iterable[str], since: int, *, projects: Itera
     for query in queries:
         report.queries += 1
         # Rows come newest-updated first and page by offset, so a change updated while we page moves to the
-        # front, past pages already read: read again from the first page every row updated since the pass
-        # began (lastUpdated at least the newest seen then), until a pass finds nothing newer.
-        newest = _pass(execute, query, wanted, since, report, seen, stop_below=None)
-        for _ in range(MAX_REPASSES):
-            again = _pass(execute, query, wanted, since, report, seen, stop_below=newest)
-            if again is None or newest is None or again <= newest:
-                break
-            newest = again
+        # front, past pages already read, and its earlier messages would be skipped. Every row that moves was
+        # updated after the pass's first page was answered, so a re-pass reads again from the front every row
+        # updated since then (lastUpdated at least the newest on that first page). A pass answered within its first
+        # page is one consistent answer: nothing can have moved past it, and the query is done. A re-pass that
+        # needs more pages (many rows moved) is itself re-read the same way.
+        newest, one_page = _pass(execute, query, wanted, since, report, seen, stop_below=None)
+        while not one_page and newest is not None:
+            if report.repasses >= MAX_REPASSES:  # the gap stays open and is retried: never closed unproven
+                raise BackfillError(f"rows kept moving after {MAX_REPASSES} re-reads of {query!r}")
+            report.repasses += 1
+            newest, one_page = _pass(execute, query, wanted, since, report, seen, stop_below=newest)
     return report
 
 
 def _pass(execute: Exec, query: str, wanted: frozenset[str], since: int, report: BackfillReport,
-          seen: set[tuple[int, int, str, int]], stop_below: int | None) -> int | None:
-    """Page through ``query`` (stopping at the first row updated before ``stop_below``); the newest lastUpdated
-    on its first page."""
+          seen: set[tuple[int, int, str, int]], stop_below: int | None) -> tuple[int | None, bool]:
+    """Page through ``query`` (stopping at the first row updated before ``stop_below``). Returns the newest
+    lastUpdated on its first page, and whether the pass was answered within that first page."""
     start = 0
     newest: int | None = None
     for page_number in range(MAX_PAGES):
@@ -193,7 +198,7 @@ def _pass(execute: Exec, query: str, wanted: frozenset[str], since: int, report:
             if page_number == 0 and updated is not None and (newest is None or updated > newest):
                 newest = updated
             if stop_below is not None and updated is not None and updated < stop_below:
-                return newest
+                return newest, page_number == 0
             fact = fact_from_row(row)
             if fact is not None:
                 report.facts.append(fact)
@@ -203,9 +208,46 @@ def _pass(execute: Exec, query: str, wanted: frozenset[str], since: int, report:
                     seen.add(key)
                     report.comments.append(c)
         if not more or not rows:
-            break
+            return newest, page_number == 0
         start += len(rows)
-    return newest
+    return newest, False
+
+
+class QueryBudget:
+    """At most ``per_minute`` queries in any 60 seconds (0: no ceiling): a query over the budget waits for its
+    turn — a backfill is delayed, never cut short. Shared by every backfill of the daemon."""
+
+    def __init__(self, per_minute: int, *, clock: Callable[[], float] = time.monotonic,
+                 wait: Callable[[float], object] | None = None) -> None:
+        self.per_minute = per_minute
+        self.clock = clock
+        self._stopping = threading.Event()
+        self.wait = wait or self._stopping.wait
+        self._sent: collections.deque[float] = collections.deque()
+        self.waited = 0.0  # seconds, in all
+
+    def stop(self) -> None:
+        """End any wait at once (the daemon stops): the query raises instead."""
+        self._stopping.set()
+
+    def take(self) -> float:
+        """Wait until a query may go; the seconds waited."""
+        if self.per_minute <= 0:
+            return 0.0
+        waited = 0.0
+        while True:
+            now = self.clock()
+            while self._sent and self._sent[0] <= now - 60:
+                self._sent.popleft()
+            if len(self._sent) < self.per_minute:
+                self._sent.append(now)
+                self.waited += waited
+                return waited
+            if self._stopping.is_set():
+                raise BackfillError("stopping: the query budget was waiting")
+            delay = self._sent[0] + 60 - now
+            self.wait(delay)
+            waited += delay
 
 
 def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
@@ -253,7 +295,7 @@ class Backfiller:
                  gaps: Callable[[], list[Gap]] = list, client: Callable[[], paramiko.SSHClient | None] = lambda: None,
                  clock: Callable[[], float] = time.time, command_timeout: float = 120.0,
                  accounts_per_query: int = ACCOUNTS_PER_QUERY, page_size: int = PAGE_SIZE,
-                 retry_base: float = 1.0, retry_cap: float = 60.0) -> None:
+                 retry_base: float = 1.0, retry_cap: float = 60.0, budget: QueryBudget | None = None) -> None:
         self.gerrit = gerrit
         self.accounts = accounts
         self.writer = writer
@@ -268,6 +310,7 @@ class Backfiller:
         self.accounts_per_query = accounts_per_query
         self.page_size = page_size
         self.retry_base, self.retry_cap = retry_base, retry_cap
+        self.budget = budget or QueryBudget(gerrit.max_queries_per_minute)
         self._retry_delay = retry_base
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -283,6 +326,7 @@ class Backfiller:
         self._thread.start()
 
     def stop(self) -> None:
+        self.budget.stop()
         with self._wake:
             self._stopped = True
             self._wake.notify_all()
@@ -345,9 +389,18 @@ class Backfiller:
             self.metrics.backfill_gap_exceeded.inc()
             log.warning("backfill_gap_exceeds_max_age", trigger=trigger,
                         max_age_hours=self.gerrit.backfill_max_age_hours, since=gerrit_time(w.since))
-        started = time.monotonic()
+        started, started_at = time.monotonic(), self.clock()
+        throttled = 0.0
 
         def execute(cmd: str) -> bytes:
+            nonlocal throttled
+            waited = self.budget.take()
+            if waited:
+                throttled += waited
+                self.metrics.backfill_throttled.inc(waited)
+                log.info("backfill_throttled", trigger=trigger, waited_seconds=round(waited, 3),
+                         max_queries_per_minute=self.budget.per_minute)
+            self.metrics.gerrit_commands.labels("query").inc()
             out = ssh.run(client, cmd, self.command_timeout)
             if out.status != 0:
                 raise ssh.CommandError(cmd, out.status, out.stderr)
@@ -357,8 +410,10 @@ class Backfiller:
             report = fetch(execute, list(self.accounts()), w.since, projects=list(self.projects()),
                            changes=list(self.unknown_merges()), accounts_per_query=self.accounts_per_query,
                            page_size=self.page_size)
-            result = self.writer.put_backfill(report.comments, report.facts, close_gaps_up_to=up_to).result(
-                timeout=self.command_timeout)
+            run = BackfillRun(trigger, w.since, started_at, report.queries, report.pages, report.repasses,
+                              report.changes, len(report.comments), throttled)
+            result = self.writer.put_backfill(report.comments, report.facts, close_gaps_up_to=up_to,
+                                              run=run).result(timeout=self.command_timeout)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             self.metrics.backfill_failures.inc()
@@ -370,7 +425,8 @@ class Backfiller:
         self.metrics.backfill_messages.inc(len(report.comments))
         self.last_report = report
         log.info("backfill_done", trigger=trigger, since=gerrit_time(w.since), queries=report.queries,
-                 pages=report.pages, changes=report.changes, ci_messages=len(report.comments),
+                 commands=report.pages, pages=report.pages, repasses=report.repasses, changes=report.changes,
+                 throttled_seconds=round(throttled, 3), ci_messages=len(report.comments),
                  recorded=result.inserted, already_present=result.already_present,
                  gaps_closed=len(result.closed_gaps), seconds=round(time.monotonic() - started, 3))
         return result

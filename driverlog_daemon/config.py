@@ -37,6 +37,7 @@ class GerritConfig(NamedTuple):
     backfill_overlap_minutes: float = 10.0
     reconnect_max_delay_seconds: float = 60.0
     max_event_bytes: int = 16 * 1024 * 1024
+    max_queries_per_minute: int = 120
     subscribe: tuple[str, ...] = ("comment-added", "patchset-created", "change-merged", "change-abandoned",
                                   "change-restored")
 

@@ -65,6 +65,13 @@ class Metrics:
                                registry=r)
         self.connect_attempts = Counter("driverlog_gerrit_connect_attempts", "SSH connection attempts.",
                                         registry=r)
+        self.gerrit_commands = Counter("driverlog_gerrit_commands",
+                                       "SSH commands run on Gerrit, by command (stream, query, version).",
+                                       ["command"], registry=r)
+        for command in ("stream", "query", "version"):
+            self.gerrit_commands.labels(command)
+        self.backfill_throttled = Counter("driverlog_backfill_throttled_seconds",
+                                          "Seconds backfills waited for max_queries_per_minute.", registry=r)
         self.reconnects = Counter("driverlog_gerrit_reconnects",
                                   "Reconnections of the event stream, by reason.", ["reason"], registry=r)
         self.stalls = Counter("driverlog_gerrit_stalls", "Stall timeouts (no bytes for stall_timeout_seconds).",

@@ -69,6 +69,20 @@ class Verification(NamedTuple):
     change_id: str | None
 
 
+class BackfillRun(NamedTuple):
+    """What one backfill asked of Gerrit (recorded with the gaps it closes: the ingestion ledger)."""
+
+    trigger: str  # start, reconnect, dropped-output, stall, resumed, retry
+    since: int  # Gerrit's time its window started at (the overlap included)
+    started_at: float  # the daemon's time
+    queries: int
+    commands: int  # SSH commands run: one a page
+    repasses: int  # re-reads of rows that moved while it paged
+    changes_read: int  # change rows read
+    ci_messages: int  # CI review messages in its window
+    throttled_seconds: float  # waited for [gerrit] max_queries_per_minute
+
+
 #: The event types that carry a change's state (all subscribed by default).
 CHANGE_STATE_EVENTS = frozenset({"patchset-created", "change-merged", "change-abandoned", "change-restored"})
 

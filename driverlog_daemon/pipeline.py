@@ -19,7 +19,7 @@ from driverlog_daemon import reads
 from driverlog_daemon.changes import ChangeRows
 from driverlog_daemon.logs import get_logger
 from driverlog_daemon.match import examine, examine_messages, new_scanner
-from driverlog_daemon.model import ChangeFact, CommentAdded, Source, Verification
+from driverlog_daemon.model import BackfillRun, ChangeFact, CommentAdded, Source, Verification
 from driverlog_daemon.registry import Registry
 from driverlog_daemon.scanner import Findings, Scanner
 from driverlog_daemon.store import BatchResult, Store
@@ -173,15 +173,19 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------------ commit
 
-    def commit(self, pending: Pending, source: Source, close_gaps_up_to: int | None = None) -> BatchResult:
+    def commit(self, pending: Pending, source: Source, close_gaps_up_to: int | None = None,
+               backfill: BackfillRun | None = None) -> BatchResult:
         """Write a batch in one transaction, with the cursor when this pipeline has a server; a backfill batch
-        closes the gaps it covered (ids up to ``close_gaps_up_to``) in the same transaction."""
+        closes the gaps it covered (ids up to ``close_gaps_up_to``) and records what it asked of Gerrit
+        (``backfill``) in the same transaction."""
         cursor = close = None
         if self.server is not None and pending.newest_event_time is not None and source == "stream":
             cursor = (self.server, pending.newest_event_time)
         if self.server is not None and close_gaps_up_to is not None:
             close = (self.server, close_gaps_up_to, self.stream_newest)
-        result = self.store.record(pending.verifications, source, cursor, changes=pending.changes, close=close)
+        ran = (self.server, backfill) if self.server is not None and backfill is not None else None
+        result = self.store.record(pending.verifications, source, cursor, changes=pending.changes, close=close,
+                                   backfill=ran)
         if cursor is not None and (self.stream_newest is None or cursor[1] > self.stream_newest):
             self.stream_newest = cursor[1]
         for gap_id, reason, opened_at in result.closed_gaps:

@@ -54,6 +54,37 @@ def unknown_merges(conn: sqlite3.Connection, limit: int = 500) -> list[int]:
         "ORDER BY change_number DESC LIMIT ?", (limit,))]
 
 
+_BACKFILL_FIELDS = ("id", "trigger", "since", "started_at", "finished_at", "queries", "commands", "repasses",
+                    "changes_read", "ci_messages", "recovered", "already_present", "throttled_seconds")
+
+
+def ingestion(conn: sqlite3.Connection, *, limit: int = 50) -> dict[str, Any]:
+    """The ingestion ledger: the newest gaps first (why, from when in Gerrit's time, how long open, how many
+    attempts, and what the backfill that closed it asked of Gerrit and recovered), and totals over the file."""
+    b = ", ".join(f"b.{f}" for f in _BACKFILL_FIELDS)
+    gaps = []
+    for row in conn.execute(
+            f"""SELECT g.id, g.server, g.reason, g.since, g.opened_at, g.closed_at, g.attempts, g.last_error, {b}
+                FROM gaps g LEFT JOIN backfills b ON b.id = g.closed_by
+                ORDER BY g.opened_at DESC, g.id DESC LIMIT ?""", (limit,)):
+        gid, server, reason, since, opened_at, closed_at, attempts, last_error, *run = row
+        gaps.append({
+            "id": gid, "server": server, "reason": reason, "since": since, "opened_at": opened_at,
+            "closed_at": closed_at, "open_seconds": None if closed_at is None else round(closed_at - opened_at, 3),
+            "attempts": attempts, "last_error": last_error,
+            "backfill": None if run[0] is None else dict(zip(_BACKFILL_FIELDS, run, strict=True)),
+        })
+    opened, still_open = conn.execute(
+        "SELECT count(*), count(*) - count(closed_at) FROM gaps").fetchone()
+    runs, commands, repasses, recovered, throttled, first = conn.execute(
+        """SELECT count(*), coalesce(sum(commands), 0), coalesce(sum(repasses), 0), coalesce(sum(recovered), 0),
+                  coalesce(sum(throttled_seconds), 0), min(started_at) FROM backfills""").fetchone()
+    totals = {"gaps": opened, "open_gaps": still_open, "backfills": runs, "commands": commands, "pages": commands,
+              "repasses": repasses, "recovered": recovered, "throttled_seconds": round(throttled, 3),
+              "since": first}
+    return {"gaps": gaps, "totals": totals}
+
+
 # ------------------------------------------------------------------------------------------- summaries
 
 

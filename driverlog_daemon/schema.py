@@ -261,9 +261,31 @@ FROM newest n JOIN seen s ON s.change_number = n.change_number WHERE true;
 """
 
 
+# The ingestion ledger: what each backfill cost Gerrit and recovered, and which backfill closed each gap.
+_SCHEMA_V3 = """
+CREATE TABLE backfills (
+    id                 INTEGER PRIMARY KEY,
+    server             TEXT NOT NULL,
+    trigger            TEXT NOT NULL,
+    since              INTEGER NOT NULL,
+    started_at         REAL NOT NULL,
+    finished_at        REAL NOT NULL,
+    queries            INTEGER NOT NULL,
+    commands           INTEGER NOT NULL,
+    repasses           INTEGER NOT NULL,
+    changes_read       INTEGER NOT NULL,
+    ci_messages        INTEGER NOT NULL,
+    recovered          INTEGER NOT NULL,
+    already_present    INTEGER NOT NULL,
+    throttled_seconds  REAL NOT NULL DEFAULT 0
+);
+ALTER TABLE gaps ADD COLUMN closed_by INTEGER REFERENCES backfills (id);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _SCHEMA_V1),
     Migration(2, "cursor_gaps_changes_marks", _SCHEMA_V2),
+    Migration(3, "backfill_ledger", _SCHEMA_V3),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

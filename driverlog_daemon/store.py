@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 from driverlog_daemon import reads
 from driverlog_daemon.changes import ChangeRows
-from driverlog_daemon.model import ChangeFact, Source, Verification
+from driverlog_daemon.model import BackfillRun, ChangeFact, Source, Verification
 from driverlog_daemon.registry import Registry
 from driverlog_daemon.schema import Transaction, connect, migrate
 
@@ -206,7 +206,8 @@ class Store:
 
     def record(self, verifications: Iterable[Verification], source: Source,
                cursor: tuple[str, int] | None = None, changes: Iterable[ChangeFact] | ChangeRows = (),
-               close: tuple[str, int, int | None] | None = None) -> BatchResult:
+               close: tuple[str, int, int | None] | None = None,
+               backfill: tuple[str, BackfillRun] | None = None) -> BatchResult:
         """Insert a batch in one transaction and advance the cursor; raises when the write fails (nothing of the
         batch is then written, and it may be given again).
 
@@ -214,6 +215,9 @@ class Store:
         open gaps up to that id; they close in the same transaction as its results.
 
         ``changes`` are merged into the change state in the same transaction; the marks follow by trigger.
+
+        ``backfill`` = (server, what it asked of Gerrit): recorded in ``backfills`` with what it recovered (the
+        results only it delivered), and named by the gaps it closes.
         """
         received_at = self._clock()
         merged = (changes if isinstance(changes, ChangeRows) else ChangeRows(changes)).rows
@@ -238,7 +242,11 @@ class Store:
                     inserted[result] += max(self.conn.execute(sql, values).rowcount, 0)
             if cursor is not None:
                 self._advance_cursor(*cursor)
-            closed = self.close_gaps(*close) if close is not None else []
+            run_id = None
+            if backfill is not None:
+                recovered = inserted["success"] + inserted["failure"]
+                run_id = self._record_backfill(*backfill, recovered, total - recovered)
+            closed = self.close_gaps(*close, closed_by=run_id) if close is not None else []
         return BatchResult(inserted["success"], inserted["failure"],
                            total - inserted["success"] - inserted["failure"], tuple(closed))
 
@@ -272,15 +280,26 @@ class Store:
             gap_id = int(cur.lastrowid or 0)
         return gap_id
 
-    def close_gaps(self, server: str, up_to_id: int, stream_newest: int | None) -> list[tuple[int, str, float]]:
-        """In the current transaction: close the open gaps with id <= ``up_to_id`` (a backfill covered them) and
-        prove what the stream has committed since. Returns (id, reason, opened_at) of each gap closed."""
+    def _record_backfill(self, server: str, run: BackfillRun, recovered: int, already_present: int) -> int:
+        cur = self.conn.execute(
+            """INSERT INTO backfills (server, trigger, since, started_at, finished_at, queries, commands, repasses,
+                                      changes_read, ci_messages, recovered, already_present, throttled_seconds)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (server, run.trigger, run.since, run.started_at, self._clock(), run.queries, run.commands, run.repasses,
+             run.changes_read, run.ci_messages, recovered, already_present, run.throttled_seconds))
+        return int(cur.lastrowid or 0)
+
+    def close_gaps(self, server: str, up_to_id: int, stream_newest: int | None,
+                   closed_by: int | None = None) -> list[tuple[int, str, float]]:
+        """In the current transaction: close the open gaps with id <= ``up_to_id`` (a backfill covered them: its
+        ``backfills`` id is ``closed_by``) and prove what the stream has committed since. Returns (id, reason,
+        opened_at) of each gap closed."""
         now = self._clock()
         closed = [(int(i), str(r), float(o)) for i, r, o in self.conn.execute(
             "SELECT id, reason, opened_at FROM gaps WHERE server = ? AND closed_at IS NULL AND id <= ?",
             (server, up_to_id))]
-        self.conn.execute("UPDATE gaps SET closed_at = ? WHERE server = ? AND closed_at IS NULL AND id <= ?",
-                          (now, server, up_to_id))
+        self.conn.execute("UPDATE gaps SET closed_at = ?, closed_by = ? "
+                          "WHERE server = ? AND closed_at IS NULL AND id <= ?", (now, closed_by, server, up_to_id))
         if stream_newest is not None:
             self._prove(server, stream_newest, now)
         return closed

@@ -149,6 +149,7 @@ class StreamListener:
             assert transport is not None
             channel = transport.open_session(timeout=self.cfg.connect_timeout_seconds or None)
             command = "gerrit stream-events" + "".join(f" -s {t}" for t in self.cfg.subscribe)
+            self.metrics.gerrit_commands.labels("stream").inc()
             channel.exec_command(command)
             self._set_state("connected")
             self.connected_since = self.clock()
@@ -239,6 +240,7 @@ class StreamListener:
         self.metrics.stalls.inc()
         log.warning("stream_stalled", server=self.server, quiet_seconds=self.cfg.stall_timeout_seconds)
         try:
+            self.metrics.gerrit_commands.labels("version").inc()
             probe = ssh.run(client, "gerrit version", self.probe_timeout)
         except (OSError, EOFError, paramiko.SSHException, TimeoutError) as exc:
             log.warning("stall_probe_failed", server=self.server, error=f"{type(exc).__name__}: {exc}")

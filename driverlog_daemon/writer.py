@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from driverlog_daemon.logs import get_logger
-from driverlog_daemon.model import ChangeFact, CommentAdded, Source
+from driverlog_daemon.model import BackfillRun, ChangeFact, CommentAdded, Source
 from driverlog_daemon.pipeline import Pending, Pipeline
 from driverlog_daemon.registry import Registry
 from driverlog_daemon.store import BatchResult
@@ -75,11 +75,12 @@ def retrying(write: Callable[[], _T], policy: Retry, *,
 # What the queue carries besides blocks of stream lines (plain classes: a block is a tuple).
 
 class _Backfilled:
-    __slots__ = ("changes", "close_gaps_up_to", "comments", "done")
+    __slots__ = ("changes", "close_gaps_up_to", "comments", "done", "run")
 
     def __init__(self, comments: list[CommentAdded], changes: list[ChangeFact], done: Future[BatchResult],
-                 close_gaps_up_to: int | None = None) -> None:
+                 close_gaps_up_to: int | None = None, run: BackfillRun | None = None) -> None:
         self.comments, self.changes, self.done, self.close_gaps_up_to = comments, changes, done, close_gaps_up_to
+        self.run = run
 
 
 class _Reload:
@@ -137,11 +138,13 @@ class Writer:
         self.pipeline.metrics.queue_depth.set(self.queue.qsize())
 
     def put_backfill(self, comments: list[CommentAdded], changes: list[ChangeFact] | None = None,
-                     close_gaps_up_to: int | None = None) -> Future[BatchResult]:
+                     close_gaps_up_to: int | None = None, run: BackfillRun | None = None) -> Future[BatchResult]:
+        """Commit a backfill's messages and change facts; close the gaps up to ``close_gaps_up_to`` and record
+        ``run`` (what it asked of Gerrit) in the same transaction."""
         from concurrent.futures import Future
 
         done: Future[BatchResult] = Future()
-        self.queue.put(_Backfilled(comments, changes or [], done, close_gaps_up_to))
+        self.queue.put(_Backfilled(comments, changes or [], done, close_gaps_up_to, run))
         return done
 
     def open_gap(self, reason: str, fallback_since: int) -> Future[tuple[int, int]]:
@@ -212,7 +215,7 @@ class Writer:
                 self._commit_stream()
                 batch = Pending()
                 self.pipeline.absorb(self.pipeline.examine_messages(item.comments, item.changes), batch)
-                result = self._commit(batch, "backfill", item.close_gaps_up_to)
+                result = self._commit(batch, "backfill", item.close_gaps_up_to, run=item.run)
                 item.done.set_result(result)
             elif isinstance(item, _OpenGap):
                 self._commit_stream()
@@ -281,14 +284,14 @@ class Writer:
         return result
 
     def _commit(self, pending: Pending, source: Source, close_gaps_up_to: int | None = None,
-                final: bool = False) -> BatchResult:
+                final: bool = False, run: BackfillRun | None = None) -> BatchResult:
         rows = len(pending.verifications)
 
         def abandon() -> BatchResult:
             log.error("db_write_abandoned_at_shutdown", rows=rows)
             return BatchResult(0, 0, 0)
 
-        return self._retrying(functools.partial(self.pipeline.commit, pending, source, close_gaps_up_to),
+        return self._retrying(functools.partial(self.pipeline.commit, pending, source, close_gaps_up_to, run),
                               rows=rows, give_up=abandon if final else None)
 
 _TICK = b""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from driverlog_daemon import ssh
-from driverlog_daemon.backfill import command, fetch, query_text
+from driverlog_daemon.backfill import BackfillError, QueryBudget, command, fetch, query_text
 
 from .helpers import SSHEnv, ci_event, seed_changes
 
@@ -63,3 +65,54 @@ def test_backfill_reads_again_the_rows_updated_while_it_pages(ssh_env: SSHEnv) -
     finally:
         client.close()
     assert {c.change.number for c in report.comments} == set(range(20000, 20450))
+
+
+def test_steady_traffic_costs_the_pages_to_read_plus_one_re_read(ssh_env: SSHEnv) -> None:
+    """While the backfill pages, every query moves three changes to the front (updates from a busy server, each
+    newer than the last). It must find every CI result all the same, and cost the pages it has to read, one
+    more for the rows pushed down, and one re-read of the rows that moved — not a re-read per update."""
+    server = ssh_env.server
+    t0 = 1_780_000_000
+    n, page = 100, 20
+    for i in range(n):
+        server.record_only(ci_event(30000 + i, t0 + i))
+    client = ssh.connect(ssh_env.config())
+    moved = iter(range(10_000))
+
+    def execute(cmd: str) -> bytes:
+        out = ssh.run(client, cmd, 10)
+        for _ in range(3):  # a person's comment on a change spread over the list: it jumps to the front
+            k = next(moved)
+            server.record_only({"type": "comment-added", "eventCreatedOn": t0 + 1000 + k, "comment": "recheck",
+                                "author": {"username": "jdev"}, "patchSet": {"number": 2},
+                                "change": {"project": "openstack/cinder", "branch": "master",
+                                           "number": 30000 + (k * 37) % n, "status": "NEW"}})
+        return out.stdout
+
+    try:
+        report = fetch(execute, ["acme-storage-ci"], t0 - 10, page_size=page)
+    finally:
+        client.close()
+    assert {c.change.number for c in report.comments} == set(range(30000, 30000 + n))  # nothing missed
+    assert report.queries == 1 and report.repasses == 1
+    assert report.pages <= -(-n // page) + 1 + 1, report.pages
+
+
+def test_the_query_budget_delays_a_query_never_drops_it() -> None:
+    now = [1000.0]
+    waits: list[float] = []
+
+    def wait(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    budget = QueryBudget(3, clock=lambda: now[0], wait=wait)
+    assert [budget.take() for _ in range(3)] == [0.0, 0.0, 0.0]  # within the budget: at once
+    now[0] += 10
+    assert budget.take() == 50.0 and waits == [50.0]  # the fourth waits for the first to be a minute old
+    assert budget.waited == 50.0
+    assert QueryBudget(0, clock=lambda: now[0], wait=wait).take() == 0.0  # 0: no ceiling
+    assert budget.take() == budget.take() == 0.0  # the budget is full again
+    budget.stop()  # the daemon stops: a query waiting for its turn gives up instead (its gap stays open)
+    with pytest.raises(BackfillError, match="stopping"):
+        budget.take()

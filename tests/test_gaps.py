@@ -92,3 +92,31 @@ def test_the_quiet_window_is_read_in_gerrits_clock(ssh_env: SSHEnv, tmp_path: Pa
         assert wait_until(lambda: h.numbers() == [9001, 9002])
 
 
+
+
+def test_the_ledger_records_what_each_backfill_asked_and_recovered(harness: Harness) -> None:
+    """A reconnect's gap is closed by a backfill that recovered the two results only it could deliver; the ledger
+    names that backfill with its commands, and the commands metric counts every one Gerrit saw."""
+    server = harness.env.server
+    server.push_event(ci_event(7001))
+    assert wait_until(lambda: harness.numbers() == [7001])
+    server.refuse_connections(0.3)
+    server.drop_connections()
+    for n in (7002, 7003):
+        server.record_only(ci_event(n))  # while we are away
+    assert wait_until(lambda: harness.numbers() == [7001, 7002, 7003] and harness.open_gaps() == 0
+                      and harness.service.backfiller.idle())
+    with harness.service.reader.snapshot() as conn:
+        ledger = reads.ingestion(conn)
+    newest, start = ledger["gaps"][0], ledger["gaps"][-1]
+    assert (newest["reason"], start["reason"]) == ("reconnect", "start")
+    assert newest["closed_at"] is not None and newest["open_seconds"] >= 0
+    run = newest["backfill"]
+    assert run is not None and run["trigger"] == "reconnect" and run["recovered"] == 2
+    assert run["commands"] >= run["queries"] >= 1 and run["since"] <= newest["since"]
+    totals = ledger["totals"]
+    assert totals["gaps"] == 2 and totals["open_gaps"] == 0 and totals["recovered"] >= 2
+    queries_seen = sum(1 for c in server.commands if c.startswith("gerrit query"))
+    assert totals["commands"] == queries_seen
+    assert harness.metric("driverlog_gerrit_commands_total", {"command": "query"}) == queries_seen
+    assert harness.metric("driverlog_gerrit_commands_total", {"command": "stream"}) == 2

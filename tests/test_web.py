@@ -9,6 +9,7 @@ import sqlite3
 
 import pytest
 
+from driverlog_daemon.model import BackfillRun
 from driverlog_daemon.web import App
 
 from .helpers import EMAIL, EVIL_URL, NOW, XSS_SCRIPT, Site, driver, merged, vote
@@ -245,3 +246,28 @@ def test_no_email_address_is_served(site: Site) -> None:
                  "/api/1.0/drivers?release_id=" + ",".join(r.id.lower() for r in site.registry.releases),
                  "/api/1.0/verifications"]:
         assert not EMAIL.search(site.get(path)[2].decode()), path
+
+
+def test_the_ingestion_ledger_page_and_api(site: Site) -> None:
+    store = site.store
+    server = "review.example.org:29418"
+    first = store.open_gap(server, NOW - 7200, "start")
+    store.record([], "backfill", close=(server, first, None),
+                 backfill=(server, BackfillRun("start", NOW - 7800, NOW - 100.0, 11, 14, 1, 420, 37, 0.0)))
+    second = store.open_gap(server, NOW - 600, "reconnect")
+    store.gap_failed(server, second, "CommandError: <script>alert(1)</script>")
+    data = site.json("/api/1.0/ingestion")
+    assert [(g["id"], g["reason"]) for g in data["gaps"]] == [(second, "reconnect"), (first, "start")]
+    still_open, closed = data["gaps"]
+    assert still_open["closed_at"] is None and still_open["backfill"] is None and still_open["attempts"] == 1
+    assert closed["backfill"]["commands"] == 14 and closed["backfill"]["repasses"] == 1
+    assert closed["backfill"]["recovered"] == 0 and closed["since"] == NOW - 7200
+    assert data["totals"] == {"gaps": 2, "open_gaps": 1, "backfills": 1, "commands": 14, "pages": 14,
+                              "repasses": 1, "recovered": 0, "throttled_seconds": 0.0,
+                              "since": closed["backfill"]["started_at"]}
+    assert site.json("/api/1.0/ingestion?limit=1")["gaps"][0]["id"] == second
+    status, _, body = site.get("/ingestion")
+    assert status == 200 and b"Ingestion ledger" in body and b"1 open gaps" in body
+    assert b"<script>alert" not in body and b"&lt;script&gt;" in body
+    _, _, index = site.get("/")
+    assert b'href="/ingestion"' in index  # linked from every page's header

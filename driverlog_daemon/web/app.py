@@ -134,6 +134,8 @@ class App:
                 (r"/api/1\.0/list/vendors", "/api/1.0/list/vendors", self.api_vendors, True),
                 (r"/api/1\.0/list/vendors/(.+)", "/api/1.0/list/vendors/<id>", self.api_vendor, True),
                 (r"/api/1\.0/verifications", "/api/1.0/verifications", self.api_verifications, True),
+                (r"/api/1\.0/ingestion", "/api/1.0/ingestion", self.api_ingestion, True),
+                (r"/ingestion", "/ingestion", self.page_ingestion, True),
                 (r"/healthz", "/healthz", self.healthz, False),
             )]
 
@@ -277,6 +279,17 @@ class App:
         pages = max(1, -(-total // HISTORY_PAGE))
         return self._html("driver.html", record=record, key=known[0], removed=known[1], history=history,
                           page=page, pages=pages, total=total, driver_id=int(driver_id), registry=registry)
+
+    def _ingestion(self, query: Mapping[str, str]) -> dict[str, Any]:
+        limit = api.int_param(query, "limit", 50, minimum=1, maximum=500) or 50
+        with self.reader.snapshot() as conn:
+            return reads.ingestion(conn, limit=limit)
+
+    def page_ingestion(self, query: Mapping[str, str]) -> Response:
+        return self._html("ingestion.html", ledger=self._ingestion(query))
+
+    def api_ingestion(self, query: Mapping[str, str]) -> Response:
+        return json_response(self._ingestion(query))
 
     def static_css(self, query: Mapping[str, str]) -> Response:
         return _response("200 OK", "text/css; charset=utf-8", (TEMPLATES / "style.css").read_bytes())
