@@ -92,14 +92,49 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from driverlog_daemon import daemon, logs
+    from driverlog_daemon import logs, runtime
 
     config, _ = _checked_config(args, remember=True)
     logs.configure(config.log.level, config.log.format)
-    return daemon.run(config)
+    # Before prometheus_client is imported: the daemon's metrics and its web tier's (its own child, or a
+    # separate `serve`) meet in the runtime directory, beside the daemon's live state.
+    root, fresh = runtime.prepare()
+    created = root if fresh else None
+    from driverlog_daemon import daemon
+
+    try:
+        return daemon.run(config)
+    finally:
+        if created is not None:
+            import shutil
+
+            shutil.rmtree(created, ignore_errors=True)
 
 
-COMMANDS = ("validate", "replay", "run", "check-config", "demo")
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+    import tempfile
+
+    from driverlog_daemon import logs
+
+    config, _ = _checked_config(args, remember=True)
+    logs.configure(config.log.level, config.log.format)
+    own_metrics = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # alone: the workers' metrics meet in a folder of its own
+        own_metrics = tempfile.mkdtemp(prefix="driverlog-serve-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_metrics  # before prometheus_client is imported
+    from driverlog_daemon.web.server import serve
+
+    arbiter = os.getpid()
+    try:
+        return serve(config, fd=args.fd)
+    finally:  # gunicorn's workers are forks that leave through here too: only the arbiter cleans up
+        if own_metrics is not None and os.getpid() == arbiter:
+            shutil.rmtree(own_metrics, ignore_errors=True)
+
+
+COMMANDS = ("validate", "replay", "run", "serve", "check-config", "demo")
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -155,11 +190,19 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     if only in (None, "run"):
         p = add("run", "run the daemon",
-                "Listen to Gerrit's event stream, backfill what was missed, record verifications, serve /metrics "
-                "and /healthz. Checks the configuration first (exit 2 naming the key). SIGTERM/SIGINT stop after "
-                "committing what is queued; SIGHUP reloads the registry (an invalid one is refused and the old one "
-                "kept).")
+                "Listen to Gerrit's event stream, backfill what was missed, record verifications; start and "
+                "supervise the web tier (driverlog-daemon serve) unless [http] enabled = false. Checks the "
+                "configuration first (exit 2 naming the key). SIGTERM/SIGINT stop after committing what is queued; "
+                "SIGHUP reloads the registry (an invalid one is refused and the old one kept).")
         p.set_defaults(func=cmd_run)
+
+    if only in (None, "serve"):
+        p = add("serve", "serve the page, API, badges and metrics from the database, read-only",
+                "The web tier alone: a pre-fork server ([http] workers, threads) on [http] listen and port, reading "
+                "the configured database read-only (a copy on another host, or a separate systemd unit). `run` "
+                "starts it itself.")
+        p.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)  # a socket from `run`
+        p.set_defaults(func=cmd_serve)
 
     if only in (None, "check-config"):
         p = add("check-config", "print and check the effective configuration",

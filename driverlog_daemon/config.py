@@ -51,9 +51,15 @@ class DatabaseConfig(NamedTuple):
 
 
 class HttpConfig(NamedTuple):
+    enabled: bool = True  # run starts and supervises the web tier
     listen: str = "127.0.0.1"
     port: int = 8080
-    threads: int = 4
+    workers: int = 0  # web tier processes; 0: the CPUs available
+    threads: int = 64  # threads per worker: a slow client holds one until client_timeout_seconds, no more
+    client_timeout_seconds: float = 10.0  # a request must be read and answered within this
+    max_age_seconds: int = 5  # Cache-Control max-age of answers computed from the database
+    stale_while_revalidate_seconds: int = 30
+    max_staleness_seconds: float = 5.0  # an answer is never older than this behind the database
 
 
 class StatusConfig(NamedTuple):
@@ -100,6 +106,12 @@ def _coerce(section: str, key: str, value: Any, default: Any, from_env: bool) ->
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(name, f"expected a list of strings, got {value!r}")
         return tuple(value)
+    if isinstance(default, bool):
+        if from_env and isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            value = value.lower() in ("true", "1", "yes")
+        if not isinstance(value, bool):
+            raise ConfigError(name, f"expected true or false, got {value!r}")
+        return value
     if isinstance(default, int):
         if from_env:
             try:

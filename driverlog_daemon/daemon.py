@@ -1,7 +1,10 @@
 """The daemon: wires the stages and owns the lifecycle (threads, signals, systemd notification).
 
-    stream reader --blocks--> bounded queue --> writer (parse, match, group-commit) --> SQLite
-    backfill worker --comments--^                                    \\--> metrics <-- HTTP (/metrics, /healthz)
+    stream reader --blocks--> bounded queue --> writer (parse, match, group-commit) --> SQLite --> web tier
+    backfill worker --comments--^                                                                (own processes)
+
+The web tier (``web/tier.py``) runs apart; the daemon shares its live state and metrics with it through the
+runtime directory (``runtime.py``).
 
 Nothing here parses, matches, stores, reads the database or renders text: each of those is its own module.
 """
@@ -20,16 +23,17 @@ from typing import Any
 import paramiko
 import structlog
 
-from driverlog_daemon import reads
+from driverlog_daemon import reads, runtime
 from driverlog_daemon.backfill import Backfiller
 from driverlog_daemon.config import Config
 from driverlog_daemon.metrics import Metrics
 from driverlog_daemon.notify import Notifier, gap_text, status_line, watchdog_interval
 from driverlog_daemon.pipeline import Pipeline
-from driverlog_daemon.registry import RegistryError, load_registry
+from driverlog_daemon.registry import RegistryError, read_registry
 from driverlog_daemon.store import Store
 from driverlog_daemon.stream import Backoff, StreamHooks, StreamListener
-from driverlog_daemon.web import App, Live, WebServer
+from driverlog_daemon.web import Live
+from driverlog_daemon.web.tier import WebTier
 from driverlog_daemon.writer import Writer
 
 log = structlog.get_logger("driverlog.daemon")
@@ -48,7 +52,9 @@ class Service:
         self.metrics = metrics or Metrics()
         self.notifier = notifier or Notifier("")
         self.stop_event = threading.Event()
-        registry = load_registry(config.registry.path, remember=True)
+        self.runtime_dir = runtime.current()
+        registry, raw = read_registry(config.registry.path, remember=True)
+        self._hand_over_registry(raw)
         g = config.gerrit
         self.server_name = f"{g.host}:{g.port}" if g.host else ""
         self.store = Store(Path(config.database.path).expanduser())
@@ -72,11 +78,11 @@ class Service:
         self._listener_thread: threading.Thread | None = None
         self.metrics.watch_releases(self._release_times)
         self.metrics.watch_gaps(self._gap_state)
-        self.web: WebServer | None = None
-        if http:
-            app = App(self.store.path, lambda: self.pipeline.registry, self.metrics, self.health, live=self.live,
-                      stale_after_days=config.status.stale_after_days)
-            self.web = WebServer(app, config.http.listen, config.http.port, config.http.threads)
+        self.web: WebTier | None = None
+        if http and config.http.enabled:
+            source = config.source if config.source and not config.source.startswith("(") else None
+            self.web = WebTier(config.http.listen, config.http.port,
+                               config_path=source if source and Path(source).is_file() else None)
         self.started_at = time.monotonic()
 
     # ------------------------------------------------------------------------------------- lifecycle
@@ -84,6 +90,7 @@ class Service:
     def start(self) -> None:
         self.writer.start()
         self.backfiller.start()
+        self.publish_state()
         if self.web is not None:
             self.web.start()
             log.info("http_listening", listen=self.config.http.listen, port=self.web.port)
@@ -96,13 +103,15 @@ class Service:
     def stop(self) -> bool:
         """Stop reading, commit what is queued, close the database. True when everything finished in time."""
         deadline = time.monotonic() + STOP_TIMEOUT
+        if self.web is not None:
+            self.web.terminate()  # it finishes its answers while the writer commits
         self.stop_event.set()
         self.backfiller.stop()
         if self._listener_thread is not None:
             self._listener_thread.join(max(0.1, min(1.5, deadline - time.monotonic())))
         finished = self.writer.stop(max(0.1, deadline - time.monotonic()))
         if self.web is not None:
-            self.web.stop()
+            self.web.stop(max(0.5, deadline - time.monotonic()))
         self.reader.close()
         if finished:
             self.store.close()
@@ -112,8 +121,9 @@ class Service:
         """SIGHUP: validate the registry file; on success sync drivers and swap, else keep the old one."""
         path = self.config.registry.path
         try:
-            registry = load_registry(path, remember=True)
+            registry, raw = read_registry(path, remember=True)
             self.writer.reload(registry).result(timeout=30)
+            self._hand_over_registry(raw)
         except RegistryError as exc:
             self.metrics.registry_reloads.labels("error").inc()
             log.error("registry_reload_failed", path=path, errors=exc.errors[:20], error_count=len(exc.errors),
@@ -220,6 +230,24 @@ class Service:
             detail["writer"] = "failing: database writes fail and are retried (see db_write_failed in the log)"
         return self.healthy(), detail
 
+    def _hand_over_registry(self, raw: bytes) -> None:
+        """The web tier shows the registry in force, not whatever the file holds now (it may be a broken edit)."""
+        if self.runtime_dir is not None:
+            runtime.write_registry(self.runtime_dir, raw)
+
+    def publish_state(self) -> None:
+        """Write the live state the web tier shows (health, the stream, the open gap) into the runtime directory."""
+        if self.runtime_dir is None:
+            return
+        ok, detail = self.health()
+        live = self.live()
+        if self.web is not None:
+            detail["web_tier_restarts"] = self.web.restarts
+        runtime.write_state(self.runtime_dir, {
+            "server": self.server_name, "healthy": ok, "health": detail,
+            "live": {"gerrit": live.gerrit, "newest_event_time": live.newest_event_time, "open_gap": live.open_gap},
+        })
+
     def status_line(self) -> str:
         stats, listener = self.pipeline.stats, self.listener
         return status_line(self.server_name, listener.state if listener else None,
@@ -255,7 +283,7 @@ def run(config: Config) -> int:
              drivers=len(service.pipeline.registry.drivers), gerrit=service.server_name or None,
              watchdog_seconds=watchdog_interval())
     interval = watchdog_interval()
-    tick = min(interval, 2.0) if interval else 2.0
+    tick = min(interval, 1.0) if interval else 1.0  # the web tier's view of the daemon is at most this old
     last_status = ""
     while not stop.is_set():
         wakeup.wait(tick)
@@ -267,6 +295,10 @@ def run(config: Config) -> int:
             break
         if interval and service.healthy():
             notifier.send("WATCHDOG=1")
+        try:
+            service.publish_state()
+        except OSError as exc:  # the web tier then reports the daemon silent: unhealthy, as it should
+            log.error("state_not_published", error=str(exc))
         status = service.status_line()
         if status != last_status:
             notifier.send(f"STATUS={status}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -20,6 +20,10 @@ from driverlog_daemon import __version__
 # No `_created` series: they double every counter's series and nothing here reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
+# Under ``run`` the daemon and its web tier are separate processes sharing prometheus-client's multiprocess files;
+# a gauge is the daemon's latest value (ignored in a single process).
+_LATEST: Literal["mostrecent"] = "mostrecent"
+
 #: (project, vendor, driver, release, newest verification time, newest mark success time or None)
 ReleaseTimes = Iterable[tuple[str, str, str, str, int, int | None]]
 
@@ -28,7 +32,8 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, …
-        Gauge("driverlog_build_info", "driverlog-daemon's version.", ["version"], registry=r).labels(__version__).set(1)
+        Gauge("driverlog_build_info", "driverlog-daemon's version.", ["version"], registry=r,
+              multiprocess_mode=_LATEST).labels(__version__).set(1)
         # parse / match
         self.events = Counter("driverlog_events", "Events read, by Gerrit event type.", ["type"], registry=r)
         self.malformed = Counter("driverlog_malformed_lines", "Lines rejected by the parser, by reason.",
@@ -40,7 +45,8 @@ class Metrics:
             "Review messages by registered CI accounts that matched no driver's pattern.", ["ci_account"],
             registry=r)
         self.last_event_time = Gauge("driverlog_last_event_timestamp_seconds",
-                                     "eventCreatedOn of the newest event processed.", registry=r)
+                                     "eventCreatedOn of the newest event processed.",
+                                     registry=r, multiprocess_mode=_LATEST)
         # store
         self.verifications = Counter("driverlog_verifications_recorded",
                                      "Verifications inserted into the database.", ["source", "result"], registry=r)
@@ -57,12 +63,13 @@ class Metrics:
         self.driver_last_verification = Gauge(
             "driverlog_driver_last_verification_timestamp_seconds",
             "Comment time of a driver's newest verification (drivers with at least one).",
-            ["project", "vendor", "driver", "ci_account"], registry=r)
+            ["project", "vendor", "driver", "ci_account"], registry=r, multiprocess_mode=_LATEST)
         self.last_verification_time = Gauge("driverlog_last_verification_timestamp_seconds",
-                                            "Comment time of the newest verification recorded.", registry=r)
+                                            "Comment time of the newest verification recorded.",
+                                            registry=r, multiprocess_mode=_LATEST)
         # stream / backfill
         self.connected = Gauge("driverlog_gerrit_connected", "1 while the event stream is connected.",
-                               registry=r)
+                               registry=r, multiprocess_mode=_LATEST)
         self.connect_attempts = Counter("driverlog_gerrit_connect_attempts", "SSH connection attempts.",
                                         registry=r)
         self.gerrit_commands = Counter("driverlog_gerrit_commands",
@@ -83,7 +90,7 @@ class Metrics:
                                        "Lines longer than max_event_bytes, skipped.", registry=r)
         self.stream_bytes = Counter("driverlog_stream_bytes", "Bytes read from the event stream.", registry=r)
         self.queue_depth = Gauge("driverlog_queue_depth", "Blocks waiting between the reader and the writer.",
-                                 registry=r)
+                                 registry=r, multiprocess_mode=_LATEST)
         self.backfills = Counter("driverlog_backfills", "Backfill runs, by trigger.", ["trigger"], registry=r)
         self.backfill_failures = Counter("driverlog_backfill_failures", "Backfill runs that failed.",
                                          registry=r)
@@ -97,16 +104,14 @@ class Metrics:
             "driverlog_ingest_latency_seconds",
             "Time from a stream line read to its verification committed, per verification.",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
-        # web
-        self.http_requests = Counter("driverlog_http_requests", "HTTP requests answered, by route and status.",
-                                     ["route", "status"], registry=r)
+        self.http_requests = http_requests_counter(r)  # for an in-process web side (tests)
         # registry
         self.registry_reloads = Counter("driverlog_registry_reloads", "Registry reloads, by result.",
                                         ["result"], registry=r)
         self.registry_drivers = Gauge("driverlog_registry_drivers", "Drivers in the loaded registry.",
-                                      registry=r)
+                                      registry=r, multiprocess_mode=_LATEST)
         self.registry_ci_accounts = Gauge("driverlog_registry_ci_accounts",
-                                          "CI accounts in the loaded registry.", registry=r)
+                                          "CI accounts in the loaded registry.", registry=r, multiprocess_mode=_LATEST)
 
     def watch_releases(self, read: Callable[[], ReleaseTimes]) -> None:
         """Per driver x release gauges, read from the database at each scrape (O(drivers x releases))."""
@@ -166,3 +171,49 @@ class _GapCollector(Collector):
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
+
+
+def http_requests_counter(registry: CollectorRegistry) -> Counter:
+    return Counter("driverlog_http_requests", "HTTP requests answered, by route and status.", ["route", "status"],
+                   registry=registry)
+
+
+class WebMetrics:
+    """The web tier's own metrics, and the one scrape that has every metric of both sides.
+
+    With ``multiprocess`` (always in the web tier), every worker's metrics — and under ``run`` the daemon's — are
+    read from prometheus-client's multiprocess files, ``process_*`` describes the ingest daemon (``daemon_pid``; the
+    serving worker when there is none), and the gauges read from the database are read here, on the web tier's
+    read-only connection. Without (a test's app in one process) it is this process's metrics.
+    """
+
+    def __init__(self, *, multiprocess: bool, daemon_pid: Callable[[], int | None] = lambda: None) -> None:
+        self.multiprocess = multiprocess
+        self.registry = CollectorRegistry()
+        self.http_requests = http_requests_counter(self.registry)
+        Gauge("driverlog_build_info", "driverlog-daemon's version.", ["version"], registry=self.registry,
+              multiprocess_mode=_LATEST).labels(__version__).set(1)
+        self._scrape = CollectorRegistry()
+        if multiprocess:
+            from prometheus_client import multiprocess as mp
+
+            mp.MultiProcessCollector(self._scrape)  # type: ignore[no-untyped-call]
+            ProcessCollector(registry=self._scrape, pid=lambda: daemon_pid() or "self")
+        else:
+            self._scrape = self.registry
+            ProcessCollector(registry=self._scrape)
+
+    def watch_releases(self, read: Callable[[], ReleaseTimes]) -> None:
+        self._scrape.register(_ReleaseCollector(read))
+
+    def registry_size(self, drivers: int, ci_accounts: int) -> None:
+        Gauge("driverlog_registry_drivers", "Drivers in the loaded registry.", registry=self.registry,
+              multiprocess_mode=_LATEST).set(drivers)
+        Gauge("driverlog_registry_ci_accounts", "CI accounts in the loaded registry.", registry=self.registry,
+              multiprocess_mode=_LATEST).set(ci_accounts)
+
+    def watch_gaps(self, read: Callable[[], tuple[Sequence[Any], int | None, int | None]]) -> None:
+        self._scrape.register(_GapCollector(read))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self._scrape)

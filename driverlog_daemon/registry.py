@@ -148,6 +148,11 @@ def load_registry(path: str | Path, *, remember: bool = False) -> Registry:
     ``remember``: skip the checks of a registry already found valid (the same bytes, schema and version),
     and remember one found valid now (see :func:`validated_cache_dir`).
     """
+    return read_registry(path, remember=remember)[0]
+
+
+def read_registry(path: str | Path, *, remember: bool = False) -> tuple[Registry, bytes]:
+    """:func:`load_registry`, and the bytes it was read from (the daemon hands exactly those to its web tier)."""
     source = str(path)
     try:
         data = Path(path).read_bytes()
@@ -158,10 +163,10 @@ def load_registry(path: str | Path, *, remember: bool = False) -> Registry:
     except OSError as exc:
         raise RegistryError(source, [f"cannot read: {exc.strerror or exc}"]) from None
     if not remember:
-        return parse_registry(data, source=source)
+        return parse_registry(data, source=source), data
     marker = _validated_marker(data)
     if marker is not None and marker.exists():
-        return _build(json.loads(data), source)
+        return _build(json.loads(data), source), data
     registry = parse_registry(data, source=source)
     if marker is not None:
         try:
@@ -169,7 +174,7 @@ def load_registry(path: str | Path, *, remember: bool = False) -> Registry:
             marker.touch()
         except OSError:
             pass  # a cache that cannot be written only costs the checks next time
-    return registry
+    return registry, data
 
 
 def validated_cache_dir() -> Path | None:

@@ -13,7 +13,8 @@ from driverlog_daemon import reads
 from driverlog_daemon.metrics import Metrics
 from driverlog_daemon.registry import Registry, load_registry
 from driverlog_daemon.store import Store
-from driverlog_daemon.web import App, Live, WebServer
+from driverlog_daemon.testing.http import ThreadedServer
+from driverlog_daemon.web import App, Live
 
 from .helpers import (
     DATA,
@@ -92,8 +93,8 @@ def site(tmp_path: Path, registry: Registry) -> Iterator[Site]:
     metrics = Metrics()
     metrics.watch_releases(lambda: reads.release_times(store.conn))
     app = App(db, lambda: registry, metrics, lambda: (health["ok"], {"events": 3}),
-              live=lambda: Live("connected", int(time.time()) - 5, None), stale_after_days=7)
-    web = WebServer(app, "127.0.0.1", 0)
+              live=lambda: Live("connected", int(time.time()) - 5, None), stale_after_days=7, max_staleness=0)
+    web = ThreadedServer(app, "127.0.0.1", 0)
     web.start()
     yield Site(web, db, store, registry, health)
     web.stop()

@@ -24,7 +24,7 @@ from driverlog_daemon.ssh import host_label
 from driverlog_daemon.store import Store
 from driverlog_daemon.stream import Backoff
 from driverlog_daemon.testing.gerrit import GerritTestServer
-from driverlog_daemon.web import WebServer
+from driverlog_daemon.testing.http import ThreadedServer
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data" / "default_data.json"
@@ -258,7 +258,7 @@ def merged(number: int, ps: int, t: int, project: str = "openstack/cinder") -> C
 
 @dataclass
 class Site:
-    web: WebServer
+    web: ThreadedServer
     db: Path
     store: Store
     registry: Registry

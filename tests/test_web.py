@@ -6,13 +6,17 @@ import gzip
 import json
 import re
 import sqlite3
+import threading
+from typing import Any
 
 import pytest
 
+from driverlog_daemon.metrics import Metrics
 from driverlog_daemon.model import BackfillRun
+from driverlog_daemon.registry import Registry
 from driverlog_daemon.web import App
 
-from .helpers import EMAIL, EVIL_URL, NOW, XSS_SCRIPT, Site, driver, merged, vote
+from .helpers import EMAIL, EVIL_URL, NOW, XSS_SCRIPT, Site, driver, merged, vote, wait_until
 
 # ------------------------------------------------------------------------------------------------- serving
 
@@ -271,3 +275,29 @@ def test_the_ingestion_ledger_page_and_api(site: Site) -> None:
     assert b"<script>alert" not in body and b"&lt;script&gt;" in body
     _, _, index = site.get("/")
     assert b'href="/ingestion"' in index  # linked from every page's header
+
+
+def test_answers_never_wait_on_a_rebuild_within_the_staleness_bound(site: Site, registry: Registry,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a commit the records are rebuilt by a background thread; meanwhile requests get the previous answer
+    at once — unless it is older than max_staleness behind the database, then they wait for the new one."""
+    from driverlog_daemon import reads as reads_mod
+
+    fc = "Acme Volume Driver (FC)"
+    app = App(site.db, lambda: registry, Metrics(), lambda: (True, {}), max_staleness=60)
+    did = site.driver_id(fc)
+    latest = lambda: next(r for r in app.records().records if r["id"] == did)["latest"]["change_number"]  # noqa: E731
+    assert latest() == 101
+    real, slow = reads_mod.drivers, threading.Event()
+
+    def slow_drivers(conn: Any) -> Any:
+        slow.wait(10)  # a rebuild that takes as long as the test lets it
+        return real(conn)
+
+    monkeypatch.setattr(reads_mod, "drivers", slow_drivers)
+    site.store.record([vote(registry, fc, 102, 1, NOW - 30, "success", "Gazpacho")], "stream")
+    assert latest() == 101  # the previous records, while the rebuild (which would say 102) is held back
+    slow.set()
+    assert wait_until(lambda: latest() == 102)  # rebuilt in the background: no request had to wait for it
+    bounded = App(site.db, lambda: registry, Metrics(), lambda: (True, {}), max_staleness=0)
+    assert next(r for r in bounded.records().records if r["id"] == did)["latest"]["change_number"] == 102
