@@ -1,18 +1,20 @@
-"""Web benchmark: our status page and DriverLog API against Datasette, on one database, while a replay writes.
+"""Web benchmark: the web tier (``driverlog-daemon serve``) against its own ceiling and against Datasette.
 
     python bench/web.py [--verifications N] [--clients 8] [--seconds 10] [--keep]
 
 Builds (fixed seed) a database with N verifications (default 1,000,000) for the upstream registry's 221 drivers
-(the shipped one if ../shared is absent), with merges so that marks exist; then, while ``driverlog-daemon replay``
-ingests a generated recording into the same file, each contender is served in its own process and driven by
-``--clients`` client processes with keep-alive connections for ``--seconds``:
+(the shipped one if ../shared is absent), with merges so that marks exist. Then, each served in its own processes
+and driven by ``wrk`` (Debian's package: one route at a time, ``--clients`` keep-alive connections, gzip accepted,
+``--seconds`` a route; Python client processes when wrk is absent):
 
-* ours: ``/api/1.0/drivers?release_id=<every release>``, ``/`` and one driver page (waitress, 4 threads);
-* Datasette: the ``driver_ci_status`` view as JSON (``/driverlog/driver_ci_status.json?_size=max``).
+1. nothing writing: ours — ``/api/1.0/drivers`` (every release), ``/``, a driver page, a badge — and a bare
+   hello-world app on the same server (gunicorn, the same worker class, workers and threads) answering a body of
+   the API's gzipped size: the ceiling of this machine, which the app's own cost should vanish next to;
+2. while ``driverlog-daemon replay`` ingests a generated recording into the same file: the API and ``/``;
+3. Datasette, the ``driver_ci_status`` view as JSON, the same clients.
 
-The load comes from ``wrk`` (Debian's package; one route at a time, ``--clients`` connections) when it is installed,
-else from Python client processes (which on a 2-core machine take much of the CPU themselves). Prints requests/s
-and p50/p99 latency per route. Figures go into the README's Performance section.
+Prints requests/s and p50/p99 latency per route and the peak RSS of each web worker. Figures go into
+docs/performance.md.
 """
 
 from __future__ import annotations
@@ -82,15 +84,44 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def serve_ours(db: str, registry_path: str, port: int) -> None:
-    from driverlog_daemon.metrics import Metrics
-    from driverlog_daemon.web import App, WebServer
+def serve_ours(work: Path, db: Path, registry_path: Path, port: int) -> subprocess.Popen[bytes]:
+    config = work / "serve.toml"
+    config.write_text(f'[registry]\npath = "{registry_path}"\n[database]\npath = "{db}"\n'
+                      f'[http]\nport = {port}\n[log]\nlevel = "warning"\nformat = "json"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DRIVERLOG_", "PROMETHEUS_"))}
+    return subprocess.Popen([sys.executable, "-m", "driverlog_daemon", "serve", "--config", str(config)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    registry = load_registry(registry_path)
-    app = App(db, lambda: registry, Metrics(), lambda: (True, {}))
-    server = WebServer(app, "127.0.0.1", port, threads=4)
-    server.start()
-    signal.sigwait([signal.SIGTERM])
+
+def serve_hello(port: int, body_bytes: int) -> None:
+    """A bare WSGI app on the web tier's own server and settings, answering a body of ``body_bytes``."""
+    from driverlog_daemon.config import Config, HttpConfig
+    from driverlog_daemon.web import server
+
+    body = os.urandom(body_bytes)
+
+    def hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Encoding", "gzip"),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
+
+    config = Config(http=HttpConfig(port=port))
+    options = {k: v for k, v in server.options(config).items() if k not in ("when_ready",)}
+    server._Gunicorn({**options, "loglevel": "warning"}, lambda: hello).run()
+
+
+def worker_rss(parent: int) -> list[float]:
+    """Peak RSS (VmHWM) in MB of the processes whose parent is ``parent`` (a gunicorn arbiter's workers)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            if f"\nPPid:\t{parent}\n" in status:
+                out.append(int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024)  # type: ignore[union-attr]
+    return out
 
 
 def wait_http(port: int, path: str, timeout: float = 60) -> None:
@@ -216,19 +247,40 @@ def main() -> int:
         driver_id = s.conn.execute("SELECT driver_id FROM driver_status GROUP BY driver_id "
                                    "ORDER BY sum(verifications) DESC LIMIT 1").fetchone()[0]
     every = ",".join(r.id.lower() for r in registry.releases)
-    ours_paths = [f"/api/1.0/drivers?release_id={every}", "/", f"/drivers/{driver_id}"]
+    api = f"/api/1.0/drivers?release_id={every}"
     port = free_port()
-    ours = multiprocessing.Process(target=serve_ours, args=(str(db), str(registry_path), port))
-    ours.start()
-    wait_http(port, "/")
-    writer = ingest()
+    ours = serve_ours(work, db, registry_path, port)
     try:
-        load("ours", port, ours_paths, args.clients, args.seconds)
+        wait_http(port, "/")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", api, headers={"Accept-Encoding": "gzip"})
+        api_gzipped = len(conn.getresponse().read())
+        conn.close()
+        print(f"\nnothing writing (the API's answer: {api_gzipped:,} bytes gzipped)")
+        load("ours", port, [api, "/", f"/drivers/{driver_id}", f"/badge/{driver_id}.svg"], args.clients,
+             args.seconds)
+        print("peak RSS per web worker: " + ", ".join(f"{mb:.0f} MB" for mb in worker_rss(ours.pid)))
+        if not args.no_ingest:
+            print("\nwhile a replay writes into the same file")
+            writer = ingest()
+            try:
+                load("ours", port, [api, "/"], args.clients, args.seconds)
+            finally:
+                writer.terminate()
+                writer.wait()
     finally:
-        writer.terminate()
-        writer.wait()
-        os.kill(ours.pid or 0, signal.SIGTERM)
-        ours.join(10)
+        ours.terminate()
+        ours.wait(10)
+    hello_port = free_port()
+    hello = multiprocessing.Process(target=serve_hello, args=(hello_port, api_gzipped))
+    hello.start()
+    try:
+        wait_http(hello_port, "/")
+        print("\nthe ceiling: the same server and settings, a bare app, a body of the same size")
+        load("hello", hello_port, ["/"], args.clients, args.seconds)
+    finally:
+        os.kill(hello.pid or 0, signal.SIGTERM)
+        hello.join(10)
 
     if shutil.which("datasette") or _has_datasette():
         port = free_port()
@@ -236,12 +288,10 @@ def main() -> int:
                                "--setting", "max_returned_rows", "5000"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_http(port, "/-/versions.json")
-        writer = ingest()
+        print("\nDatasette on the same file, nothing writing")
         try:
             load("datasette", port, ["/driverlog/driver_ci_status.json?_size=max"], args.clients, args.seconds)
         finally:
-            writer.terminate()
-            writer.wait()
             ds.terminate()
             ds.wait(10)
     else:

@@ -276,7 +276,7 @@ def test_example_configuration_is_valid() -> None:
     assert cfg.gerrit.port == 29418 and cfg.http.listen == "127.0.0.1"
 
 
-UNIT = ROOT / "deploy" / "systemd" / "driverlog-daemon.service"
+UNITS = ROOT / "deploy" / "systemd"
 
 
 def _tool(name: str) -> str:
@@ -286,26 +286,39 @@ def _tool(name: str) -> str:
     return path
 
 
-def test_systemd_unit_verifies(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["driverlog-daemon.service", "driverlog-web.service"])
+def test_systemd_unit_verifies(tmp_path: Path, name: str) -> None:
     tool = _tool("systemd-analyze")
-    unit = tmp_path / "driverlog-daemon.service"
+    unit = tmp_path / name
     script = shutil.which("driverlog-daemon") or str(Path(sys.executable).parent / "driverlog-daemon")
-    unit.write_text(UNIT.read_text().replace("/opt/driverlog/bin/driverlog-daemon", script))
-    proc = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False)
+    unit.write_text((UNITS / name).read_text().replace("/opt/driverlog/bin/driverlog-daemon", script))
+    if name == "driverlog-web.service":  # verify checks the units it names: the daemon's beside it
+        (tmp_path / "driverlog-daemon.service").write_text(
+            (UNITS / "driverlog-daemon.service").read_text().replace("/opt/driverlog/bin/driverlog-daemon", script))
+    proc = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False,
+                          cwd=tmp_path)
     assert proc.returncode == 0 and proc.stderr.strip() == "", proc.stderr
 
 
-def test_systemd_unit_exposure_at_most_2() -> None:
+@pytest.mark.parametrize("name", ["driverlog-daemon.service", "driverlog-web.service"])
+def test_systemd_unit_exposure_at_most_2(name: str) -> None:
     tool = _tool("systemd-analyze")
-    proc = subprocess.run([tool, "security", "--offline=yes", str(UNIT)], capture_output=True, text=True,
+    proc = subprocess.run([tool, "security", "--offline=yes", str(UNITS / name)], capture_output=True, text=True,
                           timeout=60, check=False)
     line = next(x for x in proc.stdout.splitlines() if "Overall exposure level" in x)
     exposure = float(line.split(":")[1].split()[0])
     assert exposure <= 2.0, line
-    text = UNIT.read_text()
-    for needed in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "RestartSec=", "DynamicUser=yes",
-                   "StateDirectory=driverlog", "ConfigurationDirectory=driverlog", "LoadCredential=gerrit-key:"):
-        assert needed in text
+    text = (UNITS / name).read_text()
+    needed = ("DynamicUser=yes", "ConfigurationDirectory=driverlog", "Restart=on-failure", "RestartSec=")
+    if name == "driverlog-daemon.service":
+        needed += ("Type=notify", "WatchdogSec=", "StateDirectory=driverlog", "RuntimeDirectory=driverlog",
+                   "LoadCredential=gerrit-key:")
+    else:  # the web tier cannot write the database or the daemon's state
+        needed += ("User=driverlog-daemon", "BindReadOnlyPaths=/var/lib/private/driverlog:/var/lib/driverlog",
+                   "ReadOnlyPaths=/run/driverlog", "ReadWritePaths=/run/driverlog/metrics")
+        assert "StateDirectory=" not in text and "LoadCredential" not in text
+    for item in needed:
+        assert item in text, item
 
 
 def test_alert_rules_pass_promtool() -> None:
