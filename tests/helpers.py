@@ -127,6 +127,21 @@ def count(db: Path | str, table: str = "verifications") -> int:
     return int(query(db, f"SELECT count(*) FROM {table}")[0][0])
 
 
+# ------------------------------------------------------------------------------------------------ HTTP
+
+
+def http_get(port: int, path: str, headers: dict[str, str] | None = None, method: str = "GET",
+             timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+    """One request to 127.0.0.1:``port``: (status, headers by lower-case name, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
 # ------------------------------------------------------------------------------------------------ polling
 
 
@@ -227,6 +242,18 @@ class Harness:
         """Connected, subscribed, and the backfill that follows every connection is done."""
         return self.connected() and self.env.server.stream_count >= 1 and self.service.backfiller.idle()
 
+    def outage(self, before: int, while_away: list[int]) -> None:
+        """A result over the stream, then the connection lost for a moment while ``while_away`` are posted (only
+        ``gerrit query`` can tell of them); returns once the backfill has recorded them."""
+        server = self.env.server
+        server.push_event(ci_event(before))
+        assert wait_until(lambda: before in self.numbers())
+        server.refuse_connections(0.3)
+        server.drop_connections()
+        for n in while_away:
+            server.record_only(ci_event(n))
+        assert wait_until(lambda: set(while_away) <= set(self.numbers()))
+
 
 # ------------------------------------------------------------------------------------------- the web side
 
@@ -266,13 +293,7 @@ class Site:
 
     def get(self, path: str, method: str = "GET", headers: dict[str, str] | None = None
             ) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.web.port, timeout=10)
-        try:
-            conn.request(method, path, headers=headers or {})
-            r = conn.getresponse()
-            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-        finally:
-            conn.close()
+        return http_get(self.web.port, path, headers, method)
 
     def json(self, path: str) -> Any:
         status, _, body = self.get(path)

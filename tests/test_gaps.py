@@ -98,14 +98,9 @@ def test_the_ledger_records_what_each_backfill_asked_and_recovered(harness: Harn
     """A reconnect's gap is closed by a backfill that recovered the two results only it could deliver; the ledger
     names that backfill with its commands, and the commands metric counts every one Gerrit saw."""
     server = harness.env.server
-    server.push_event(ci_event(7001))
-    assert wait_until(lambda: harness.numbers() == [7001])
-    server.refuse_connections(0.3)
-    server.drop_connections()
-    for n in (7002, 7003):
-        server.record_only(ci_event(n))  # while we are away
-    assert wait_until(lambda: harness.numbers() == [7001, 7002, 7003] and harness.open_gaps() == 0
-                      and harness.service.backfiller.idle())
+    harness.outage(7001, [7002, 7003])
+    assert wait_until(lambda: harness.open_gaps() == 0 and harness.service.backfiller.idle())
+    assert harness.numbers() == [7001, 7002, 7003]
     with harness.service.reader.snapshot() as conn:
         ledger = reads.ingestion(conn)
     newest, start = ledger["gaps"][0], ledger["gaps"][-1]

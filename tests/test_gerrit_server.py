@@ -8,7 +8,7 @@ import time
 import paramiko
 
 from driverlog_daemon import ssh
-from driverlog_daemon.backfill import command
+from driverlog_daemon.gerrit_query import command
 
 from .helpers import SSHEnv, seed_changes
 

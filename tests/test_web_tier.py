@@ -23,7 +23,7 @@ import pytest
 from driverlog_daemon.registry import Registry
 from driverlog_daemon.store import Store
 
-from .helpers import DATA, NOW, merged, vote, wait_until
+from .helpers import DATA, NOW, http_get, merged, vote, wait_until
 
 
 def free_port() -> int:
@@ -32,15 +32,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def get(port: int, path: str, headers: dict[str, str] | None = None, method: str = "GET",
-        timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request(method, path, headers=headers or {})
-        r = conn.getresponse()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-    finally:
-        conn.close()
+get = http_get
 
 
 def processes_with(marker: str) -> list[int]:

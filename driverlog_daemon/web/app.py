@@ -1,9 +1,10 @@
 """The WSGI application: the status page, DriverLog's JSON API, badges, ``/healthz`` and ``/metrics``.
 
 Read-only by construction: the database is opened with ``mode=ro`` and only GET and HEAD are answered (405 with
-``Allow`` for the rest). Every driver's record is rebuilt by a background thread when the database changes, while
-requests keep getting the previous records (never older than ``max_staleness`` behind the database: past that a
-request waits for the rebuild). Responses are cached per records (or database state), registry and minute; they
+``Allow`` for the rest). Every driver's record is kept current off the request path (:mod:`records`), and the
+recent answers made from it are rendered again before new records are published; an answer missing from the cache
+is rendered by one request while the others wait for it. Responses are cached per records (or database state),
+registry and minute; they
 carry a strong ``ETag`` per representation (``If-None-Match`` -> 304), ``Cache-Control: public, max-age=…,
 stale-while-revalidate=…`` for HTTP caches, and are gzipped for clients that accept it. HTML is rendered by Jinja2
 with autoescaping on, and every response forbids scripts (``Content-Security-Policy``).
@@ -12,18 +13,16 @@ with autoescaping on, and every response forbids scripts (``Content-Security-Pol
 from __future__ import annotations
 
 import gzip
-import hashlib
-import json
 import re
 import threading
 import time
 import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 import jinja2
 import structlog
@@ -32,6 +31,16 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from driverlog_daemon import reads
 from driverlog_daemon.registry import Registry
 from driverlog_daemon.web import api, badge
+from driverlog_daemon.web.records import Records, RecordsKeeper
+from driverlog_daemon.web.responses import (
+    GZIP_MIN_BYTES,
+    Response,
+    StartResponse,
+    json_response,
+    response,
+    send,
+    text_response,
+)
 
 log = structlog.get_logger("driverlog.web")
 
@@ -46,13 +55,9 @@ class HttpMetrics(Protocol):
     def exposition(self) -> bytes: ...
 
 
-StartResponse = Callable[..., Any]
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; "
-       "frame-ancestors 'none'")
 CACHE_ENTRIES = 512
-REFRESH_POLL_SECONDS = 0.2  # how often the background thread looks at the database's state
-GZIP_MIN_BYTES = 1024
+RECENT_ANSWERS = 8  # answers made from records that are rendered again, before requests ask, when records change
 HISTORY_PAGE = 50
 
 
@@ -63,38 +68,6 @@ class Live:
     gerrit: str = "not configured"  # connected, connecting, …
     newest_event_time: int | None = None
     open_gap: str | None = None  # a backfill gap not yet closed, in words
-
-
-class _Records(NamedTuple):
-    key: tuple[Any, ...]  # (database state, registry, minute)
-    registry: Registry
-    records: list[dict[str, Any]]
-
-
-@dataclass(slots=True)
-class Response:
-    status: str
-    content_type: str
-    body: bytes
-    etag: str = ""
-    gzipped: bytes | None = None
-    cache: str = "no-store"  # Cache-Control
-    headers: list[tuple[str, str]] = field(default_factory=list)
-
-
-def _response(status: str, content_type: str, body: bytes) -> Response:
-    return Response(status, content_type, body, '"' + hashlib.sha256(body).hexdigest()[:24] + '"')
-
-
-def json_response(obj: Any, status: str = "200 OK") -> Response:
-    """JSON with ``<``, ``>`` and ``&`` escaped: the same values, inert even if pasted into HTML."""
-    text = json.dumps(obj, ensure_ascii=False).replace("<", "\\u003c").replace(">", "\\u003e").replace(
-        "&", "\\u0026")
-    return _response(status, "application/json", text.encode() + b"\n")
-
-
-def text_response(status: str, text: str) -> Response:
-    return _response(status, "text/plain; charset=utf-8", text.encode() + b"\n")
 
 
 def safe_url(url: object) -> str | None:
@@ -137,11 +110,12 @@ class App:
         self.env.globals.update(ago=self._ago, query_link=_query_link)
         self._cache: OrderedDict[tuple[Any, ...], Response] = OrderedDict()
         self._cache_lock = threading.Lock()
-        self._records: _Records | None = None
-        self._records_lock = threading.Lock()  # one rebuild at a time
-        self._stale_since: float | None = None  # when the records were first seen behind the database
-        self._refresher: threading.Thread | None = None
-        self._wake = threading.Event()
+        self._local = threading.local()
+        self._recent: OrderedDict[tuple[str, tuple[tuple[str, str], ...]], tuple[str, Callable[..., Response],
+                                                                                  tuple[str, ...]]] = OrderedDict()
+        self._rendering: dict[tuple[Any, ...], threading.Lock] = {}
+        self.keeper = RecordsKeeper(self.reader, registry, self._build_records, max_staleness=max_staleness,
+                                    clock=clock, prepare=self._prepare)
         # Each route's answer is cached by the records it was made from ("records"), by the database's state
         # ("database": it reads the database itself), or not at all (None).
         self._routes: list[tuple[re.Pattern[str], str, Callable[..., Response], str | None]] = [
@@ -173,20 +147,20 @@ class App:
         route = "other"
         try:
             if method not in ("GET", "HEAD"):
-                response = text_response("405 Method Not Allowed", "only GET and HEAD are answered")
-                response.headers.append(("Allow", "GET, HEAD"))
+                answer = text_response("405 Method Not Allowed", "only GET and HEAD are answered")
+                answer.headers.append(("Allow", "GET, HEAD"))
             elif path == "/metrics":
                 route = "/metrics"
                 self.metrics.http_requests.labels(route, "200").inc()
-                response = Response("200 OK", CONTENT_TYPE_LATEST, self.metrics.exposition(), cache="no-cache")
+                answer = Response("200 OK", CONTENT_TYPE_LATEST, self.metrics.exposition(), cache="no-cache")
             else:
-                route, response = self._dispatch(path, environ.get("QUERY_STRING", ""))
+                route, answer = self._dispatch(path, environ.get("QUERY_STRING", ""))
         except Exception as exc:  # never a traceback to the client
             log.error("http_error", path=path[:200], error=f"{type(exc).__name__}: {exc}")
-            response = text_response("500 Internal Server Error", "internal error; see the daemon's log")
+            answer = text_response("500 Internal Server Error", "internal error; see the daemon's log")
         if route != "/metrics":
-            self.metrics.http_requests.labels(route, response.status[:3]).inc()
-        return self._send(environ, start_response, response, head=method == "HEAD")
+            self.metrics.http_requests.labels(route, answer.status[:3]).inc()
+        return send(environ, start_response, answer, head=method == "HEAD")
 
     def _dispatch(self, path: str, query_string: str) -> tuple[str, Response]:
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(query_string, keep_blank_values=True).items()}
@@ -195,108 +169,88 @@ class App:
             if m is None:
                 continue
             try:
+                groups = tuple(urllib.parse.unquote(g) for g in m.groups())
                 if cached is None:
-                    return name, handler(query, *m.groups())
+                    return name, handler(query, *groups)
                 state = self.records().key if cached == "records" else (self.reader.version(), id(self.registry()),
                                                                         int(self.clock() // 60))
-                key = (path, tuple(sorted(query.items())), state, self._live_key() if name == "/" else None)
-                with self._cache_lock:
-                    hit = self._cache.get(key)
-                    if hit is not None:
-                        self._cache.move_to_end(key)
-                        return name, hit
-                response = handler(query, *(urllib.parse.unquote(g) for g in m.groups()))
-                if response.status.startswith("200"):
-                    response.cache = self.public_cache
+                items = tuple(sorted(query.items()))
+                key = self._cache_key(path, items, state, name)
+                if cached == "records":
                     with self._cache_lock:
-                        self._cache[key] = response
-                        while len(self._cache) > CACHE_ENTRIES:
-                            self._cache.popitem(last=False)
-                return name, response
+                        self._recent[(path, items)] = (name, handler, groups)
+                        self._recent.move_to_end((path, items))
+                        while len(self._recent) > RECENT_ANSWERS:
+                            self._recent.popitem(last=False)
+                hit = self._lookup(key)
+                if hit is not None:
+                    return name, hit
+                with self._cache_lock:  # one request renders an answer; the others wait for it
+                    rendering = self._rendering.setdefault(key, threading.Lock())
+                with rendering:
+                    hit = self._lookup(key)
+                    if hit is None:
+                        hit = self._render(handler, query, groups)
+                        if hit.status.startswith("200"):
+                            self._store(key, hit)
+                with self._cache_lock:
+                    self._rendering.pop(key, None)
+                return name, hit
             except api.BadRequest as bad:
                 return name, text_response("400 Bad Request", str(bad))
         return "other", text_response("404 Not Found", "not found")
 
-    def _send(self, environ: dict[str, Any], start_response: StartResponse, r: Response,
-              head: bool) -> Iterable[bytes]:
-        headers = [("Content-Type", r.content_type), ("X-Content-Type-Options", "nosniff"),
-                   ("Content-Security-Policy", CSP), ("Referrer-Policy", "no-referrer"), *r.headers,
-                   ("Cache-Control", r.cache)]
-        body, etag = r.body, r.etag
-        gzipped = "gzip" in environ.get("HTTP_ACCEPT_ENCODING", "") and len(body) >= GZIP_MIN_BYTES
-        if gzipped:
-            if r.gzipped is None:
-                r.gzipped = gzip.compress(body, 6)
-            body = r.gzipped
-            etag = etag and etag[:-1] + '-gzip"'  # a strong validator names one representation
-        if etag:
-            headers += [("ETag", etag), ("Vary", "Accept-Encoding")]
-            if etag in [t.strip() for t in environ.get("HTTP_IF_NONE_MATCH", "").split(",")]:
-                start_response("304 Not Modified", headers[1:])
-                return [b""]
-        if gzipped:
-            headers.append(("Content-Encoding", "gzip"))
-        headers.append(("Content-Length", str(len(body))))
-        start_response(r.status, headers)
-        return [b""] if head else [body]
+    def _cache_key(self, path: str, items: tuple[tuple[str, str], ...], state: tuple[Any, ...],
+                   name: str) -> tuple[Any, ...]:
+        return path, items, state, self._live_key() if name == "/" else None
 
-    # --------------------------------------------------------------------------------------- records
+    def _render(self, handler: Callable[..., Response], query: Mapping[str, str], groups: tuple[str, ...]) -> Response:
+        answer: Response = handler(query, *groups)
+        if answer.status.startswith("200"):
+            answer.cache = self.public_cache
+        return answer
 
-    def _records_key(self, registry: Registry) -> tuple[Any, ...]:
-        return self.reader.version(), id(registry), int(self.clock() // 60)
+    def _lookup(self, key: tuple[Any, ...]) -> Response | None:
+        with self._cache_lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+            return hit
 
-    def records(self) -> _Records:
-        """Every registry driver's record, rebuilt in the background when the database changes. A request gets
-        the records at hand unless they are behind the database by more than ``max_staleness``; then (and for
-        the very first request) it waits for the rebuild."""
-        self._start_refresher()
-        current = self._records
-        key = self._records_key(self.registry())
-        if current is not None and current.key == key:
-            self._stale_since = None
-            return current
-        now = time.monotonic()
-        if self._stale_since is None:
-            self._stale_since = now
-        self._wake.set()
-        if current is not None and now - self._stale_since < self.max_staleness:
-            return current
-        return self._rebuild()
+    def _store(self, key: tuple[Any, ...], response: Response) -> None:
+        with self._cache_lock:
+            self._cache[key] = response
+            while len(self._cache) > CACHE_ENTRIES:
+                self._cache.popitem(last=False)
 
-    def _rebuild(self) -> _Records:
-        with self._records_lock:  # one rebuild at a time; the others then find it done
-            registry = self.registry()
-            key = self._records_key(registry)
-            if self._records is not None and self._records.key == key:
-                return self._records
-            with self.reader.snapshot() as conn:
-                rows = reads.drivers(conn)
-            now = self.clock()
-            self._records = _Records(key, registry, [
-                api.driver_record(d, rows.get(d.key), registry, now, self.stale_after_days)
-                for d in registry.drivers])
-            self._stale_since = None
-            return self._records
+    # ------------------------------------------------------------------------------------ records
 
-    def _start_refresher(self) -> None:
-        # Started on first use, in the process that serves (a pre-fork server's workers), never before a fork.
-        if self._refresher is None or not self._refresher.is_alive():
-            with self._records_lock:
-                if self._refresher is None or not self._refresher.is_alive():
-                    self._refresher = threading.Thread(target=self._refresh_loop, name="driverlog-web-records",
-                                                       daemon=True)
-                    self._refresher.start()
+    def records(self) -> Records:
+        """Every registry driver's record (:mod:`driverlog_daemon.web.records`); while the app re-renders its
+        recent answers for new records, those."""
+        preparing: Records | None = getattr(self._local, "preparing", None)
+        return preparing if preparing is not None else self.keeper.current()
 
-    def _refresh_loop(self) -> None:
-        while True:
-            self._wake.wait(REFRESH_POLL_SECONDS)
-            self._wake.clear()
-            try:
-                current = self._records
-                if current is None or current.key != self._records_key(self.registry()):
-                    self._rebuild()
-            except Exception as exc:  # a database being replaced, say: the next round tries again
-                log.warning("records_rebuild_failed", error=f"{type(exc).__name__}: {exc}")
+    def _build_records(self, rows: dict[tuple[str, str, str], reads.DriverRow], registry: Registry,
+                       now: float) -> list[dict[str, Any]]:
+        return [api.driver_record(d, rows.get(d.key), registry, now, self.stale_after_days) for d in registry.drivers]
+
+    def _prepare(self, fresh: Records) -> None:
+        """Before new records are published: render the recent answers made from records again, gzip included,
+        so that requests find them ready (the records thread does it, not a request)."""
+        with self._cache_lock:
+            recent = list(self._recent.items())
+        self._local.preparing = fresh
+        try:
+            for (path, query), (name, handler, groups) in recent:
+                key = self._cache_key(path, query, fresh.key, name)
+                answer = self._render(handler, dict(query), groups)
+                if answer.status.startswith("200"):
+                    if len(answer.body) >= GZIP_MIN_BYTES:
+                        answer.gzipped = gzip.compress(answer.body, 6)
+                    self._store(key, answer)
+        finally:
+            self._local.preparing = None
 
     # --------------------------------------------------------------------------------------- helpers
 
@@ -314,7 +268,7 @@ class App:
 
     def _html(self, template: str, **context: Any) -> Response:
         body = self.env.get_template(template).render(**context).encode()
-        return _response("200 OK", "text/html; charset=utf-8", body)
+        return response("200 OK", "text/html; charset=utf-8", body)
 
     # ------------------------------------------------------------------------------------------ pages
 
@@ -368,7 +322,7 @@ class App:
         return json_response(self._ingestion(query))
 
     def static_css(self, query: Mapping[str, str]) -> Response:
-        return _response("200 OK", "text/css; charset=utf-8", (TEMPLATES / "style.css").read_bytes())
+        return response("200 OK", "text/css; charset=utf-8", (TEMPLATES / "style.css").read_bytes())
 
     def badge_svg(self, query: Mapping[str, str], driver_id: str) -> Response:
         _, records = self._recs()
@@ -376,14 +330,14 @@ class App:
         if record is None:
             return text_response("404 Not Found", "no such driver")
         body = self.env.get_template("badge.svg").render(b=badge.badge(record["status"])).encode()
-        return _response("200 OK", "image/svg+xml", body)
+        return response("200 OK", "image/svg+xml", body)
 
     def healthz(self, query: Mapping[str, str]) -> Response:
         ok, detail = self.health()
-        response = json_response({"status": "ok" if ok else "unhealthy", **detail},
-                                 "200 OK" if ok else "503 Service Unavailable")
-        response.cache = "no-cache"  # always asked again, never stored as fresh
-        return response
+        answer = json_response({"status": "ok" if ok else "unhealthy", **detail},
+                               "200 OK" if ok else "503 Service Unavailable")
+        answer.cache = "no-cache"  # always asked again, never stored as fresh
+        return answer
 
     # -------------------------------------------------------------------------------------------- API
 

@@ -1,4 +1,4 @@
-"""Backfill: gerrit query texts, paging, and rows moved while paging read again, against the test server."""
+"""Backfill's gerrit query: texts, paging, rows moved while paging read again, the query budget."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 import pytest
 
 from driverlog_daemon import ssh
-from driverlog_daemon.backfill import BackfillError, QueryBudget, command, fetch, query_text
+from driverlog_daemon.gerrit_query import BackfillError, QueryBudget, command, fetch, query_text
 
 from .helpers import SSHEnv, ci_event, seed_changes
 
@@ -42,7 +42,7 @@ def test_query_text_quotes_time_for_gerrit() -> None:
 def test_backfill_reads_again_the_rows_updated_while_it_pages(ssh_env: SSHEnv) -> None:
     """Gerrit pages by offset over rows newest-updated first: a change updated between two pages jumps to the
     front, past the pages read. Its older CI result must still be found."""
-    from driverlog_daemon import backfill, ssh
+    from driverlog_daemon import gerrit_query, ssh
 
     server = ssh_env.server
     t0 = 1_780_000_000
@@ -61,7 +61,7 @@ def test_backfill_reads_again_the_rows_updated_while_it_pages(ssh_env: SSHEnv) -
         return out.stdout
 
     try:
-        report = backfill.fetch(execute, ["acme-storage-ci"], t0 - 10, page_size=200)
+        report = gerrit_query.fetch(execute, ["acme-storage-ci"], t0 - 10, page_size=200)
     finally:
         client.close()
     assert {c.change.number for c in report.comments} == set(range(20000, 20450))

@@ -1,0 +1,67 @@
+"""What the web tier sends: a response, its JSON and text forms, and how it goes out (security headers, gzip, strong
+validators per representation, 304)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+StartResponse = Callable[..., Any]
+CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; "
+       "frame-ancestors 'none'")
+GZIP_MIN_BYTES = 1024
+
+
+@dataclass(slots=True)
+class Response:
+    status: str
+    content_type: str
+    body: bytes
+    etag: str = ""
+    gzipped: bytes | None = None
+    cache: str = "no-store"  # Cache-Control
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+def response(status: str, content_type: str, body: bytes) -> Response:
+    return Response(status, content_type, body, '"' + hashlib.sha256(body).hexdigest()[:24] + '"')
+
+
+def json_response(obj: Any, status: str = "200 OK") -> Response:
+    """JSON with ``<``, ``>`` and ``&`` escaped: the same values, inert even if pasted into HTML."""
+    text = json.dumps(obj, ensure_ascii=False).replace("<", "\\u003c").replace(">", "\\u003e").replace(
+        "&", "\\u0026")
+    return response(status, "application/json", text.encode() + b"\n")
+
+
+def text_response(status: str, text: str) -> Response:
+    return response(status, "text/plain; charset=utf-8", text.encode() + b"\n")
+
+
+def send(environ: dict[str, Any], start_response: StartResponse, r: Response, head: bool) -> Iterable[bytes]:
+    """Answer ``r``: the security headers, gzip for clients that take it (its own strong ETag), 304 for a
+    validator that matches."""
+    headers = [("Content-Type", r.content_type), ("X-Content-Type-Options", "nosniff"),
+               ("Content-Security-Policy", CSP), ("Referrer-Policy", "no-referrer"), *r.headers,
+               ("Cache-Control", r.cache)]
+    body, etag = r.body, r.etag
+    gzipped = "gzip" in environ.get("HTTP_ACCEPT_ENCODING", "") and len(body) >= GZIP_MIN_BYTES
+    if gzipped:
+        if r.gzipped is None:
+            r.gzipped = gzip.compress(body, 6)
+        body = r.gzipped
+        etag = etag and etag[:-1] + '-gzip"'  # a strong validator names one representation
+    if etag:
+        headers += [("ETag", etag), ("Vary", "Accept-Encoding")]
+        if etag in [t.strip() for t in environ.get("HTTP_IF_NONE_MATCH", "").split(",")]:
+            start_response("304 Not Modified", headers[1:])
+            return [b""]
+    if gzipped:
+        headers.append(("Content-Encoding", "gzip"))
+    headers.append(("Content-Length", str(len(body))))
+    start_response(r.status, headers)
+    return [b""] if head else [body]
