@@ -192,7 +192,7 @@ class Backfiller:
                            changes=list(self.unknown_merges()), accounts_per_query=self.accounts_per_query,
                            page_size=self.page_size)
             run = BackfillRun(trigger, w.since, started_at, report.queries, report.pages, report.repasses,
-                              report.changes, len(report.comments), throttled)
+                              report.changes, len(report.comments), throttled, w.capped)
             result = self.writer.put_backfill(report.comments, report.facts, close_gaps_up_to=up_to,
                                               run=run).result(timeout=self.command_timeout)
         except Exception as exc:

@@ -81,6 +81,7 @@ class BackfillRun(NamedTuple):
     changes_read: int  # change rows read
     ci_messages: int  # CI review messages in its window
     throttled_seconds: float  # waited for [gerrit] max_queries_per_minute
+    capped: bool = False  # its gap was older than backfill_max_age_hours: the older part was not recovered
 
 
 #: The event types that carry a change's state (all subscribed by default).

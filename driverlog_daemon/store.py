@@ -20,13 +20,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from driverlog_daemon import reads
+from driverlog_daemon import health, reads
 from driverlog_daemon.changes import ChangeRows
+from driverlog_daemon.health import Candidate
 from driverlog_daemon.model import BackfillRun, ChangeFact, Source, Verification
 from driverlog_daemon.registry import Registry
 from driverlog_daemon.schema import Transaction, connect, migrate
 
 WRITER_CACHE_KIB = 8192
+_CANDIDATE = ("effective_time, comment_time, change_number, patch_set, comment_sha256, result, verification_id")
 
 
 class BatchResult(NamedTuple):
@@ -34,6 +36,7 @@ class BatchResult(NamedTuple):
     inserted_failure: int
     already_present: int
     closed_gaps: tuple[tuple[int, str, float], ...] = ()  # (id, reason, opened_at) of the gaps it closed
+    transitions: int = 0  # mark transitions recorded (late data may also have moved or removed some)
 
     @property
     def inserted(self) -> int:
@@ -116,6 +119,8 @@ class Store:
             self.conn.close()
             raise
         self._driver_ids = self._load_driver_ids()
+        with self._transaction():  # a file just upgraded (or a batch cut short) leaves pairs to compute
+            self._update_transitions()
 
     @functools.cached_property
     def db(self) -> Any:
@@ -247,8 +252,9 @@ class Store:
                 recovered = inserted["success"] + inserted["failure"]
                 run_id = self._record_backfill(*backfill, recovered, total - recovered)
             closed = self.close_gaps(*close, closed_by=run_id) if close is not None else []
+            transitions = self._update_transitions()
         return BatchResult(inserted["success"], inserted["failure"],
-                           total - inserted["success"] - inserted["failure"], tuple(closed))
+                           total - inserted["success"] - inserted["failure"], tuple(closed), transitions)
 
     def _advance_cursor(self, server: str, event_time: int) -> None:
         """The stream committed events up to ``event_time``: that is proven, unless an open gap starts earlier."""
@@ -283,10 +289,11 @@ class Store:
     def _record_backfill(self, server: str, run: BackfillRun, recovered: int, already_present: int) -> int:
         cur = self.conn.execute(
             """INSERT INTO backfills (server, trigger, since, started_at, finished_at, queries, commands, repasses,
-                                      changes_read, ci_messages, recovered, already_present, throttled_seconds)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                                      changes_read, ci_messages, recovered, already_present, throttled_seconds,
+                                      capped)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             (server, run.trigger, run.since, run.started_at, self._clock(), run.queries, run.commands, run.repasses,
-             run.changes_read, run.ci_messages, recovered, already_present, run.throttled_seconds))
+             run.changes_read, run.ci_messages, recovered, already_present, run.throttled_seconds, run.capped))
         return int(cur.lastrowid or 0)
 
     def close_gaps(self, server: str, up_to_id: int, stream_newest: int | None,
@@ -308,6 +315,35 @@ class Store:
         with self._transaction():
             self.conn.execute("UPDATE gaps SET attempts = attempts + 1, last_error = ? "
                               "WHERE server = ? AND closed_at IS NULL AND id <= ?", (error[:300], server, up_to_id))
+
+    def _update_transitions(self) -> int:
+        """In the current transaction: the mark history of every pair the batch touched (``marks_dirty``, from
+        the earliest effective time that changed), so that ``mark_transitions`` equals the definition over the
+        data; returns how many transitions are new."""
+        dirty = self.conn.execute("SELECT driver_id, release, since FROM marks_dirty").fetchall()
+        added = 0
+        for driver_id, release, since in dirty:
+            row = self.conn.execute(
+                f"""SELECT {_CANDIDATE} FROM mark_candidates WHERE driver_id = ? AND release = ? AND effective_time < ?
+                    ORDER BY comment_time DESC, change_number DESC, patch_set DESC, comment_sha256 DESC LIMIT 1""",
+                (driver_id, release, since)).fetchone()
+            later = [Candidate(*r) for r in self.conn.execute(
+                f"""SELECT {_CANDIDATE} FROM mark_candidates WHERE driver_id = ? AND release = ? AND effective_time >= ?
+                    ORDER BY effective_time""", (driver_id, release, since))]
+            wanted = {t.id: t for t in health.transitions(driver_id, release, later,
+                                                          Candidate(*row) if row else None)}
+            present = {i for (i,) in self.conn.execute(
+                "SELECT id FROM mark_transitions WHERE driver_id = ? AND release = ? AND at >= ?",
+                (driver_id, release, since))}
+            gone = present - wanted.keys()
+            if gone:
+                self.conn.executemany("DELETE FROM mark_transitions WHERE id = ?", [(i,) for i in gone])
+            new = [wanted[i] for i in wanted.keys() - present]
+            self.conn.executemany("INSERT INTO mark_transitions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", new)
+            added += len(new)
+        if dirty:
+            self.conn.execute("DELETE FROM marks_dirty")
+        return added
 
     def cursor(self, server: str) -> int | None:
         """The proven cursor, as this connection sees it (``reads.cursor``)."""

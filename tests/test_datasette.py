@@ -96,9 +96,24 @@ def test_every_canned_query_answers_json(datasette: str, database: Path) -> None
     history = conn.execute("SELECT count(*) FROM verifications v JOIN drivers d ON d.id = v.driver_id "
                            "WHERE d.name = 'Acme Volume Driver (FC)'").fetchone()[0]
     accounts = {a for (a,) in conn.execute("SELECT DISTINCT ci_account FROM drivers WHERE ci_account IS NOT NULL")}
+    now = int(time.time())
+    transitions = conn.execute("SELECT count(*) FROM mark_transitions").fetchone()[0]
+    successes = dict(conn.execute("SELECT driver_id, max(comment_time) FROM verifications WHERE result = 'success' "
+                                  "GROUP BY driver_id").fetchall())
+    drivers = conn.execute("SELECT id, name, review_project FROM drivers WHERE ci_account IS NOT NULL "
+                           "AND removed_at IS NULL").fetchall()
+    silent = sum(1 for i, _, _ in drivers if successes.get(i, 0) < now - 14 * 86400)
+    merged = conn.execute("SELECT change_number, project, merged_patch_set FROM changes WHERE status = 'MERGED' "
+                          "AND merged_patch_set IS NOT NULL AND merged_time >= ?", (now - 30 * 86400,)).fetchall()
+    verified = set(conn.execute("SELECT driver_id, change_number, patch_set FROM verifications").fetchall())
+    fc = next(i for i, name, _ in drivers if name == "Acme Volume Driver (FC)")
+    fc_project = next(p for i, _, p in drivers if i == fc)
+    missed = sum(1 for c, p, ps in merged if p == fc_project and (fc, c, ps) not in verified)
+    covering = sum(1 for i, _, project in drivers if any(p == project for _, p, _ in merged))
     conn.close()
-    assert failing > 0 and history > 0
-    params = {"driver_history": {"driver": "Acme Volume Driver (FC)"}}
+    assert failing > 0 and history > 0 and transitions > 0
+    params = {"driver_history": {"driver": "Acme Volume Driver (FC)"},
+              "missed_changes": {"driver": "Acme Volume Driver (FC)"}}
     counts = {}
     for name in metadata()["queries"]:
         query = urllib.parse.urlencode({"_shape": "objects", **params.get(name, {})})
@@ -107,7 +122,9 @@ def test_every_canned_query_answers_json(datasette: str, database: Path) -> None
         counts[name] = len(body["rows"])
         if name == "silent_ci_accounts":
             assert {r["ci_account"] for r in body["rows"]} == accounts
-    assert counts == {"failing_marks": failing, "silent_ci_accounts": len(accounts), "driver_history": history}
+    assert counts == {"failing_marks": failing, "silent_ci_accounts": len(accounts), "driver_history": history,
+                      "silent_cis": silent, "coverage": covering, "missed_changes": missed,
+                      "recent_transitions": min(100, transitions)}
 
 
 def test_descriptions_are_served(datasette: str) -> None:

@@ -73,6 +73,39 @@ def reference_marks(votes: list[Vote], states: list[State]) -> dict[tuple[int, s
     return {k: (v.change, v.ps, v.result, v.time) for k, v in best.items()}
 
 
+def reference_history(votes: list[Vote], states: list[State]) -> dict[tuple[int, str], list[tuple[Any, ...]]]:
+    """(driver, release) -> [(at, from, to, change, patch set), …]: the mark at every moment a candidate became
+    eligible, computed afresh each time (the definition, not the store's sweep)."""
+    merged_ps = {s.change: s.ps for s in states if s.kind in ("change-merged", "merged-row")}
+    merged_at: dict[int, int] = {}
+    for s in states:
+        if s.kind in ("change-merged", "merged-row", "comment-merged"):
+            merged_at[s.change] = min(merged_at.get(s.change, s.time), s.time)
+    candidates: dict[tuple[int, str], list[tuple[int, Vote]]] = {}
+    for v in votes:
+        if v.release != "" and merged_ps.get(v.change) == v.ps:
+            candidates.setdefault((v.driver, v.release), []).append((max(v.time, merged_at[v.change]), v))
+    out: dict[tuple[int, str], list[tuple[Any, ...]]] = {}
+    for pair, cands in candidates.items():
+        shown: str | None = None
+        for t in sorted({e for e, _ in cands}):
+            best = max((v for e, v in cands if e <= t), key=lambda v: (v.time, v.change, v.ps, v.sha))
+            if best.result != shown:
+                out.setdefault(pair, []).append((t, shown, best.result, best.change, best.ps))
+                shown = best.result
+    return out
+
+
+def transitions_in(conn: sqlite3.Connection, registry: Registry) -> dict[tuple[int, str], list[tuple[Any, ...]]]:
+    index = {d.key: i for i, d in enumerate(ci_drivers(registry))}
+    out: dict[tuple[int, str], list[tuple[Any, ...]]] = {}
+    for p, vd, n, rel, at, frm, to, c, ps in conn.execute(
+            """SELECT d.project_id, d.vendor, d.name, t.release, t.at, t.from_result, t.to_result, t.change_number,
+                      t.patch_set FROM mark_transitions t JOIN drivers d ON d.id = t.driver_id ORDER BY t.at"""):
+        out.setdefault((index[(p, vd, n)], rel), []).append((at, frm, to, c, ps))
+    return out
+
+
 def reference_status(states: list[State]) -> dict[int, str]:
     """A merge is final; otherwise the newest fact's status (equal times: abandoned first)."""
     out: dict[int, tuple[int, int, str]] = {}
@@ -252,6 +285,10 @@ def test_any_order_and_batching_of_the_same_facts_gives_the_same_marks(
                          else ([], "backfill", None, [as_fact(item)])))
         every_column = "SELECT * FROM changes ORDER BY change_number"
         assert s.conn.execute(every_column).fetchall() == one.conn.execute(every_column).fetchall()
+        # Each mark's history, whatever the order and batching: the definition's, with the same ids
+        assert transitions_in(s.conn, registry) == reference_history(votes, states)
+        ids = "SELECT id FROM mark_transitions ORDER BY id"
+        assert s.conn.execute(ids).fetchall() == one.conn.execute(ids).fetchall()
     # Rows merged per span (replay's workers), then across spans (its parent): the rows of all the facts at once
     across = ChangeRows()
     for a, b in itertools.pairwise(bounds):
