@@ -91,6 +91,46 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from driverlog_daemon import reads, schema
+
+    config = _config(args)
+    database = Path(config.database.path).expanduser()
+    if not database.exists():
+        print(f"no database at {database} ([database] path)", file=sys.stderr)
+        return EXIT_INVALID
+    conn = schema.connect(database, readonly=True)
+    now = time.time()
+    names = {i: (v, n, a) for i, v, n, a in conn.execute(
+        "SELECT id, vendor, name, ci_account FROM drivers WHERE ci_account IS NOT NULL AND removed_at IS NULL")}
+    rows = [(names[i], h) for i, h in reads.health_of_drivers(conn, now, config.health.silence_days).items()
+            if i in names and (not args.at_risk or h["at_risk"] is True)]
+    rows.sort(key=lambda r: (r[0][0].lower(), r[0][1].lower()))
+    if args.json:
+        print(json.dumps([{"vendor": v, "driver": n, "ci_account": a, "health": h} for (v, n, a), h in rows],
+                         indent=1))
+        return EXIT_OK
+
+    def pct(x: float | None) -> str:
+        return "—" if x is None else f"{x:.0%}"
+
+    def when(t: int | None) -> str:
+        return "never" if t is None else time.strftime("%Y-%m-%d", time.gmtime(t))
+
+    print(f"{'vendor':<22} {'driver':<40} {'runs 30d':>8} {'pass 30d':>8} {'coverage 30d':>13} {'last success':>12} "
+          f"at risk")
+    for (vendor, name, _), h in rows:
+        cov = h["coverage"]
+        risk = {True: "yes", False: "no", None: "unknown"}[h["at_risk"]]
+        coverage = f"{pct(cov['ratio'])} of {cov['merged']}"
+        print(f"{vendor[:22]:<22} {name[:40]:<40} {h['runs']['30']:>8} {pct(h['pass_rate']['30']):>8} "
+              f"{coverage:>13} {when(h['last_success']):>12} {risk}")
+    return EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from driverlog_daemon import logs, runtime
 
@@ -134,7 +174,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             shutil.rmtree(own_metrics, ignore_errors=True)
 
 
-COMMANDS = ("validate", "replay", "run", "serve", "check-config", "demo")
+COMMANDS = ("validate", "replay", "run", "serve", "health", "check-config", "demo")
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -203,6 +243,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                 "starts it itself.")
         p.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)  # a socket from `run`
         p.set_defaults(func=cmd_serve)
+
+    if only in (None, "health"):
+        p = add("health", "print every CI driver's health from the database",
+                "Pass rate and runs over 30 days, coverage of merged changes over 30 days, the newest success and "
+                "whether the driver is at risk (no success within [health] silence_days; unknown while the database "
+                "is not proven complete that far back). Reads the database read-only: no daemon needed.")
+        p.add_argument("--at-risk", action="store_true", help="only the drivers at risk")
+        p.add_argument("--json", action="store_true", help="JSON: the API's health object per driver")
+        p.set_defaults(func=cmd_health)
 
     if only in (None, "check-config"):
         p = add("check-config", "print and check the effective configuration",

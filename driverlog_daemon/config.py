@@ -66,6 +66,10 @@ class StatusConfig(NamedTuple):
     stale_after_days: float = 7.0
 
 
+class HealthConfig(NamedTuple):
+    silence_days: float = 14.0  # Cinder's rule: no success this long puts a driver at risk
+
+
 class LogConfig(NamedTuple):
     level: str = "info"
     format: str = "auto"  # auto | json | console
@@ -77,6 +81,7 @@ class Config(NamedTuple):
     database: DatabaseConfig = DatabaseConfig()
     http: HttpConfig = HttpConfig()
     status: StatusConfig = StatusConfig()
+    health: HealthConfig = HealthConfig()
     log: LogConfig = LogConfig()
     source: str = "defaults"
 

@@ -98,6 +98,9 @@ class Metrics:
             "driverlog_backfill_gap_exceeded",
             "Backfills whose gap was older than backfill_max_age_hours (older events are not recovered).",
             registry=r)
+        self.mark_transitions = Counter("driverlog_mark_transitions",
+                                        "Mark transitions recorded (a mark appeared or changed its result).",
+                                        registry=r)
         self.backfill_messages = Counter("driverlog_backfill_messages",
                                          "CI review messages examined by backfill.", registry=r)
         self.ingest_latency = Histogram(
@@ -148,6 +151,36 @@ class _ReleaseCollector(Collector):
                 success.add_metric([project, vendor, driver, release], mark_success)
         yield last
         yield success
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+class _HealthCollector(Collector):
+    def __init__(self, read: Callable[[], Iterable[tuple[str, str, str, float | None, float | None, bool | None]]]
+                 ) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["project", "vendor", "driver"]
+        passes = GaugeMetricFamily("driverlog_driver_pass_ratio_30d",
+                                   "A driver's successes / verifications over 30 days (drivers with a run).",
+                                   labels=labels)
+        coverage = GaugeMetricFamily("driverlog_driver_coverage_ratio_30d",
+                                     "Merged changes of a driver's review project in 30 days that its CI verified "
+                                     "at the merged patch set, as a ratio (projects with a merge).", labels=labels)
+        at_risk = 0
+        for project, vendor, driver, rate, ratio, risk in self.read():
+            if rate is not None:
+                passes.add_metric([project, vendor, driver], rate)
+            if ratio is not None:
+                coverage.add_metric([project, vendor, driver], ratio)
+            at_risk += risk is True
+        yield passes
+        yield coverage
+        yield GaugeMetricFamily("driverlog_drivers_at_risk",
+                                "Drivers with no CI success within [health] silence_days (Cinder's rule).",
+                                value=at_risk)
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
@@ -205,6 +238,10 @@ class WebMetrics:
 
     def watch_releases(self, read: Callable[[], ReleaseTimes]) -> None:
         self._scrape.register(_ReleaseCollector(read))
+
+    def watch_health(self, read: Callable[[], Iterable[tuple[str, str, str, float | None, float | None,
+                                                            bool | None]]]) -> None:
+        self._scrape.register(_HealthCollector(read))
 
     def registry_size(self, drivers: int, ci_accounts: int) -> None:
         Gauge("driverlog_registry_drivers", "Drivers in the loaded registry.", registry=self.registry,

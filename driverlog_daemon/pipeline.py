@@ -206,6 +206,8 @@ class Pipeline:
                 self.metrics.last_verification_time.set(newest)
         if result.already_present:
             self.metrics.duplicates.labels(source).inc(result.already_present)
+        if result.transitions:
+            self.metrics.mark_transitions.inc(result.transitions)
         committed = time.monotonic()
         for read_at, rows in pending.read_at:  # line read -> row committed, per verification
             for _ in range(rows):

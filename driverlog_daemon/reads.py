@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from driverlog_daemon import health
 from driverlog_daemon.schema import connect
 
 # ------------------------------------------------------------------------------------- stream state, gaps
@@ -254,3 +255,118 @@ class Reader:
                 conn.close()
             self._opened, self._version_conn = [], None
         self._local = threading.local()
+
+
+# ------------------------------------------------------------------------------------------- CI health
+
+
+def horizon(conn: sqlite3.Connection) -> int | None:
+    """Since when (Gerrit's time) every CI result is proven to be in the file: the first backfill's window start,
+    or later when a backfill since could not reach back far enough (``capped``). None: never proven (no
+    backfill committed; a file built by ``replay`` alone)."""
+    first = conn.execute("SELECT since FROM backfills ORDER BY id LIMIT 1").fetchone()
+    if first is None:
+        return None
+    capped = conn.execute("SELECT max(since) FROM backfills WHERE capped").fetchone()[0]
+    return max(int(first[0]), int(capped)) if capped is not None else int(first[0])
+
+
+def _runs(conn: sqlite3.Connection, driver_id: int, start: float, end: float) -> tuple[int, int]:
+    """(runs, passes) of a driver with comment time in [start, end], from whole days and the two partial ones."""
+    first_day, last_day = int(start // health.DAY), int(end // health.DAY)
+    if first_day == last_day:
+        spans = [(start, end)]
+        days: tuple[int, int] = (0, 0)
+    else:
+        spans = [(start, (first_day + 1) * health.DAY - 1), (last_day * health.DAY, end)]
+        days = conn.execute("SELECT coalesce(sum(runs), 0), coalesce(sum(passes), 0) FROM driver_days "
+                            "WHERE driver_id = ? AND day > ? AND day < ?", (driver_id, first_day, last_day)).fetchone()
+    runs, passes = days
+    for a, b in spans:
+        n, p = conn.execute("SELECT count(*), coalesce(sum(result = 'success'), 0) FROM verifications "
+                            "WHERE driver_id = ? AND comment_time >= ? AND comment_time <= ?",
+                            (driver_id, int(-(-a // 1)), int(b // 1))).fetchone()
+        runs, passes = runs + n, passes + p
+    return int(runs), int(passes)
+
+
+def health_of_drivers(conn: sqlite3.Connection, now: float, silence_days: float) -> dict[int, dict[str, Any]]:
+    """Every CI driver's health, by the README's definitions: runs, passes and pass rate over 7, 30 and 90 days,
+    coverage of its review project's merged changes over 30 days, the newest success, and at_risk."""
+    known_since = horizon(conn)
+    drivers = conn.execute("SELECT id, review_project FROM drivers WHERE ci_account IS NOT NULL").fetchall()
+    last_success = dict(conn.execute("SELECT driver_id, max(last_success_time) FROM driver_status "
+                                     "GROUP BY driver_id").fetchall())
+    start = now - health.COVERAGE_DAYS * health.DAY
+    merged: dict[str, int] = {}
+    covered: dict[int, int] = {}
+    for project, n in conn.execute(
+            "SELECT project, count(*) FROM changes WHERE status = 'MERGED' AND merged_patch_set IS NOT NULL "
+            "AND merged_time >= ? AND merged_time <= ? GROUP BY project", (start, now)):
+        merged[project] = n
+    for driver_id, n in conn.execute(
+            """SELECT v.driver_id, count(DISTINCT c.change_number) FROM changes c
+               JOIN verifications v ON v.change_number = c.change_number AND v.patch_set = c.merged_patch_set
+               WHERE c.status = 'MERGED' AND c.merged_patch_set IS NOT NULL AND c.merged_time >= ?
+                     AND c.merged_time <= ? AND c.project = (SELECT review_project FROM drivers WHERE id = v.driver_id)
+               GROUP BY v.driver_id""", (start, now)):
+        covered[driver_id] = n
+    out: dict[int, dict[str, Any]] = {}
+    for driver_id, project in drivers:
+        runs: dict[str, int] = {}
+        rates: dict[str, float | None] = {}
+        for days in health.WINDOWS:
+            n, p = _runs(conn, driver_id, now - days * health.DAY, now)
+            runs[str(days)], rates[str(days)] = n, health.ratio(p, n)
+        m, c = merged.get(project, 0), covered.get(driver_id, 0)
+        success = last_success.get(driver_id)
+        out[driver_id] = {
+            "runs": runs, "pass_rate": rates,
+            "coverage": {"days": health.COVERAGE_DAYS, "merged": m, "covered": c, "ratio": health.ratio(c, m)},
+            "last_success": success, "at_risk": health.at_risk(success, known_since, now, silence_days),
+        }
+    return out
+
+
+def health_gauges(conn: sqlite3.Connection, now: float,
+                  silence_days: float) -> list[tuple[str, str, str, float | None, float | None, bool | None]]:
+    """(project_id, vendor, name, pass rate 30 d, coverage 30 d, at_risk) of every CI driver in the registry."""
+    names = {i: (p, v, n) for i, p, v, n in conn.execute(
+        "SELECT id, project_id, vendor, name FROM drivers WHERE removed_at IS NULL")}
+    return [(*names[i], h["pass_rate"]["30"], h["coverage"]["ratio"], h["at_risk"])
+            for i, h in health_of_drivers(conn, now, silence_days).items() if i in names]
+
+
+def missed(conn: sqlite3.Connection, driver_id: int, now: float, days: int) -> list[dict[str, Any]]:
+    """The merged changes of the driver's review project in the window with no verification by it at the merged
+    patch set, newest merge first."""
+    rows = conn.execute(
+        """SELECT c.change_number, c.branch, c.merged_time,
+                  (SELECT v.review_url FROM verifications v WHERE v.change_number = c.change_number
+                   AND v.review_url IS NOT NULL LIMIT 1)
+           FROM changes c JOIN drivers d ON d.id = ? AND c.project = d.review_project
+           WHERE c.status = 'MERGED' AND c.merged_patch_set IS NOT NULL AND c.merged_time >= ? AND c.merged_time <= ?
+             AND NOT EXISTS (SELECT 1 FROM verifications v WHERE v.driver_id = d.id
+                             AND v.change_number = c.change_number AND v.patch_set = c.merged_patch_set)
+           ORDER BY c.merged_time DESC, c.change_number DESC""", (driver_id, now - days * health.DAY, now))
+    return [{"change_number": n, "branch": b, "merged_time": t, "review_url": u} for n, b, t, u in rows]
+
+
+def transitions(conn: sqlite3.Connection, driver_id: int) -> list[dict[str, Any]]:
+    """A driver's mark history, newest first."""
+    rows = conn.execute(
+        """SELECT t.id, t.release, t.from_result, t.to_result, t.at, t.change_number, t.patch_set, t.comment_time,
+                  v.review_url
+           FROM mark_transitions t JOIN verifications v ON v.id = t.verification_id
+           WHERE t.driver_id = ? ORDER BY t.at DESC, t.id""", (driver_id,))
+    return [{"id": i, "release": r.lower(), "from": f, "to": to, "at": at, "change_number": c, "patch_set": ps,
+             "comment_time": ct, "review_url": u} for i, r, f, to, at, c, ps, ct, u in rows]
+
+
+def daily(conn: sqlite3.Connection, driver_id: int, now: float, days: int = 90) -> list[tuple[int, int, int]]:
+    """(day, passes, failures) of each of the last ``days`` UTC days (the driver page's chart), oldest first."""
+    today = int(now // health.DAY)
+    counts = {d: (p, r - p) for d, r, p in conn.execute(
+        "SELECT day, runs, passes FROM driver_days WHERE driver_id = ? AND day > ? AND day <= ?",
+        (driver_id, today - days, today))}
+    return [(d, *counts.get(d, (0, 0))) for d in range(today - days + 1, today + 1)]

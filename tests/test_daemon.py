@@ -326,4 +326,4 @@ def test_alert_rules_pass_promtool() -> None:
     proc = subprocess.run([tool, "check", "rules", str(ROOT / "deploy" / "prometheus" / "alerts.yml")],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 6 rules found" in proc.stdout
+    assert "SUCCESS: 7 rules found" in proc.stdout

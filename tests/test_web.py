@@ -115,7 +115,7 @@ def test_drivers_api_has_upstreams_shape_and_ours(site: Site) -> None:
     fc = next(d for d in drivers if d["name"] == "Acme Volume Driver (FC)")
     registry_fc = driver(site.registry, "Acme Volume Driver (FC)")
     assert set(fc) == {"project_id", "vendor", "name", "description", "wiki", "maintainers", "ci", "releases",
-                       "releases_info", "project_name", "id", "latest", "status"}
+                       "releases_info", "project_name", "id", "latest", "status", "health"}
     assert fc["project_name"] == "Cinder (Block Storage)"
     assert set(fc["releases"]) == {r.lower() for r in registry_fc.releases}
     assert fc["releases"]["gazpacho"] == {"ci_tested": True, "ci_result": True, "comment": XSS_SCRIPT,

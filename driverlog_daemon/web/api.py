@@ -48,8 +48,8 @@ def status(row: DriverRow | None, driver: Driver, now: float, stale_after_days: 
 
 
 def driver_record(driver: Driver, row: DriverRow | None, registry: Registry, now: float,
-                  stale_after_days: float) -> dict[str, Any]:
-    """One driver as upstream's dashboard served it, plus ours: ``id``, ``latest``, ``status``."""
+                  stale_after_days: float, health: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One driver as upstream's dashboard served it, plus ours: ``id``, ``latest``, ``status``, ``health``."""
     record: dict[str, Any] = {
         "project_id": driver.project_id, "vendor": driver.vendor, "name": driver.name,
         "description": driver.description, "wiki": driver.wiki,
@@ -78,6 +78,7 @@ def driver_record(driver: Driver, row: DriverRow | None, registry: Registry, now
         "review_url": latest.review_url, "change_number": latest.change_number, "patch_set": latest.patch_set,
         "release": latest.release or None}
     record["status"] = status(row, driver, now, stale_after_days)
+    record["health"] = health if driver.ci is not None else None
     return record
 
 

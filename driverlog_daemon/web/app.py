@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import sqlite3
 import threading
 import time
 import urllib.parse
@@ -92,7 +93,8 @@ def utc(ts: int | None) -> str:
 
 class App:
     def __init__(self, database: str | Path, registry: Callable[[], Registry], metrics: HttpMetrics, health: Health,
-                 *, live: Callable[[], Live] = Live, stale_after_days: float = 7.0, max_age: int = 5,
+                 *, live: Callable[[], Live] = Live, stale_after_days: float = 7.0, silence_days: float = 14.0,
+                 max_age: int = 5,
                  stale_while_revalidate: int = 30, max_staleness: float = 5.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.reader = reads.Reader(database)
@@ -101,6 +103,7 @@ class App:
         self.health = health
         self.live = live
         self.stale_after_days = stale_after_days
+        self.silence_days = silence_days
         self.max_staleness = max_staleness
         self.clock = clock
         self.public_cache = f"public, max-age={max_age}, stale-while-revalidate={stale_while_revalidate}"
@@ -126,6 +129,8 @@ class App:
                 (r"/badge/(\d+)\.svg", "/badge/<id>.svg", self.badge_svg, "records"),
                 (r"/api/1\.0/drivers", "/api/1.0/drivers", self.api_drivers, "records"),
                 (r"/api/1\.0/drivers/(\d+)", "/api/1.0/drivers/<id>", self.api_driver, "records"),
+                (r"/api/1\.0/drivers/(\d+)/history", "/api/1.0/drivers/<id>/history", self.api_history, "database"),
+                (r"/api/1\.0/drivers/(\d+)/missed", "/api/1.0/drivers/<id>/missed", self.api_missed, "database"),
                 (r"/api/1\.0/list/releases", "/api/1.0/list/releases", self.api_releases, "records"),
                 (r"/api/1\.0/list/releases/(.+)", "/api/1.0/list/releases/<id>", self.api_release, "records"),
                 (r"/api/1\.0/list/project_ids", "/api/1.0/list/project_ids", self.api_project_ids, "records"),
@@ -231,9 +236,12 @@ class App:
         preparing: Records | None = getattr(self._local, "preparing", None)
         return preparing if preparing is not None else self.keeper.current()
 
-    def _build_records(self, rows: dict[tuple[str, str, str], reads.DriverRow], registry: Registry,
-                       now: float) -> list[dict[str, Any]]:
-        return [api.driver_record(d, rows.get(d.key), registry, now, self.stale_after_days) for d in registry.drivers]
+    def _build_records(self, conn: sqlite3.Connection, registry: Registry, now: float) -> list[dict[str, Any]]:
+        rows = reads.drivers(conn)
+        healths = reads.health_of_drivers(conn, now, self.silence_days)
+        return [api.driver_record(d, row, registry, now, self.stale_after_days,
+                                  healths.get(row.id) if row is not None and d.ci is not None else None)
+                for d in registry.drivers for row in (rows.get(d.key),)]
 
     def _prepare(self, fresh: Records) -> None:
         """Before new records are published: render the recent answers made from records again, gzip included,
@@ -352,6 +360,19 @@ class App:
         if record is None:
             return json_response({"error": "no such driver"}, "404 Not Found")
         return json_response({"driver": record})
+
+    def api_history(self, query: Mapping[str, str], driver_id: str) -> Response:
+        with self.reader.snapshot() as conn:
+            if reads.driver_key(conn, int(driver_id)) is None:
+                return json_response({"error": "no such driver"}, "404 Not Found")
+            return json_response({"transitions": reads.transitions(conn, int(driver_id))})
+
+    def api_missed(self, query: Mapping[str, str], driver_id: str) -> Response:
+        days = api.int_param(query, "days", 30, minimum=1, maximum=365) or 30
+        with self.reader.snapshot() as conn:
+            if reads.driver_key(conn, int(driver_id)) is None:
+                return json_response({"error": "no such driver"}, "404 Not Found")
+            return json_response({"days": days, "missed": reads.missed(conn, int(driver_id), self.clock(), days)})
 
     def _filtered(self, query: Mapping[str, str], **which: bool) -> list[dict[str, Any]]:
         registry, records = self._recs()

@@ -11,6 +11,7 @@ finds them ready. Requests meanwhile get the records at hand, unless those are b
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +33,7 @@ class Records(NamedTuple):
     records: list[dict[str, Any]]
 
 
-Build = Callable[[dict[tuple[str, str, str], reads.DriverRow], Registry, float], list[dict[str, Any]]]
+Build = Callable[[sqlite3.Connection, Registry, float], list[dict[str, Any]]]  # reads in one snapshot
 
 
 class RecordsKeeper:
@@ -76,8 +77,7 @@ class RecordsKeeper:
             if self._records is not None and self._records.key == key:
                 return self._records
             with self.reader.snapshot() as conn:
-                rows = reads.drivers(conn)
-            fresh = Records(key, registry, self.build(rows, registry, self.clock()))
+                fresh = Records(key, registry, self.build(conn, registry, self.clock()))
             if prepare:
                 self.prepare(fresh)
             self._records, self._stale_since, self._built_at = fresh, None, time.monotonic()

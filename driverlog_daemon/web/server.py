@@ -194,6 +194,12 @@ def build_app(config: Config) -> Any:
             return reads.release_times(conn)
 
     metrics.watch_releases(read_releases)
+
+    def read_health() -> list[tuple[str, str, str, float | None, float | None, bool | None]]:
+        with reader.snapshot() as conn:
+            return reads.health_gauges(conn, time.time(), config.health.silence_days)
+
+    metrics.watch_health(read_health)
     if root is not None:
         metrics.watch_gaps(read_gaps)
     else:  # alone, no daemon writes the registry's gauges
@@ -224,6 +230,7 @@ def build_app(config: Config) -> Any:
 
     h = config.http
     return App(database, registry.current, metrics, health, live=live, stale_after_days=config.status.stale_after_days,
+               silence_days=config.health.silence_days,
                max_age=h.max_age_seconds, stale_while_revalidate=h.stale_while_revalidate_seconds,
                max_staleness=h.max_staleness_seconds)
 
