@@ -192,3 +192,19 @@ def test_every_record_has_health_and_history_and_missed_answer(site: Site) -> No
                                              "review_url": None}]}
     assert site.get("/api/1.0/drivers/99999/history")[0] == 404
     assert site.get(f"/api/1.0/drivers/{iscsi}/missed?days=x")[0] == 400
+
+
+def test_the_pages_show_health_search_at_risk_and_the_chart(site: Site) -> None:
+    status, _, body = site.get("/?q=iscsi")
+    page = body.decode()
+    assert status == 200 and ISCSI in page and FC not in page  # the search matched one driver
+    assert 'name="q"' in page and "<details" in page and "at risk only" in page
+    assert FC in site.get("/?q=ACME-STORAGE-CI")[2].decode()  # CI account, any case
+    assert ISCSI not in site.get("/?at_risk=1")[2].decode()  # unknown (null) is not at risk
+    did = site.driver_id(FC)
+    driver_page = site.get(f"/drivers/{did}")[2].decode()
+    assert "CI health" in driver_page and "Mark history" in driver_page
+    assert "<svg" in driver_page and 'role="img"' in driver_page and "2 passes and 0 failures" not in driver_page
+    assert "1 passes and 1 failures over the last 90 days" in driver_page  # the chart's text alternative
+    assert 'class="bar-pass"' in driver_page and 'class="bar-fail"' in driver_page
+    assert "style=" not in driver_page  # the CSP allows no inline style: colours come from the stylesheet

@@ -31,7 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from driverlog_daemon import reads
 from driverlog_daemon.registry import Registry
-from driverlog_daemon.web import api, badge
+from driverlog_daemon.web import api, badge, pages
 from driverlog_daemon.web.records import Records, RecordsKeeper
 from driverlog_daemon.web.responses import (
     GZIP_MIN_BYTES,
@@ -110,7 +110,7 @@ class App:
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                                       undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
         self.env.filters.update(safe_url=safe_url, utc=utc)
-        self.env.globals.update(ago=self._ago, query_link=_query_link)
+        self.env.globals.update(ago=self._ago, query_link=_query_link, percent=pages.percent)
         self._cache: OrderedDict[tuple[Any, ...], Response] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._local = threading.local()
@@ -282,41 +282,28 @@ class App:
 
     def page_index(self, query: Mapping[str, str]) -> Response:
         registry, records = self._recs()
-        filters = api.Filters.parse(query)
-        shown_releases = [r for r in reversed(registry.releases)  # newest first
-                          if (r.id.lower() in filters.release_ids if filters.release_ids is not None else r.active)]
-        chosen = [r for r in records if api.passes(r, filters, registry, release=filters.release_ids is not None)]
-        by_project: dict[str, list[dict[str, Any]]] = {}
-        for r in sorted(chosen, key=lambda r: (r["project_name"], r["vendor"].lower(), r["name"].lower())):
-            by_project.setdefault(r["project_name"], []).append(r)
-        now = self.clock()
-        stale = now - self.stale_after_days * 86400
-        accounts: dict[str, int] = {}
-        for r in records:
-            if "ci" in r:
-                last = r["latest"]["timestamp"] if r["latest"] else 0
-                accounts[r["ci"]["id"]] = max(accounts.get(r["ci"]["id"], 0), last)
-        counts = {"drivers": len(records), "with_mark": sum(1 for r in records if any(
-            v["ci_tested"] for v in r["releases"].values())),
-                  "silent": sum(1 for t in accounts.values() if t < stale), "ci_accounts": len(accounts)}
-        return self._html("index.html", by_project=by_project, releases=shown_releases, filters=filters,
-                          registry=registry, live=self.live(), counts=counts, query=query,
-                          vendors=sorted({r["vendor"] for r in records}, key=str.lower),
-                          stale_after_days=self.stale_after_days)
+        return self._html("index.html", registry=registry, live=self.live(), query=query,
+                          stale_after_days=self.stale_after_days, silence_days=self.silence_days,
+                          **pages.index(records, registry, query, self.clock(), self.stale_after_days))
 
     def page_driver(self, query: Mapping[str, str], driver_id: str) -> Response:
         page = api.int_param(query, "page", 1, minimum=1) or 1
         registry, records = self._recs()
         record = next((r for r in records if r["id"] == int(driver_id)), None)
+        now = self.clock()
         with self.reader.snapshot() as conn:
             known = reads.driver_key(conn, int(driver_id))
             if known is None:
                 return text_response("404 Not Found", "no such driver")
             history, total = reads.history(conn, int(driver_id), limit=HISTORY_PAGE,
                                              offset=(page - 1) * HISTORY_PAGE)
-        pages = max(1, -(-total // HISTORY_PAGE))
+            missed = reads.missed(conn, int(driver_id), now, 30)
+            transitions = reads.transitions(conn, int(driver_id))
+            chart = pages.chart(reads.daily(conn, int(driver_id), now))
         return self._html("driver.html", record=record, key=known[0], removed=known[1], history=history,
-                          page=page, pages=pages, total=total, driver_id=int(driver_id), registry=registry)
+                          page=page, pages=max(1, -(-total // HISTORY_PAGE)), total=total, driver_id=int(driver_id),
+                          registry=registry, missed=missed, transitions=transitions, chart=chart,
+                          silence_days=self.silence_days)
 
     def _ingestion(self, query: Mapping[str, str]) -> dict[str, Any]:
         limit = api.int_param(query, "limit", 50, minimum=1, maximum=500) or 50

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 StartResponse = Callable[..., Any]
-CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; "
+CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; form-action 'self'; "
        "frame-ancestors 'none'")
 GZIP_MIN_BYTES = 1024
 
