@@ -13,7 +13,8 @@ and driven by ``wrk`` (Debian's package: one route at a time, ``--clients`` keep
 2. while ``driverlog-daemon replay`` ingests a generated recording into the same file: the API and ``/``;
 3. Datasette, the ``driver_ci_status`` view as JSON, the same clients.
 
-Prints requests/s and p50/p99 latency per route and the peak RSS of each web worker. Figures go into
+Prints the time to compute every driver's CI health on that file, requests/s and p50/p99 latency per route and
+the peak RSS of each web worker. Figures go into
 docs/performance.md.
 """
 
@@ -246,6 +247,17 @@ def main() -> int:
     with Store(db) as s:
         driver_id = s.conn.execute("SELECT driver_id FROM driver_status GROUP BY driver_id "
                                    "ORDER BY sum(verifications) DESC LIMIT 1").fetchone()[0]
+    from driverlog_daemon import reads, schema
+
+    conn = schema.connect(db, readonly=True)
+    timings = []
+    for _ in range(5):
+        started = time.perf_counter()
+        healths = reads.health_of_drivers(conn, time.time(), 14)
+        timings.append(time.perf_counter() - started)
+    conn.close()
+    print(f"CI health of {len(healths)} drivers: {statistics.median(timings) * 1000:.0f} ms (median of 5; "
+          f"best {min(timings) * 1000:.0f} ms)")
     every = ",".join(r.id.lower() for r in registry.releases)
     api = f"/api/1.0/drivers?release_id={every}"
     port = free_port()

@@ -343,7 +343,7 @@ def missed(conn: sqlite3.Connection, driver_id: int, now: float, days: int) -> l
     rows = conn.execute(
         """SELECT c.change_number, c.branch, c.merged_time,
                   (SELECT v.review_url FROM verifications v WHERE v.change_number = c.change_number
-                   AND v.review_url IS NOT NULL LIMIT 1)
+                   AND v.project = c.project AND v.review_url IS NOT NULL LIMIT 1)
            FROM changes c JOIN drivers d ON d.id = ? AND c.project = d.review_project
            WHERE c.status = 'MERGED' AND c.merged_patch_set IS NOT NULL AND c.merged_time >= ? AND c.merged_time <= ?
              AND NOT EXISTS (SELECT 1 FROM verifications v WHERE v.driver_id = d.id
