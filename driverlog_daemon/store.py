@@ -72,6 +72,27 @@ def _values_sql(head: str, tail: str, width: int, size: int) -> str:
 # A verification row is its Verification with the driver's id for its key, then when and how it arrived: the
 # columns are named from the model's fields, so the two cannot drift apart.
 _VERIFICATION_COLUMNS = ("driver_id", *Verification._fields[1:], "received_at", "source")
+# What a batch's new verifications (row id >= ?) add beyond their rows, once per batch rather than a trigger per row:
+# their day counts; their candidacy for a mark when their change has merged at their patch set; and the pairs whose
+# mark history must be computed again (schema: mark_candidates, marks_dirty, driver_days).
+_FOR_NEW_VERIFICATIONS = (
+    """INSERT INTO driver_days (driver_id, day, runs, passes)
+       SELECT driver_id, comment_time / 86400, count(*), sum(result = 'success') FROM verifications WHERE id >= ?
+       GROUP BY driver_id, comment_time / 86400
+       ON CONFLICT (driver_id, day) DO UPDATE SET runs = runs + excluded.runs, passes = passes + excluded.passes""",
+    """INSERT INTO mark_candidates (verification_id, driver_id, release, effective_time, comment_time, result,
+                                    change_number, patch_set, comment_sha256)
+       SELECT v.id, v.driver_id, v.release, max(v.comment_time, coalesce(c.merged_time, v.comment_time)),
+              v.comment_time, v.result, v.change_number, v.patch_set, v.comment_sha256
+       FROM verifications v JOIN changes c ON c.change_number = v.change_number AND c.merged_patch_set = v.patch_set
+       WHERE v.id >= ?1 AND v.release != ''
+       ON CONFLICT (verification_id) DO NOTHING""",
+    """INSERT INTO marks_dirty (driver_id, release, since)
+       SELECT driver_id, release, min(effective_time) FROM mark_candidates WHERE verification_id >= ?
+       GROUP BY driver_id, release
+       ON CONFLICT (driver_id, release) DO UPDATE SET since = min(since, excluded.since)""",
+)
+
 _NATURAL_KEY_ORDER = operator.itemgetter(*(_VERIFICATION_COLUMNS.index(c) for c in (
     "driver_id", "change_number", "patch_set", "ci_account", "comment_sha256")))
 
@@ -240,11 +261,15 @@ class Store:
             rows.sort(key=_NATURAL_KEY_ORDER)
         inserted = {"success": 0, "failure": 0}
         with self._transaction():
+            first_new = int(self.conn.execute("SELECT coalesce(max(id), 0) + 1 FROM verifications").fetchone()[0])
             for sql, values in _values_statements(_UPSERT_CHANGES, _UPSERT_CHANGES_TAIL, 9, change_rows):
                 self.conn.execute(sql, values)
             for result, rows in by_result.items():
                 for sql, values in _values_statements(_INSERT_VERIFICATIONS, "", len(_VERIFICATION_COLUMNS), rows):
                     inserted[result] += max(self.conn.execute(sql, values).rowcount, 0)
+            if inserted["success"] or inserted["failure"]:  # the batch's new rows (row ids only grow): set-wise
+                for statement in _FOR_NEW_VERIFICATIONS:
+                    self.conn.execute(statement, (first_new,))
             if cursor is not None:
                 self._advance_cursor(*cursor)
             run_id = None

@@ -153,8 +153,7 @@ def test_a_version_3_file_gets_its_history(tmp_path: Path, registry: Registry) -
                  changes=[merged(1, 1, NOW - 800), merged(2, 1, NOW - 400)])
         expected = history(s)
     conn = sqlite3.connect(path, isolation_level=None)  # back to version 3: the history and its tables gone
-    for statement in ("DROP TRIGGER verifications_count_day", "DROP TRIGGER verifications_mark_candidate",
-                      "DROP TRIGGER changes_candidates_insert", "DROP TRIGGER changes_candidates_update",
+    for statement in ("DROP TRIGGER changes_candidates_insert", "DROP TRIGGER changes_candidates_update",
                       "DROP TABLE mark_transitions", "DROP TABLE mark_candidates", "DROP TABLE marks_dirty",
                       "DROP TABLE driver_days", "DROP INDEX changes_merged_in",
                       "ALTER TABLE backfills DROP COLUMN capped",

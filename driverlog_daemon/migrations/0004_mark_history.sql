@@ -1,8 +1,8 @@
 -- CI health: each mark's history (transitions), the candidates it is made of, and daily counts per driver.
 --
 -- mark_candidates: every verification that can make a mark (its release known, its change merged, at the merged
--- patch set), with the moment it became eligible: max(comment time, merge time). Kept by the same triggers as
--- driver_marks, in the same transaction.
+-- patch set), with the moment it became eligible: max(comment time, merge time). Kept in the same transaction as
+-- driver_marks: by the store for each batch's new verifications, by the triggers below for merges.
 CREATE TABLE mark_candidates (
     verification_id  INTEGER PRIMARY KEY REFERENCES verifications (id),
     driver_id        INTEGER NOT NULL,
@@ -57,27 +57,8 @@ CREATE INDEX changes_merged_in ON changes (project, merged_time) WHERE status = 
 -- A backfill whose gap was older than backfill_max_age_hours: what is older was not recovered (the horizon).
 ALTER TABLE backfills ADD COLUMN capped INTEGER NOT NULL DEFAULT 0;
 
-CREATE TRIGGER verifications_count_day AFTER INSERT ON verifications
-BEGIN
-    INSERT INTO driver_days (driver_id, day, runs, passes)
-    VALUES (NEW.driver_id, NEW.comment_time / 86400, 1, NEW.result = 'success')
-    ON CONFLICT (driver_id, day) DO UPDATE SET runs = runs + 1, passes = passes + (NEW.result = 'success');
-END;
-
-CREATE TRIGGER verifications_mark_candidate AFTER INSERT ON verifications
-WHEN NEW.release != '' AND EXISTS (SELECT 1 FROM changes c WHERE c.change_number = NEW.change_number
-                                                            AND c.merged_patch_set = NEW.patch_set)
-BEGIN
-    INSERT INTO mark_candidates (verification_id, driver_id, release, effective_time, comment_time, result,
-                                           change_number, patch_set, comment_sha256)
-    SELECT NEW.id, NEW.driver_id, NEW.release, max(NEW.comment_time, coalesce(c.merged_time, NEW.comment_time)),
-           NEW.comment_time, NEW.result, NEW.change_number, NEW.patch_set, NEW.comment_sha256
-    FROM changes c WHERE c.change_number = NEW.change_number
-    ON CONFLICT (verification_id) DO NOTHING;
-    INSERT INTO marks_dirty (driver_id, release, since)
-    SELECT NEW.driver_id, NEW.release, effective_time FROM mark_candidates WHERE verification_id = NEW.id
-    ON CONFLICT (driver_id, release) DO UPDATE SET since = min(since, excluded.since);
-END;
+-- A new verification's day count, and its candidacy when its change has merged at its patch set, are written by
+-- the store once per batch, for all the batch's new rows at once (store.py); merges found later by triggers:
 
 -- A change merges (or its merged patch set becomes known): its verifications at that patch set become candidates.
 -- (ON CONFLICT DO NOTHING, not INSERT OR IGNORE: a trigger fired by an upsert takes the upsert's conflict policy.)
