@@ -155,7 +155,7 @@ def test_a_version_3_file_gets_its_history(tmp_path: Path, registry: Registry) -
     conn = sqlite3.connect(path, isolation_level=None)  # back to version 3: the history and its tables gone
     for statement in ("DROP TRIGGER changes_candidates_insert", "DROP TRIGGER changes_candidates_update",
                       "DROP TABLE mark_transitions", "DROP TABLE mark_candidates", "DROP TABLE marks_dirty",
-                      "DROP TABLE driver_days", "DROP INDEX changes_merged_in",
+                      "DROP TABLE driver_days",
                       "ALTER TABLE backfills DROP COLUMN capped",
                       "DELETE FROM schema_migrations WHERE version = 4", "PRAGMA user_version = 3"):
         conn.execute(statement)

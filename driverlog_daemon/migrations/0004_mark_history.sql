@@ -52,8 +52,6 @@ CREATE TABLE driver_days (
     PRIMARY KEY (driver_id, day)
 ) WITHOUT ROWID;
 
-CREATE INDEX changes_merged_in ON changes (project, merged_time) WHERE status = 'MERGED';
-
 -- A backfill whose gap was older than backfill_max_age_hours: what is older was not recovered (the horizon).
 ALTER TABLE backfills ADD COLUMN capped INTEGER NOT NULL DEFAULT 0;
 
@@ -77,16 +75,12 @@ BEGIN
     ON CONFLICT (driver_id, release) DO UPDATE SET since = min(since, excluded.since);
 END;
 
--- The merged patch set becomes known, or the merge time is corrected (the earliest said): candidates and their
--- effective times follow, and their pairs are computed again from the earlier of the old and new times.
+-- The merged patch set becomes known, or the merge time is corrected: candidates and their effective times follow,
+-- and their pairs are computed again from the new times (a merge time only ever moves earlier: the earliest said).
 CREATE TRIGGER changes_candidates_update AFTER UPDATE OF merged_patch_set, merged_time ON changes
 WHEN NEW.merged_patch_set IS NOT NULL AND (NEW.merged_patch_set IS NOT OLD.merged_patch_set
                                            OR NEW.merged_time IS NOT OLD.merged_time)
 BEGIN
-    INSERT INTO marks_dirty (driver_id, release, since)
-    SELECT driver_id, release, min(effective_time) FROM mark_candidates WHERE change_number = NEW.change_number
-    GROUP BY driver_id, release
-    ON CONFLICT (driver_id, release) DO UPDATE SET since = min(since, excluded.since);
     UPDATE mark_candidates SET effective_time = max(comment_time, coalesce(NEW.merged_time, comment_time))
     WHERE change_number = NEW.change_number;
     INSERT INTO mark_candidates (verification_id, driver_id, release, effective_time, comment_time, result,
