@@ -305,10 +305,13 @@ def health_of_drivers(conn: sqlite3.Connection, now: float, silence_days: float)
             "AND merged_time >= ? AND merged_time <= ? GROUP BY project", (start, now)):
         merged[project] = n
     for driver_id, n in conn.execute(
-            """SELECT v.driver_id, count(DISTINCT c.change_number) FROM changes c
-               JOIN verifications v ON v.change_number = c.change_number AND v.patch_set = c.merged_patch_set
+            # CROSS JOIN keeps this order: the window's merged changes, then their verifications by index
+            """SELECT v.driver_id, count(DISTINCT c.change_number)
+               FROM changes c
+               CROSS JOIN verifications v ON v.change_number = c.change_number AND v.patch_set = c.merged_patch_set
+               CROSS JOIN drivers d ON d.id = v.driver_id AND d.review_project = c.project
                WHERE c.status = 'MERGED' AND c.merged_patch_set IS NOT NULL AND c.merged_time >= ?
-                     AND c.merged_time <= ? AND c.project = (SELECT review_project FROM drivers WHERE id = v.driver_id)
+                     AND c.merged_time <= ?
                GROUP BY v.driver_id""", (start, now)):
         covered[driver_id] = n
     out: dict[int, dict[str, Any]] = {}
