@@ -16,8 +16,6 @@ CREATE TABLE mark_candidates (
 );
 CREATE INDEX mark_candidates_by_time ON mark_candidates (driver_id, release, effective_time);
 CREATE INDEX mark_candidates_change ON mark_candidates (change_number);  -- a merge's candidates, by its change
-CREATE INDEX mark_candidates_newest ON mark_candidates (driver_id, release, comment_time DESC, change_number DESC,
-                                                        patch_set DESC, comment_sha256 DESC);
 
 -- The pairs whose history must be computed again from `since` (effective time) on: the writer does it before the
 -- transaction that marked them commits, and empties this table.
