@@ -93,6 +93,17 @@ _FOR_NEW_VERIFICATIONS = (
        ON CONFLICT (driver_id, release) DO UPDATE SET since = min(since, excluded.since)""",
 )
 
+_UPSERT_MARK = """
+    INSERT INTO driver_marks (driver_id, release, verification_id, result, comment_time, change_number, patch_set,
+                              comment_sha256)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (driver_id, release) DO UPDATE SET
+        verification_id = excluded.verification_id, result = excluded.result, comment_time = excluded.comment_time,
+        change_number = excluded.change_number, patch_set = excluded.patch_set, comment_sha256 = excluded.comment_sha256
+    WHERE (excluded.comment_time, excluded.change_number, excluded.patch_set, excluded.comment_sha256)
+        > (driver_marks.comment_time, driver_marks.change_number, driver_marks.patch_set,
+           driver_marks.comment_sha256)"""
+
 _NATURAL_KEY_ORDER = operator.itemgetter(*(_VERIFICATION_COLUMNS.index(c) for c in (
     "driver_id", "change_number", "patch_set", "ci_account", "comment_sha256")))
 
@@ -355,8 +366,13 @@ class Store:
             later = [Candidate(*r) for r in self.conn.execute(
                 f"""SELECT {_CANDIDATE} FROM mark_candidates WHERE driver_id = ? AND release = ? AND effective_time >= ?
                     ORDER BY effective_time""", (driver_id, release, since))]
-            wanted = {t.id: t for t in health.transitions(driver_id, release, later,
-                                                          Candidate(*row) if row else None)}
+            before = Candidate(*row) if row else None
+            wanted = {t.id: t for t in health.transitions(driver_id, release, later, before)}
+            best = max((c for c in (before, *later) if c is not None), key=lambda c: c.rank, default=None)
+            if best is not None:  # today's mark: the best of every candidate (all are eligible now)
+                self.conn.execute(_UPSERT_MARK, (driver_id, release, best.verification_id, best.result,
+                                                 best.comment_time, best.change_number, best.patch_set,
+                                                 best.comment_sha256))
             present = {i for (i,) in self.conn.execute(
                 "SELECT id FROM mark_transitions WHERE driver_id = ? AND release = ? AND at >= ?",
                 (driver_id, release, since))}

@@ -146,24 +146,35 @@ def test_at_risk_is_unknown_until_the_file_is_proven_that_far_back(tmp_path: Pat
 
 def test_a_version_3_file_gets_its_history(tmp_path: Path, registry: Registry) -> None:
     path = tmp_path / "v3.sqlite"
-    with Store(path) as s:
-        s.sync_drivers(registry)
-        s.record([ci_vote(registry, FC, 1, 1, NOW - 900, "success"),
-                  ci_vote(registry, FC, 2, 1, NOW - 500, "failure")], "stream",
-                 changes=[merged(1, 1, NOW - 800), merged(2, 1, NOW - 400)])
-        expected = history(s)
-    conn = sqlite3.connect(path, isolation_level=None)  # back to version 3: the history and its tables gone
-    for statement in ("DROP TRIGGER changes_candidates_insert", "DROP TRIGGER changes_candidates_update",
-                      "DROP TABLE mark_transitions", "DROP TABLE mark_candidates", "DROP TABLE marks_dirty",
-                      "DROP TABLE driver_days",
-                      "ALTER TABLE backfills DROP COLUMN capped",
-                      "DELETE FROM schema_migrations WHERE version = 4", "PRAGMA user_version = 3"):
-        conn.execute(statement)
+    conn = sqlite3.connect(path, isolation_level=None)
+    for step in schema.MIGRATIONS[:3]:  # the schema version 3 as released, with its per-row mark triggers
+        for statement in schema.split_sql(step.sql):
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 3")
+    d = next(d for d in registry.drivers if d.name == FC)
+    assert d.ci is not None
+    conn.execute("INSERT INTO drivers (id, project_id, vendor, name, review_project, ci_account, first_seen_at, "
+                 "updated_at) VALUES (1, ?, ?, ?, ?, ?, 0, 0)",
+                 (d.project_id, d.vendor, d.name, d.review_project, d.ci.account))
+    for number, t, result in ((1, NOW - 900, "success"), (2, NOW - 500, "failure")):
+        conn.execute("""INSERT INTO verifications (driver_id, ci_account, change_number, patch_set, comment_sha256,
+                        comment_time, result, evidence, project, branch, release, received_at, source)
+                        VALUES (1, ?, ?, 1, ?, ?, ?, 'e', ?, 'master', 'Gazpacho', 0, 'stream')""",
+                     (d.ci.account, number, str(number) * 64, t, result, d.review_project))
+    for number, t in ((1, NOW - 800), (2, NOW - 400)):
+        conn.execute("""INSERT INTO changes (change_number, project, branch, status, status_time, current_patch_set,
+                        merged_patch_set, merged_time, last_update_time)
+                        VALUES (?, ?, 'master', 'MERGED', ?, 1, 1, ?, ?)""", (number, d.review_project, t, t, t))
+    assert conn.execute("SELECT result FROM driver_marks").fetchall() == [("failure",)]
     conn.close()
     with Store(path) as s:
         assert schema.schema_version(s.conn) == schema.SCHEMA_VERSION
-        assert history(s) == expected and len(expected) == 2
+        assert history(s) == [("Gazpacho", None, "success", NOW - 800, 1, 1),
+                              ("Gazpacho", "success", "failure", NOW - 400, 2, 1)]
         assert s.conn.execute("SELECT sum(runs) FROM driver_days").fetchone()[0] == 2
+        assert s.conn.execute("SELECT result, change_number FROM driver_marks").fetchall() == [("failure", 2)]
+        s.record([ci_vote(registry, FC, 3, 1, NOW - 100, "success")], "stream", changes=[merged(3, 1, NOW - 50)])
+        assert s.conn.execute("SELECT result, change_number FROM driver_marks").fetchall() == [("success", 3)]
 
 
 # ------------------------------------------------------------------------------------------------ the API

@@ -54,7 +54,12 @@ CREATE TABLE driver_days (
 ALTER TABLE backfills ADD COLUMN capped INTEGER NOT NULL DEFAULT 0;
 
 -- A new verification's day count, and its candidacy when its change has merged at its patch set, are written by
--- the store once per batch, for all the batch's new rows at once (store.py); merges found later by triggers:
+-- the store once per batch, for all the batch's new rows at once (store.py); merges found later by triggers. The
+-- mark itself (driver_marks) is now the best candidate of each pair the batch touched, written with its history:
+-- the per-row triggers of version 2 that kept it go.
+DROP TRIGGER verifications_update_mark;
+DROP TRIGGER changes_merged_insert;
+DROP TRIGGER changes_merged_update;
 
 -- A change merges (or its merged patch set becomes known): its verifications at that patch set become candidates.
 -- (ON CONFLICT DO NOTHING, not INSERT OR IGNORE: a trigger fired by an upsert takes the upsert's conflict policy.)
