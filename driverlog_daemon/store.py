@@ -3,9 +3,9 @@
 Writes go through :class:`Store` on one connection, many rows per transaction; readers in other processes see
 whole batches only (WAL). A verification is identified by its natural key
 ``(driver_id, change_number, patch_set, ci_account, comment_sha256)`` and inserted with ``INSERT OR IGNORE``, so
-the same comment from the live stream, a backfill and a replay is one row. ``driver_status`` and ``driver_marks``
-follow by trigger in the same transaction (``schema``). A write that fails raises; the caller retries it
-(``writer.retrying``), so a batch is never dropped here.
+the same comment from the live stream, a backfill and a replay is one row. In the same transaction ``driver_status``
+follows by trigger, and a batch's day counts, mark candidates, marks and mark history are written once for the
+batch. A write that fails raises; the caller retries it (``writer.retrying``), so a batch is never dropped here.
 """
 
 from __future__ import annotations
@@ -251,7 +251,8 @@ class Store:
         ``close`` = (server, gap id, newest stream event committed): the batch is a backfill that covered the
         open gaps up to that id; they close in the same transaction as its results.
 
-        ``changes`` are merged into the change state in the same transaction; the marks follow by trigger.
+        ``changes`` are merged into the change state in the same transaction; the marks and their history follow
+        (:meth:`_update_transitions`).
 
         ``backfill`` = (server, what it asked of Gerrit): recorded in ``backfills`` with what it recovered (the
         results only it delivered), and named by the gaps it closes.
