@@ -104,10 +104,8 @@ def cmd_health(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     conn = schema.connect(database, readonly=True)
     now = time.time()
-    names = {i: (v, n, a) for i, v, n, a in conn.execute(
-        "SELECT id, vendor, name, ci_account FROM drivers WHERE ci_account IS NOT NULL AND removed_at IS NULL")}
-    rows = [(names[i], h) for i, h in reads.health_of_drivers(conn, now, config.health.silence_days).items()
-            if i in names and (not args.at_risk or h["at_risk"] is True)]
+    rows = [((v, n, a), h) for (_, v, n, a), h in reads.registered_health(conn, now, config.health.silence_days)
+            if not args.at_risk or h["at_risk"] is True]
     rows.sort(key=lambda r: (r[0][0].lower(), r[0][1].lower()))
     if args.json:
         print(json.dumps([{"vendor": v, "driver": n, "ci_account": a, "health": h} for (v, n, a), h in rows],

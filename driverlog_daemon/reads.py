@@ -99,6 +99,10 @@ def summary(conn: sqlite3.Connection) -> dict[str, Any]:
     return out
 
 
+def verification_count(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM verifications").fetchone()[0])
+
+
 def driver_last_times(conn: sqlite3.Connection) -> list[tuple[str, str, str, str | None, int]]:
     """(project_id, vendor, name, ci_account, newest comment time) of every driver with a verification."""
     return [tuple(r) for r in conn.execute(
@@ -331,13 +335,13 @@ def health_of_drivers(conn: sqlite3.Connection, now: float, silence_days: float)
     return out
 
 
-def health_gauges(conn: sqlite3.Connection, now: float,
-                  silence_days: float) -> list[tuple[str, str, str, float | None, float | None, bool | None]]:
-    """(project_id, vendor, name, pass rate 30 d, coverage 30 d, at_risk) of every CI driver in the registry."""
-    names = {i: (p, v, n) for i, p, v, n in conn.execute(
-        "SELECT id, project_id, vendor, name FROM drivers WHERE removed_at IS NULL")}
-    return [(*names[i], h["pass_rate"]["30"], h["coverage"]["ratio"], h["at_risk"])
-            for i, h in health_of_drivers(conn, now, silence_days).items() if i in names]
+def registered_health(conn: sqlite3.Connection, now: float,
+                      silence_days: float) -> list[tuple[tuple[str, str, str, str], dict[str, Any]]]:
+    """((project_id, vendor, name, ci_account), health) of every CI driver still in the registry: the gauges'
+    and ``driverlog-daemon health``'s rows."""
+    names = {i: (p, v, n, a) for i, p, v, n, a in conn.execute(
+        "SELECT id, project_id, vendor, name, ci_account FROM drivers WHERE removed_at IS NULL")}
+    return [(names[i], h) for i, h in health_of_drivers(conn, now, silence_days).items() if i in names]
 
 
 def missed(conn: sqlite3.Connection, driver_id: int, now: float, days: int) -> list[dict[str, Any]]:

@@ -3,7 +3,9 @@ direct implementations, in random histories; and the API's answers."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from driverlog_daemon import reads, schema
+from driverlog_daemon import cli, reads, schema
 from driverlog_daemon.model import BackfillRun, Verification
 from driverlog_daemon.registry import Registry
 from driverlog_daemon.store import Store
 
-from .helpers import NOW, Site, merged, vote
+from .helpers import DATA, NOW, Site, merged, vote
 
 DAY = 86400
 FC, ISCSI = "Acme Volume Driver (FC)", "Acme Volume Driver (iSCSI)"
@@ -175,6 +177,32 @@ def test_a_version_3_file_gets_its_history(tmp_path: Path, registry: Registry) -
         assert s.conn.execute("SELECT result, change_number FROM driver_marks").fetchall() == [("failure", 2)]
         s.record([ci_vote(registry, FC, 3, 1, NOW - 100, "success")], "stream", changes=[merged(3, 1, NOW - 50)])
         assert s.conn.execute("SELECT result, change_number FROM driver_marks").fetchall() == [("success", 3)]
+
+
+def test_the_health_command_reads_the_file_as_the_api_does(tmp_path: Path, registry: Registry,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    server = "gerrit:29418"
+    with store_with(tmp_path, registry) as s:
+        s.record([ci_vote(registry, FC, 1, 1, NOW - 20 * DAY, "success"),
+                  ci_vote(registry, FC, 2, 1, NOW - DAY, "failure"),
+                  ci_vote(registry, ISCSI, 3, 1, NOW - DAY, "success")], "replay", changes=[merged(2, 1, NOW - DAY)])
+        gap = s.open_gap(server, NOW - 30 * DAY, "start")
+        s.record([], "backfill", close=(server, gap, None),
+                 backfill=(server, BackfillRun("start", NOW - 30 * DAY, NOW, 1, 1, 0, 0, 0, 0.0)))
+        expected = reads.health_of_drivers(s.conn, time.time(), 14)
+        ids = dict(s.conn.execute("SELECT name, id FROM drivers").fetchall())
+    config = tmp_path / "driverlog.toml"
+    config.write_text(f'[registry]\npath = "{DATA}"\n[database]\npath = "{tmp_path / "d.sqlite"}"\n')
+    assert cli.main(["health", "--config", str(config), "--json"]) == 0
+    rows = {r["driver"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows[FC]["ci_account"] and "@" not in json.dumps(rows)  # no e-mail addresses
+    assert rows[FC]["health"]["runs"]["30"] == 2 and rows[FC]["health"]["at_risk"] is True  # 20 days silent
+    assert rows[ISCSI]["health"]["at_risk"] is False
+    assert rows[FC]["health"] == expected[ids[FC]] and rows[ISCSI]["health"] == expected[ids[ISCSI]]
+    assert set(rows) == {name for name, i in ids.items() if i in expected}  # every CI driver, none without one
+    assert cli.main(["health", "--config", str(config), "--at-risk"]) == 0
+    table = capsys.readouterr().out
+    assert FC in table and ISCSI not in table and "at risk" in table.splitlines()[0]
 
 
 # ------------------------------------------------------------------------------------------------ the API

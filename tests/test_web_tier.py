@@ -193,6 +193,11 @@ def test_serve_alone_reads_a_file_another_process_writes(tmp_path: Path, registr
                      changes=[merged(100, 2, NOW - 30)])
         assert wait_until(lambda: json.loads(get(t.port, f"/api/1.0/drivers/{driver_id}")[2])["driver"][
             "releases"]["gazpacho"].get("ci_result") is True, timeout=10)
+        labels = '{driver="Acme Volume Driver (FC)",project="openstack/cinder",vendor="Acme Storage"}'
+        samples = scrape(t.port)  # the health gauges, read from the file by the web tier
+        assert samples[f"driverlog_driver_pass_ratio_30d{labels}"] == 1.0
+        assert samples[f"driverlog_driver_coverage_ratio_30d{labels}"] == 1.0
+        assert samples["driverlog_drivers_at_risk"] == 0  # unknown: nothing proves the file complete
         for method in ("POST", "PUT", "DELETE"):  # and the database is opened read-only underneath
             assert get(t.port, "/api/1.0/drivers", method=method)[0] == 405
         assert store.conn.execute("SELECT count(*) FROM verifications").fetchone()[0] == 1

@@ -197,7 +197,8 @@ def build_app(config: Config) -> Any:
 
     def read_health() -> list[tuple[str, str, str, float | None, float | None, bool | None]]:
         with reader.snapshot() as conn:
-            return reads.health_gauges(conn, time.time(), config.health.silence_days)
+            return [(p, v, n, h["pass_rate"]["30"], h["coverage"]["ratio"], h["at_risk"])
+                    for (p, v, n, _), h in reads.registered_health(conn, time.time(), config.health.silence_days)]
 
     metrics.watch_health(read_health)
     if root is not None:
@@ -209,7 +210,7 @@ def build_app(config: Config) -> Any:
         if root is None:  # serve alone: healthy while the database can be read
             try:
                 with reader.snapshot() as conn:
-                    verifications = conn.execute("SELECT count(*) FROM verifications").fetchone()[0]
+                    verifications = reads.verification_count(conn)
             except sqlite3.Error as exc:
                 return False, {"writer": "none (serve only)", "database": f"cannot be read: {exc}"}
             return True, {"writer": "none (serve only: the database is read as it is)",
