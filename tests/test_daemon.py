@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -11,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from driverlog_daemon.config import load_config
+from driverlog_daemon.config import Config, load_config
 
 from .helpers import DATA, ROOT, SSHEnv, comment_event, query, wait_until
 
@@ -274,6 +276,31 @@ def test_credentials_directory_provides_the_key(tmp_path: Path) -> None:
 def test_example_configuration_is_valid() -> None:
     cfg = load_config(ROOT / "deploy" / "driverlog.toml", env={})
     assert cfg.gerrit.port == 29418 and cfg.http.listen == "127.0.0.1"
+
+
+def test_example_configuration_shows_every_key_with_its_default() -> None:
+    """deploy/driverlog.toml says its values are the defaults unless marked "example": hold it to that, and to
+    naming every key (set, or commented out)."""
+    text = (ROOT / "deploy" / "driverlog.toml").read_text()
+    shown: dict[tuple[str, str], str] = {}  # (section, key) -> the line
+    section = ""
+    for line in text.splitlines():
+        if m := re.match(r"\[(\w+)\]", line):
+            section = m[1]
+        elif m := re.match(r"#?\s*(\w+)\s*=", line):
+            shown[(section, m[1])] = line
+    defaults = Config()
+    values = tomllib.loads(text)
+    for name in defaults._fields:
+        if name == "source":
+            continue
+        for key, default in getattr(defaults, name)._asdict().items():
+            assert (name, key) in shown, f"[{name}] {key} is missing from deploy/driverlog.toml"
+            line = shown[(name, key)]
+            if line.startswith("#") or "# example" in line:
+                continue
+            value = values[name][key]
+            assert (list(default) if isinstance(default, tuple) else default) == value, f"[{name}] {key}"
 
 
 UNITS = ROOT / "deploy" / "systemd"

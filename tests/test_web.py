@@ -1,4 +1,4 @@
-"""The web side over real HTTP (waitress on 127.0.0.1): page, DriverLog's API, badges, /healthz, /metrics."""
+"""The web side over real HTTP (a threaded test server on 127.0.0.1): page, API, badges, /healthz, /metrics."""
 
 from __future__ import annotations
 
