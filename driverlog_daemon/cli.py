@@ -26,17 +26,29 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from driverlog_daemon.registry import RegistryError, load_registry
+    from driverlog_daemon.registry import RegistryError, read_registry
 
     path = args.path or _config(args).registry.path
     try:
-        registry = load_registry(path)
+        registry, data = read_registry(path, strict=args.strict)
     except RegistryError as exc:
         for error in exc.errors:
             print(f"{exc.source}: {error}" if error.startswith(("file not", "is a dir", "cannot read"))
                   else error, file=sys.stderr)
         return EXIT_INVALID
-    print(f"ok: {registry.summary()}")
+    for note in registry.legacy:
+        print(f"warning: {note}", file=sys.stderr)
+    if args.upgrade:
+        import json
+
+        from driverlog_daemon.registry_2014 import upgrade
+
+        json.dump(upgrade(json.loads(data)), sys.stdout, indent=4, ensure_ascii=False)
+        sys.stdout.write("\n")
+        print(f"upgraded: {registry.summary()}, {len(registry.legacy)} 2014 keys replaced", file=sys.stderr)
+        return EXIT_OK
+    legacy = f", {len(registry.legacy)} 2014 keys (see the warnings)" if registry.legacy else ""
+    print(f"ok: {registry.summary()}{legacy}")
     return EXIT_OK
 
 
@@ -206,8 +218,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     if only in (None, "validate"):
         p = add("validate", "check a driver registry file",
                 "Validate a DriverLog registry (JSON syntax, schema, semantic checks). Prints one summary line and "
-                "exits 0, or prints every error (one a line, with its JSON path) and exits 1.")
+                "exits 0, or prints every error (one a line, with its JSON path) and exits 1. DriverLog's 2014 keys "
+                "(maintainer, ci_id) are accepted with one warning each on stderr.")
         p.add_argument("path", nargs="?", help="registry file (default: [registry] path of the configuration)")
+        p.add_argument("--strict", action="store_true",
+                       help="DriverLog's 2014 keys (maintainer, ci_id) are errors, not warnings")
+        p.add_argument("--upgrade", action="store_true",
+                       help="print the registry in today's form (2014 keys replaced, same drivers, same meaning)")
         p.set_defaults(func=cmd_validate)
 
     if only in (None, "replay"):

@@ -29,7 +29,7 @@ from driverlog_daemon.config import Config
 from driverlog_daemon.metrics import Metrics
 from driverlog_daemon.notify import Notifier, gap_text, status_line, watchdog_interval
 from driverlog_daemon.pipeline import Pipeline
-from driverlog_daemon.registry import RegistryError, read_registry
+from driverlog_daemon.registry import Registry, RegistryError, read_registry
 from driverlog_daemon.store import Store
 from driverlog_daemon.stream import Backoff, StreamHooks, StreamListener
 from driverlog_daemon.web import Live
@@ -55,6 +55,7 @@ class Service:
         self.runtime_dir = runtime.current()
         registry, raw = read_registry(config.registry.path, remember=True)
         self._hand_over_registry(raw)
+        self._count_2014_keys(registry)
         g = config.gerrit
         self.server_name = f"{g.host}:{g.port}" if g.host else ""
         self.store = Store(Path(config.database.path).expanduser())
@@ -135,6 +136,7 @@ class Service:
             return False
         self.metrics.registry_reloads.labels("ok").inc()
         log.info("registry_reloaded", path=path, summary=registry.summary())
+        self._count_2014_keys(registry)
         return True
 
     # -------------------------------------------------------------------------------------- hooks
@@ -229,6 +231,12 @@ class Service:
         if self.writer.failing:
             detail["writer"] = "failing: database writes fail and are retried (see db_write_failed in the log)"
         return self.healthy(), detail
+
+    @staticmethod
+    def _count_2014_keys(registry: Registry) -> None:
+        if registry.legacy:  # accepted, but a maintainer should know: `validate` lists them, `--upgrade` fixes them
+            log.warning("registry_2014_keys", count=len(registry.legacy),
+                        hint="driverlog-daemon validate --upgrade prints the registry in today's form")
 
     def _hand_over_registry(self, raw: bytes) -> None:
         """The web tier shows the registry in force, not whatever the file holds now (it may be a broken edit)."""

@@ -4,7 +4,8 @@ step every source shares, :func:`examine`: a block of lines -> scanned -> matche
 The rules (``shared/docs/matching-rules.md``), in short: the comment's author is a driver's CI account
 (exact, case-sensitive); the change's project is the driver's review project; the ``Patch Set N:`` prefix is
 removed, the rest split into non-blank lines, and the first line on which the success pattern, then the
-failure pattern, ``re.search``-matches decides, that line being the evidence.
+failure pattern, ``re.search``-matches decides, that line being the evidence. A CI without patterns (DriverLog
+2014's ``ci_id``) is judged by its Verified vote instead (:func:`judge_vote`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from driverlog_daemon.events import comment_fact
-from driverlog_daemon.model import ChangeFact, CommentAdded, Result, Verification
+from driverlog_daemon.model import Approval, ChangeFact, CommentAdded, Result, Verification
 from driverlog_daemon.registry import CIBinding, Registry
 from driverlog_daemon.scanner import Findings, Scanner
 
@@ -43,6 +44,41 @@ def judge(lines: list[str], ci: CIBinding) -> tuple[Result, str] | None:
             return "success", line
         if failure(line):
             return "failure", line
+    return None
+
+
+_VOTE = re.compile(r"(Verified|VRIF)([+-]\d+)")
+_VOTE_LABELS = ("Verified", "VRIF")  # the label's name on current servers, its category id on old ones
+
+
+def judge_vote(comment: str, approvals: tuple[Approval, ...]) -> tuple[Result, str] | None:
+    """The vote rule (a CI without patterns): the Verified vote the comment carries decides, positive a success,
+    negative a failure, none or 0 no result; the evidence is the vote as written (``Verified+1``).
+
+    A comment that begins with ``Patch Set N:`` is read from that first line (``Patch Set 3: Code-Review+1
+    Verified-1``): it is all a backfilled message has, and an event's ``approvals`` also list votes the comment did
+    not cast. Only a comment without that line (older servers' events) is read from its ``approvals``, the vote
+    written as Gerrit writes it on the first line; when the server marks the votes this comment changed (an
+    ``oldValue``), only those were cast by it.
+    """
+    m = _PATCH_SET_PREFIX.match(comment)
+    if m:
+        for token in comment[m.end():].partition("\n")[0].split():
+            vote = _VOTE.fullmatch(token)
+            if vote:
+                value = int(vote.group(2))
+                return None if value == 0 else ("success" if value > 0 else "failure", token)
+        return None
+    if any(a.old_value is not None for a in approvals):
+        approvals = tuple(a for a in approvals if a.old_value is not None)
+    for approval in approvals:
+        if approval.type in _VOTE_LABELS or approval.description in _VOTE_LABELS:
+            try:
+                value = int(approval.value)
+            except ValueError:
+                return None
+            label = "Verified" if "Verified" in (approval.type, approval.description) else approval.type
+            return None if value == 0 else ("success" if value > 0 else "failure", f"{label}{value:+d}")
     return None
 
 
@@ -105,13 +141,20 @@ def match_comment(event: CommentAdded, registry: Registry) -> Judgement:
     change = event.change
     lines: list[str] | None = None
     digest = ""
+    vote: tuple[Result, str] | None = None
+    vote_read = False
     found: list[Verification] = []
     for driver in drivers:
         if driver.review_project != change.project or driver.ci is None:
             continue
         if lines is None:
             lines, hasher = read_comment(event.comment)
-        verdict = judge(lines, driver.ci)
+        if driver.ci.by_vote:
+            if not vote_read:
+                vote, vote_read = judge_vote(event.comment, event.approvals), True
+            verdict = vote
+        else:
+            verdict = judge(lines, driver.ci)
         if verdict is None:
             continue
         if not digest:

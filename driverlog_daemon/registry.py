@@ -18,6 +18,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from driverlog_daemon import registry_2014
+
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _REPO_DIR = _PACKAGE_DIR.parent
 
@@ -68,22 +70,28 @@ def _compiled(pattern: str) -> re.Pattern[str]:
 
 
 class CIBinding(NamedTuple):
-    """A driver's ``ci`` block: the Gerrit username that reports for it and its two patterns.
+    """A driver's ``ci`` block: the Gerrit username that reports for it and its two patterns, or none (a 2014
+    ``ci_id``, or a ``ci`` without patterns): then the CI's Verified vote decides (README "Matching").
 
     The patterns are compiled when first used: a start-up that matches nothing compiles none.
     """
 
     account: str
-    success_pattern: str
-    failure_pattern: str
+    success_pattern: str | None = None
+    failure_pattern: str | None = None
+
+    @property
+    def by_vote(self) -> bool:
+        """Judged by its Verified vote rather than by patterns."""
+        return self.success_pattern is None or self.failure_pattern is None
 
     @property
     def success(self) -> re.Pattern[str]:
-        return _compiled(self.success_pattern)
+        return _compiled(self.success_pattern or "")
 
     @property
     def failure(self) -> re.Pattern[str]:
-        return _compiled(self.failure_pattern)
+        return _compiled(self.failure_pattern or "")
 
 
 class Driver(NamedTuple):
@@ -96,6 +104,7 @@ class Driver(NamedTuple):
     releases: tuple[str, ...] = ()
     maintainers: tuple[Mapping[str, str], ...] = ()
     ci: CIBinding | None = None
+    verification: str | None = None  # DriverLog 2014's level: self_verification, 3rd_party_verification, …
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -120,6 +129,8 @@ class Registry(NamedTuple):
     releases_by_branch_name: Mapping[str, Release] = MappingProxyType({})
     #: the Gerrit projects the CI-bound drivers report on (whose change state is kept)
     review_projects: frozenset[str] = frozenset()
+    #: one note per driver and DriverLog 2014 key it uses (registry_2014.legacy_notes): ``validate`` warns
+    legacy: tuple[str, ...] = ()
 
     @property
     def ci_accounts(self) -> frozenset[str]:
@@ -132,7 +143,7 @@ class Registry(NamedTuple):
     def compile_patterns(self) -> None:
         """Compile every CI pattern now (they are otherwise compiled when first used)."""
         for driver in self.drivers:
-            if driver.ci is not None:
+            if driver.ci is not None and not driver.ci.by_vote:
                 _ = driver.ci.success, driver.ci.failure
 
     def summary(self) -> str:
@@ -142,16 +153,17 @@ class Registry(NamedTuple):
 # --------------------------------------------------------------------------------------------------- loading
 
 
-def load_registry(path: str | Path, *, remember: bool = False) -> Registry:
+def load_registry(path: str | Path, *, remember: bool = False, strict: bool = False) -> Registry:
     """Read, validate and index the registry at ``path``; raise :class:`RegistryError` with every problem.
 
     ``remember``: skip the checks of a registry already found valid (the same bytes, schema and version),
-    and remember one found valid now (see :func:`validated_cache_dir`).
+    and remember one found valid now (see :func:`validated_cache_dir`). ``strict``: DriverLog's 2014 keys are
+    errors, not warnings.
     """
-    return read_registry(path, remember=remember)[0]
+    return read_registry(path, remember=remember, strict=strict)[0]
 
 
-def read_registry(path: str | Path, *, remember: bool = False) -> tuple[Registry, bytes]:
+def read_registry(path: str | Path, *, remember: bool = False, strict: bool = False) -> tuple[Registry, bytes]:
     """:func:`load_registry`, and the bytes it was read from (the daemon hands exactly those to its web tier)."""
     source = str(path)
     try:
@@ -162,8 +174,8 @@ def read_registry(path: str | Path, *, remember: bool = False) -> tuple[Registry
         raise RegistryError(source, ["is a directory, not a file"]) from None
     except OSError as exc:
         raise RegistryError(source, [f"cannot read: {exc.strerror or exc}"]) from None
-    if not remember:
-        return parse_registry(data, source=source), data
+    if not remember or strict:
+        return parse_registry(data, source=source, strict=strict), data
     marker = _validated_marker(data)
     if marker is not None and marker.exists():
         return _build(json.loads(data), source), data
@@ -203,7 +215,7 @@ def _validated_marker(data: bytes) -> Path | None:
     return directory / f"registry-valid-{digest}"
 
 
-def parse_registry(data: bytes | str, source: str = "<registry>") -> Registry:
+def parse_registry(data: bytes | str, source: str = "<registry>", *, strict: bool = False) -> Registry:
     errors: list[str] = []
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
@@ -216,6 +228,8 @@ def parse_registry(data: bytes | str, source: str = "<registry>") -> Registry:
     errors.extend(_duplicate_key_errors(document, ""))
     errors.extend(_schema_errors(document))
     errors.extend(_semantic_errors(document))
+    if strict:
+        errors.extend(registry_2014.legacy_notes(document))
     if errors:
         raise RegistryError(source, errors)
     return _build(document, source)
@@ -323,6 +337,7 @@ def _semantic_errors(document: Any) -> Iterator[str]:
             parse_start_date(start)
         except (ValueError, KeyError):
             yield f"releases[{index}].start: unparsable date {start!r}"
+    yield from registry_2014.twin_errors(document)
     seen: dict[tuple[str, str, str], int] = {}
     for index, driver in _items(document, "drivers"):
         where = f"drivers[{index}]"
@@ -358,15 +373,12 @@ def _build(document: Mapping[str, Any], source: str) -> Registry:
     by_branch_name.update({r.id.lower(): r for r in releases})
     drivers: list[Driver] = []
     by_account: dict[str, list[Driver]] = {}
-    for raw in document["drivers"]:
+    for raw in map(registry_2014.modern, document["drivers"]):
         ci = None
         if "ci" in raw:
             c = raw["ci"]
-            ci = CIBinding(
-                account=c["id"],
-                success_pattern=c["success_pattern"],
-                failure_pattern=c["failure_pattern"],
-            )
+            ci = CIBinding(account=c["id"], success_pattern=c.get("success_pattern"),
+                           failure_pattern=c.get("failure_pattern"))
         driver = Driver(
             project_id=raw["project_id"],
             vendor=raw["vendor"],
@@ -377,6 +389,7 @@ def _build(document: Mapping[str, Any], source: str) -> Registry:
             releases=tuple(raw.get("releases", ())),
             maintainers=tuple(MappingProxyType(dict(m)) for m in raw.get("maintainers", ())),
             ci=ci,
+            verification=raw.get("verification"),
         )
         drivers.append(driver)
         if ci is not None:
@@ -390,4 +403,5 @@ def _build(document: Mapping[str, Any], source: str) -> Registry:
         source=source,
         releases_by_branch_name=MappingProxyType(by_branch_name),
         review_projects=frozenset(d.review_project for ds in by_account.values() for d in ds),
+        legacy=tuple(registry_2014.legacy_notes(document)),
     )

@@ -302,3 +302,15 @@ class Site:
 
     def driver_id(self, name: str) -> int:
         return int(self.store.conn.execute("SELECT id FROM drivers WHERE name = ?", (name,)).fetchone()[0])
+
+
+def mixed_registry() -> dict[str, Any]:
+    """Today's registry with two 2014 drivers beside the modern ones: one CI account, one review project."""
+    doc = json.loads(DATA.read_text())
+    for name, level in (("RBD", "external_ci_verification"), ("RBD (iSCSI)", "3rd_party_verification")):
+        doc["drivers"].append({"project_id": "openstack/cinder", "vendor": "Ceph", "name": name,
+                               "maintainer": {"name": "Josh Durgin", "email": "josh@example.org"},
+                               "releases": ["Gazpacho"], "verification": level, "ci_id": "ceph-ci"})
+    doc["drivers"].append({"project_id": "openstack/cinder", "vendor": "Ceph", "name": "RBD (self)",
+                           "releases": ["Gazpacho"], "verification": "self_verification"})
+    return doc

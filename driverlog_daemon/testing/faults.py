@@ -107,6 +107,12 @@ def reference(events: list[dict[str, Any]], registry: Registry) -> Counter[tuple
         for d in registry.drivers:
             if d.ci is None or d.ci.account != ev["author"]["username"] or ev["change"]["project"] != d.review_project:
                 continue
+            if d.ci.success_pattern is None or d.ci.failure_pattern is None:
+                vote = _vote(ev)
+                if vote:
+                    out[(d.name, int(ev["change"]["number"]), int(ev["patchSet"]["number"]), vote[0], vote[1],
+                         _release(ev["change"]["branch"], ev["eventCreatedOn"], releases))] = 1
+                continue
             body = re.sub(r"^Patch Set \d+:", "", ev["comment"]).strip()
             for text in body.split("\n"):
                 if not text.strip():
@@ -118,6 +124,26 @@ def reference(events: list[dict[str, Any]], registry: Registry) -> Counter[tuple
                          _release(ev["change"]["branch"], ev["eventCreatedOn"], releases))] = 1
                     break
     return out
+
+
+def _vote(ev: dict[str, Any]) -> tuple[str, str] | None:
+    """The vote rule (matching-rules.md, "The 2014 form"), directly: the first line's Verified vote, else (no
+    ``Patch Set N:`` line) the event's Verified approval."""
+    first = re.match(r"Patch Set \d+:([^\n]*)", ev["comment"])
+    if first:
+        votes = re.findall(r"(?:^|\s)((?:Verified|VRIF)([+-]\d+))(?=\s|$)", first.group(1))
+        if not votes or int(votes[0][1]) == 0:
+            return None
+        return ("success" if int(votes[0][1]) > 0 else "failure"), votes[0][0]
+    approvals = ev.get("approvals") or []
+    if any("oldValue" in a for a in approvals):
+        approvals = [a for a in approvals if "oldValue" in a]
+    for a in approvals:
+        if "Verified" in (a.get("type"), a.get("description")) or "VRIF" in (a.get("type"), a.get("description")):
+            value = int(a["value"])
+            label = "Verified" if "Verified" in (a.get("type"), a.get("description")) else a["type"]
+            return None if value == 0 else (("success" if value > 0 else "failure"), f"{label}{value:+d}")
+    return None
 
 
 def _release(branch: str, t: int, releases: list[Any]) -> str:

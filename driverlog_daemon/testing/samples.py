@@ -57,6 +57,8 @@ def _ci_comment(rng: random.Random, drivers: list[Driver], ps: int, size: int) -
     for d in drivers:
         assert d.ci is not None
         pattern = d.ci.success_pattern if success else d.ci.failure_pattern
+        if pattern is None:
+            continue  # judged by its Verified vote: the comment's first line carries it
         line = _from_pattern(pattern, rng, f"{rng.randint(10, 99)}/{rng.randint(10**5, 10**6)}")
         lines.append(line if re.search(pattern, line) else f"- {pattern}")
     while sum(len(x) for x in lines) < size:

@@ -57,9 +57,12 @@ def driver_record(driver: Driver, row: DriverRow | None, registry: Registry, now
     }
     if driver.repo is not None:
         record["repo"] = driver.repo
-    if driver.ci is not None:
-        record["ci"] = {"id": driver.ci.account, "success_pattern": driver.ci.success_pattern,
-                        "failure_pattern": driver.ci.failure_pattern}
+    if driver.ci is not None:  # a CI judged by its Verified vote has no patterns to show
+        record["ci"] = {"id": driver.ci.account} if driver.ci.by_vote else {
+            "id": driver.ci.account, "success_pattern": driver.ci.success_pattern,
+            "failure_pattern": driver.ci.failure_pattern}
+    if driver.verification is not None:
+        record["verification"] = driver.verification
     releases: dict[str, dict[str, Any]] = {r.lower(): {"ci_tested": False} for r in driver.releases}
     for release, mark in (row.marks if row else {}).items():
         releases[release.lower()] = {"ci_tested": True, "ci_result": mark.result == "success",

@@ -29,7 +29,7 @@ import jinja2
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from driverlog_daemon import reads
+from driverlog_daemon import reads, registry_2014
 from driverlog_daemon.registry import Registry
 from driverlog_daemon.web import api, badge, pages
 from driverlog_daemon.web.records import Records, RecordsKeeper
@@ -110,7 +110,8 @@ class App:
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                                       undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
         self.env.filters.update(safe_url=safe_url, utc=utc)
-        self.env.globals.update(ago=self._ago, query_link=_query_link, percent=pages.percent)
+        self.env.globals.update(ago=self._ago, query_link=_query_link, percent=pages.percent,
+                                verification_levels=registry_2014.VERIFICATION_LEVELS)
         self._cache: OrderedDict[tuple[Any, ...], Response] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._local = threading.local()

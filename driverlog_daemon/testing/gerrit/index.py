@@ -39,8 +39,8 @@ class ChangeIndex:
             if kind == "comment-added":
                 text = str(event.get("comment", ""))
                 ps_number = int(ps["number"]) if isinstance(ps, dict) and "number" in ps else 1
-                if not re.match(r"Patch Set \d+:", text):
-                    text = f"Patch Set {ps_number}:\n\n{text}"
+                if not re.match(r"Patch Set \d+:", text):  # an old server's event: write the line Gerrit writes
+                    text = f"Patch Set {ps_number}:{_votes(event.get('approvals'))}\n\n{text}"
                 stored.messages.append({"timestamp": when + message_skew, "reviewer": event.get("author", {}),
                                         "message": text})
             elif kind == "patchset-created" and isinstance(ps, dict):
@@ -54,3 +54,14 @@ class ChangeIndex:
         hits.sort(key=lambda c: (c.last_updated, c.data["number"]), reverse=True)
         page = hits[start:start + limit]
         return page, len(hits) > start + limit
+
+
+def _votes(approvals: Any) -> str:
+    """The votes a review cast, as Gerrit writes them after ``Patch Set N:`` (`` Code-Review+1 Verified-1``): those
+    it changed when the server says so (``oldValue``), else every non-zero one."""
+    cast = [a for a in approvals or () if isinstance(a, dict)]
+    if any("oldValue" in a for a in cast):
+        cast = [a for a in cast if "oldValue" in a]
+    votes = [f"{a.get('description') or a.get('type')}{int(a['value']):+d}" for a in cast
+             if str(a.get("value", "0")).lstrip("+-").isdigit() and int(a["value"]) != 0]
+    return "".join(f" {v}" for v in votes)
