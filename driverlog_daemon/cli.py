@@ -94,9 +94,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config, summary = _checked_config(args)
     print(f"# effective configuration (from {config.source}, then DRIVERLOG_* environment variables)")
     for section, values in config.redacted().items():
-        print(f"[{section}]")
+        print("[[webhook]]" if section.startswith("webhook ") else f"[{section}]")
         for key, value in values.items():
-            print(f"{key} = {json.dumps(list(value) if isinstance(value, tuple) else value)}")
+            print(f"{key} = {json.dumps(list(value) if isinstance(value, tuple) else value, ensure_ascii=False)}")
         print()
     print(f"# registry: {summary}")
     print("ok")

@@ -70,6 +70,31 @@ class HealthConfig(NamedTuple):
     silence_days: float = 14.0  # Cinder's rule: no success this long puts a driver at risk
 
 
+class WebhookConfig(NamedTuple):
+    """One ``[[webhook]]`` table: where mark transitions are POSTed, signed, and which ones."""
+
+    name: str = ""  # names its outbox rows and metrics; default webhook-<n> by position (set one: it is a key)
+    url: str = ""
+    secret_file: str = ""  # the HMAC key; or secret_credential, a systemd credential's name
+    secret_credential: str = ""
+    format: str = "json"  # json | slack
+    project_id: tuple[str, ...] = ()  # filters: a transition passes when every filter given has its value
+    vendor: tuple[str, ...] = ()
+    driver: tuple[str, ...] = ()  # driver names or ids
+    release: tuple[str, ...] = ()  # release ids, any case
+    timeout_seconds: float = 10.0
+    retry_for_hours: float = 72.0  # then a delivery is dead
+    backoff_base_seconds: float = 5.0
+    backoff_max_seconds: float = 3600.0
+
+    def shown(self) -> str:
+        """The URL without its path or query (a Slack URL's path is its credential): what logs and check-config show."""
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/…"
+
+
 class LogConfig(NamedTuple):
     level: str = "info"
     format: str = "auto"  # auto | json | console
@@ -83,16 +108,19 @@ class Config(NamedTuple):
     status: StatusConfig = StatusConfig()
     health: HealthConfig = HealthConfig()
     log: LogConfig = LogConfig()
+    webhooks: tuple[WebhookConfig, ...] = ()  # the TOML's [[webhook]] tables
     source: str = "defaults"
 
     def redacted(self) -> dict[str, dict[str, Any]]:
         """The effective configuration as a dict, safe to print (no secrets are stored in it; paths only)."""
         out: dict[str, dict[str, Any]] = {}
         for name in self._fields:
-            if name == "source":
+            if name in ("source", "webhooks"):
                 continue
             section = getattr(self, name)
             out[name] = {k: getattr(section, k) for k in section._fields}
+        for hook in self.webhooks:
+            out[f"webhook {hook.name}"] = {**hook._asdict(), "url": hook.shown()}
         return out
 
 
@@ -100,6 +128,7 @@ _CHOICES = {
     ("gerrit", "host_key_policy"): ("strict", "accept-new"),
     ("log", "format"): ("auto", "json", "console"),
     ("log", "level"): ("debug", "info", "warning", "error"),
+    ("webhook", "format"): ("json", "slack"),
 }
 
 
@@ -149,8 +178,11 @@ def _coerce(section: str, key: str, value: Any, default: Any, from_env: bool) ->
 
 def build_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None, source: str = "") -> Config:
     config = Config(source=source or "defaults")
-    sections = {name for name in Config._fields if name != "source"}
+    sections = {name for name in Config._fields if name not in ("source", "webhooks")}
     for section_name, values in data.items():
+        if section_name == "webhook":
+            config = config._replace(webhooks=_webhooks(values))
+            continue
         if section_name not in sections:
             raise ConfigError(section_name, "unknown section")
         if not isinstance(values, dict):
@@ -178,6 +210,60 @@ def build_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None, 
     if config.http.threads < 1:
         raise ConfigError("http.threads", f"must be at least 1, got {config.http.threads}")
     return _with_credentials(config, env or {})
+
+
+def _webhooks(tables: Any) -> tuple[WebhookConfig, ...]:
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError("webhook", "expected [[webhook]] tables")
+    hooks: list[WebhookConfig] = []
+    for index, table in enumerate(tables):
+        where = f"webhook[{index}]"
+        changes: dict[str, Any] = {}
+        for key, value in table.items():
+            if key not in WebhookConfig._fields:
+                raise ConfigError(f"{where}.{key}", "unknown key")
+            if isinstance(getattr(WebhookConfig(), key), tuple) and isinstance(value, str):
+                value = [value]  # a filter of one value
+            try:
+                changes[key] = _coerce("webhook", key, value, getattr(WebhookConfig(), key), from_env=False)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}.{key}", str(exc).partition(": ")[2]) from None
+        hook = WebhookConfig(**changes)
+        if not hook.name:
+            hook = hook._replace(name=f"webhook-{index + 1}")
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(hook.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"{where}.url", f"must be an http:// or https:// URL, got {hook.shown()!r}")
+        if bool(hook.secret_file) == bool(hook.secret_credential):
+            raise ConfigError(f"{where}.secret_file", "give secret_file or secret_credential (one of them)")
+        if hook.timeout_seconds <= 0:
+            raise ConfigError(f"{where}.timeout_seconds", "must be positive")
+        if any(h.name == hook.name for h in hooks):
+            raise ConfigError(f"{where}.name", f"{hook.name!r} is already the name of another webhook")
+        hooks.append(hook)
+    return tuple(hooks)
+
+
+def webhook_secret(hook: WebhookConfig, env: Mapping[str, str] | None = None) -> bytes:
+    """The hook's HMAC key: its ``secret_file``, or its systemd credential; surrounding white space dropped."""
+    env = os.environ if env is None else env
+    if hook.secret_file:
+        path = Path(hook.secret_file).expanduser()
+    else:
+        creds = env.get("CREDENTIALS_DIRECTORY")
+        if not creds:
+            raise ConfigError(f"webhook {hook.name}.secret_credential",
+                              "no $CREDENTIALS_DIRECTORY (set LoadCredential= in the unit)")
+        path = Path(creds) / hook.secret_credential
+    try:
+        secret = path.read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(f"webhook {hook.name}.secret", f"{path}: {exc.strerror or exc}") from None
+    if not secret:
+        raise ConfigError(f"webhook {hook.name}.secret", f"{path}: empty")
+    return secret
 
 
 def _with_credentials(config: Config, env: Mapping[str, str]) -> Config:
@@ -224,6 +310,8 @@ def check_files(config: Config) -> None:
         if g.host_key_policy == "strict" or known.exists():
             _readable("gerrit.known_hosts", str(known))
     _readable("registry.path", config.registry.path)
+    for hook in config.webhooks:
+        webhook_secret(hook)
     db_dir = Path(config.database.path).expanduser().resolve().parent
     if not db_dir.is_dir():
         raise ConfigError("database.path", f"directory {db_dir} does not exist")

@@ -25,7 +25,7 @@ import structlog
 
 from driverlog_daemon import reads, runtime
 from driverlog_daemon.backfill import Backfiller
-from driverlog_daemon.config import Config
+from driverlog_daemon.config import Config, webhook_secret
 from driverlog_daemon.metrics import Metrics
 from driverlog_daemon.notify import Notifier, gap_text, status_line, watchdog_interval
 from driverlog_daemon.pipeline import Pipeline
@@ -34,6 +34,7 @@ from driverlog_daemon.store import Store
 from driverlog_daemon.stream import Backoff, StreamHooks, StreamListener
 from driverlog_daemon.web import Live
 from driverlog_daemon.web.tier import WebTier
+from driverlog_daemon.webhooks import Deliverer
 from driverlog_daemon.writer import Writer
 
 log = structlog.get_logger("driverlog.daemon")
@@ -84,12 +85,18 @@ class Service:
             source = config.source if config.source and not config.source.startswith("(") else None
             self.web = WebTier(config.http.listen, config.http.port,
                                config_path=source if source and Path(source).is_file() else None)
+        self.store.webhooks = config.webhooks
+        self.deliverers = [Deliverer(hook, webhook_secret(hook), self.store.path,
+                                     counted=lambda hook, outcome: self.metrics.webhook_deliveries.labels(
+                                         hook, outcome).inc()) for hook in config.webhooks]
         self.started_at = time.monotonic()
 
     # ------------------------------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
         self.writer.start()
+        for deliverer in self.deliverers:
+            deliverer.start()
         self.backfiller.start()
         self.publish_state()
         if self.web is not None:
@@ -111,6 +118,8 @@ class Service:
         if self._listener_thread is not None:
             self._listener_thread.join(max(0.1, min(1.5, deadline - time.monotonic())))
         finished = self.writer.stop(max(0.1, deadline - time.monotonic()))
+        for deliverer in self.deliverers:  # an answer awaited is abandoned: that delivery is sent again next time
+            deliverer.stop(max(0.1, min(2.0, deadline - time.monotonic())))
         if self.web is not None:
             self.web.stop(max(0.5, deadline - time.monotonic()))
         self.reader.close()
@@ -228,6 +237,12 @@ class Service:
                           for g in self.open_gaps()],
             "cursor": self._cursor(),
         }
+        if self.deliverers:
+            try:
+                with self.reader.snapshot() as conn:
+                    detail["webhooks"] = reads.webhook_outbox(conn, time.time())
+            except sqlite3.Error as exc:
+                detail["webhooks"] = f"cannot be read: {exc}"
         if self.writer.failing:
             detail["writer"] = "failing: database writes fail and are retried (see db_write_failed in the log)"
         return self.healthy(), detail

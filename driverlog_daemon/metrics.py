@@ -101,6 +101,9 @@ class Metrics:
         self.mark_transitions = Counter("driverlog_mark_transitions",
                                         "Mark transitions recorded (a mark appeared or changed its result).",
                                         registry=r)
+        self.webhook_deliveries = Counter("driverlog_webhook_deliveries",
+                                          "Webhook delivery attempts, by hook and outcome (delivered, failed, dead).",
+                                          ["hook", "outcome"], registry=r)
         self.backfill_messages = Counter("driverlog_backfill_messages",
                                          "CI review messages examined by backfill.", registry=r)
         self.ingest_latency = Histogram(
@@ -206,6 +209,30 @@ class _GapCollector(Collector):
         return iter(())
 
 
+class _OutboxCollector(Collector):
+    def __init__(self, read: Callable[[], Mapping[str, Mapping[str, Any]]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily("driverlog_webhook_outbox_pending", "Webhook deliveries not delivered yet, by hook.",
+                                  labels=["hook"])
+        oldest = GaugeMetricFamily("driverlog_webhook_outbox_oldest_pending_age_seconds",
+                                   "How long the oldest pending delivery of a hook has waited (0 with none).",
+                                   labels=["hook"])
+        dead = GaugeMetricFamily("driverlog_webhook_outbox_dead",
+                                 "Webhook deliveries given up after retry_for_hours, by hook.", labels=["hook"])
+        for hook, state in self.read().items():
+            depth.add_metric([hook], state["pending"])
+            oldest.add_metric([hook], state["oldest_pending_age_seconds"] or 0.0)
+            dead.add_metric([hook], state["dead"])
+        yield depth
+        yield oldest
+        yield dead
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
 def http_requests_counter(registry: CollectorRegistry) -> Counter:
     return Counter("driverlog_http_requests", "HTTP requests answered, by route and status.", ["route", "status"],
                    registry=registry)
@@ -251,6 +278,9 @@ class WebMetrics:
 
     def watch_gaps(self, read: Callable[[], tuple[Sequence[Any], int | None, int | None]]) -> None:
         self._scrape.register(_GapCollector(read))
+
+    def watch_outbox(self, read: Callable[[], Mapping[str, Mapping[str, Any]]]) -> None:
+        self._scrape.register(_OutboxCollector(read))
 
     def exposition(self) -> bytes:
         return generate_latest(self._scrape)

@@ -377,3 +377,16 @@ def daily(conn: sqlite3.Connection, driver_id: int, now: float, days: int = 90) 
         "SELECT day, runs, passes FROM driver_days WHERE driver_id = ? AND day > ? AND day <= ?",
         (driver_id, today - days, today))}
     return [(d, *counts.get(d, (0, 0))) for d in range(today - days + 1, today + 1)]
+
+
+def webhook_outbox(conn: sqlite3.Connection, now: float) -> dict[str, dict[str, Any]]:
+    """Per hook: deliveries pending, delivered, dead, and the age of the oldest pending one (seconds, or null)."""
+    out = {}
+    for hook, pending, delivered, dead, oldest in conn.execute(
+            """SELECT hook, sum(delivered_at IS NULL AND dead_at IS NULL), sum(delivered_at IS NOT NULL),
+                      sum(dead_at IS NOT NULL), min(CASE WHEN delivered_at IS NULL AND dead_at IS NULL
+                                                    THEN queued_at END)
+               FROM webhook_outbox GROUP BY hook ORDER BY hook"""):
+        out[hook] = {"pending": pending, "delivered": delivered, "dead": dead,
+                     "oldest_pending_age_seconds": None if oldest is None else round(max(0.0, now - oldest), 1)}
+    return out

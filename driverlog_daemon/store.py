@@ -20,8 +20,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from driverlog_daemon import health, reads
+from driverlog_daemon import health, reads, webhooks
 from driverlog_daemon.changes import ChangeRows
+from driverlog_daemon.config import WebhookConfig
 from driverlog_daemon.health import Candidate
 from driverlog_daemon.model import BackfillRun, ChangeFact, Source, Verification
 from driverlog_daemon.registry import Registry
@@ -151,6 +152,8 @@ class Store:
             self.conn.close()
             raise
         self._driver_ids = self._load_driver_ids()
+        #: the [[webhook]]s whose outbox the transitions fill (set by the daemon before its first batch)
+        self.webhooks: tuple[WebhookConfig, ...] = ()
         with self._transaction():  # a file just upgraded (or a batch cut short) leaves pairs to compute
             self._update_transitions()
 
@@ -378,14 +381,38 @@ class Store:
                 "SELECT id FROM mark_transitions WHERE driver_id = ? AND release = ? AND at >= ?",
                 (driver_id, release, since))}
             gone = present - wanted.keys()
+            if gone and self.webhooks:  # before they go: a retraction carries the transition it withdraws
+                self._queue_deliveries("retraction", [t for t in map(health.Transition._make, self.conn.execute(
+                    f"SELECT * FROM mark_transitions WHERE id IN ({', '.join('?' * len(gone))})", sorted(gone)))])
             if gone:
                 self.conn.executemany("DELETE FROM mark_transitions WHERE id = ?", [(i,) for i in gone])
-            new = [wanted[i] for i in wanted.keys() - present]
+            new = sorted((wanted[i] for i in wanted.keys() - present), key=lambda t: (t.at, t.id))
             self.conn.executemany("INSERT INTO mark_transitions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", new)
+            if new and self.webhooks:
+                self._queue_deliveries("transition", new)
             added += len(new)
         if dirty:
             self.conn.execute("DELETE FROM marks_dirty")
         return added
+
+    def _queue_deliveries(self, kind: str, transitions: list[health.Transition]) -> None:
+        """In the current transaction: one outbox row per transition and webhook whose filters pass it."""
+        keys = {i: k for k, i in self._driver_ids.items()}
+        now = self._clock()
+        rows = []
+        for t in transitions:
+            key = keys.get(t.driver_id)
+            if key is None:
+                continue
+            review_url = self.conn.execute("SELECT review_url FROM verifications WHERE id = ?",
+                                           (t.verification_id,)).fetchone()
+            body = webhooks.payload(kind, t, t.driver_id, key, review_url[0] if review_url else None)
+            for hook in self.webhooks:
+                if webhooks.passes(hook, t.driver_id, key, t.release):
+                    rows.append((hook.name, kind, t.id, t.driver_id, t.release, t.at, body, now, now))
+        self.conn.executemany(
+            """INSERT INTO webhook_outbox (hook, kind, transition_id, driver_id, release, at, body, queued_at,
+                                           next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""", rows)
 
     def cursor(self, server: str) -> int | None:
         """The proven cursor, as this connection sees it (``reads.cursor``)."""

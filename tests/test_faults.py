@@ -44,7 +44,9 @@ def test_nothing_lost_nothing_doubled_when_faults_overlap(tmp_path: Path) -> Non
         outcomes = {name: f.result() for name, f in futures.items()}
     for name, outcome in outcomes.items():
         assert outcome.expected >= 250, f"{name}: {outcome.line()}"  # several hundred CI results
+        assert outcome.transitions >= 10 and outcome.deliveries > outcome.transitions, outcome.line()
         assert len(outcome.faults) == len(Scenario.suite(SKEWS[name]).faults), f"{name}: {outcome.line()}"
+    assert any("kill mid-delivery" in o.faults for o in outcomes.values()), "no kill -9 while a webhook was held"
     vote_judged = query(tmp_path / "gerrit-ahead" / "driverlog.sqlite",
                         "SELECT count(*) FROM verifications v JOIN drivers d ON d.id = v.driver_id "
                         "WHERE d.ci_account = 'ceph-ci' AND v.evidence LIKE 'Verified%'")

@@ -28,6 +28,7 @@ from typing import Any
 from driverlog_daemon.registry import Registry, load_registry
 from driverlog_daemon.testing import wait_for
 from driverlog_daemon.testing.gerrit import daemon_config, start_in
+from driverlog_daemon.testing.receiver import Receiver, check
 from driverlog_daemon.testing.samples import sample_events
 
 FAULTS = ("drop", "drop-mid-line", "stall", "outage", "dead-stream", "kill", "kill-during-backfill",
@@ -81,16 +82,21 @@ class Outcome:
     seconds: float
     log: Path
     missing_examples: list[Any] = field(default_factory=list)
+    transitions: int = 0  # in the final history
+    deliveries: int = 0  # webhook requests the receiver got (retries and duplicates included)
+    webhook_problems: list[str] = field(default_factory=list)  # receiver.check's findings
 
     @property
     def ok(self) -> bool:
         return (self.missing, self.duplicated, self.unexpected, self.status_mismatches, self.open_gaps) == (
-            0, 0, 0, 0, 0) and self.integrity == "ok"
+            0, 0, 0, 0, 0) and self.integrity == "ok" and not self.webhook_problems
 
     def line(self) -> str:
         return (f"expected {self.expected}, recorded {self.recorded}: {self.missing} lost, {self.duplicated} doubled, "
                 f"{self.unexpected} unexpected, driver_status mismatches {self.status_mismatches}, open gaps "
-                f"{self.open_gaps}, integrity {self.integrity}; {self.seconds:.0f} s; faults: {', '.join(self.faults)}")
+                f"{self.open_gaps}, integrity {self.integrity}; transitions {self.transitions}, "
+                f"{len(self.webhook_problems)} lost or wrong on the webhook ({self.deliveries} requests); "
+                f"{self.seconds:.0f} s; faults: {', '.join(self.faults)}")
 
 
 # ----------------------------------------------------------------------------------------------- the reference
@@ -173,6 +179,13 @@ class FaultRun:
         self.config = daemon_config(work, self.server, username="faults", registry=registry_path, database=self.db,
                                     http_port=0, stall_timeout_seconds=stall_timeout, connect_timeout_seconds=3,
                                     keepalive_seconds=2, reconnect_max_delay_seconds=2)
+        # a webhook receiver that answers 500 now and then and sometimes hangs past the daemon's timeout
+        secret = work / "webhook-secret"
+        secret.write_text("soak-secret\n")
+        self.receiver = Receiver(b"soak-secret", mode="flaky", hang_seconds=1.0, seed=scenario.seed)
+        with self.config.open("a") as config:
+            config.write(f'\n[[webhook]]\nname = "soak"\nurl = "{self.receiver.url}"\nsecret_file = "{secret}"\n'
+                         "timeout_seconds = 0.4\nbackoff_base_seconds = 0.05\nbackoff_max_seconds = 0.5\n")
         self.daemon: subprocess.Popen[bytes] | None = None
         self.faults_done: list[str] = []
 
@@ -217,16 +230,25 @@ class FaultRun:
             server.stall(True)
             self._push_for(s.stall_seconds, upcoming)
             server.stall(False)
-        elif kind == "outage":
+        elif kind == "outage":  # Gerrit and the webhook receiver both down for a while
             server.refuse_connections(s.outage_seconds)
             server.drop_connections()
+            self.receiver.down()
             self._push_for(s.outage_seconds, upcoming)
+            self.receiver.up()
         elif kind == "dead-stream":
             server.kill_streams_silently(True)
             self._push_for(s.dead_seconds, upcoming)
             server.kill_streams_silently(False)
-        elif kind == "kill":
+        elif kind == "kill":  # while the receiver holds a delivery, which it then drops unanswered
+            self.receiver.hold()
+            deadline = time.monotonic() + 20
+            while self.receiver.holding == 0 and time.monotonic() < deadline and upcoming:
+                self._push_for(0.05, upcoming)
+            if self.receiver.holding:
+                self.faults_done[-1] = "kill mid-delivery"
             self.kill9()
+            self.receiver.release()
             self._push_for(0.5, upcoming)
             self.start_daemon()
         elif kind == "kill-during-backfill":
@@ -277,6 +299,7 @@ class FaultRun:
             time.sleep(s.pace)
         try:
             self._wait(lambda: self._settled(len(expected)), settle_timeout, "every result and no open gap")
+            self._wait(self._delivered, settle_timeout, "every webhook delivery")
         except RuntimeError:
             pass  # the outcome says what is missing
         code = self.stop_daemon()
@@ -284,6 +307,19 @@ class FaultRun:
         if code != 0:
             outcome.faults.append(f"exit status {code}")
         return outcome
+
+    def _delivered(self) -> bool:
+        try:
+            conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)
+        except sqlite3.Error:
+            return False
+        try:
+            (pending,) = conn.execute("SELECT count(*) FROM webhook_outbox WHERE delivered_at IS NULL").fetchone()
+            return bool(pending == 0)
+        except sqlite3.Error:
+            return False
+        finally:
+            conn.close()
 
     def _settled(self, expected: int) -> bool:
         try:
@@ -310,8 +346,10 @@ class FaultRun:
                 "SELECT d.name, s.release, s.verifications, s.successes FROM driver_status s "
                 "JOIN drivers d ON d.id = s.driver_id")}
             (gaps,) = conn.execute("SELECT count(*) FROM gaps WHERE closed_at IS NULL").fetchone()
+            transitions = {r[0]: r for r in conn.execute("SELECT * FROM mark_transitions")}
         finally:
             conn.close()
+        received = self.receiver.deliveries()
         want: dict[tuple[str, str], tuple[int, int]] = {}
         for (name, _, _, result, _, release), _n in expected.items():
             c, sc = want.get((name, release), (0, 0))
@@ -322,10 +360,13 @@ class FaultRun:
                        duplicated=sum(n - 1 for n in got.values() if n > 1),
                        unexpected=sum(1 for k in got if k not in expected), integrity=str(integrity),
                        status_mismatches=mismatches, open_gaps=int(gaps), faults=list(self.faults_done),
-                       seconds=seconds, log=self.log, missing_examples=[k for k in expected if k not in got][:5])
+                       seconds=seconds, log=self.log, missing_examples=[k for k in expected if k not in got][:5],
+                       transitions=len(transitions), deliveries=len(received),
+                       webhook_problems=check(received, transitions))
 
     def close(self) -> None:
         if self.daemon is not None and self.daemon.poll() is None:
             self.daemon.kill()
             self.daemon.wait(10)
         self.server.stop()
+        self.receiver.close()

@@ -201,6 +201,12 @@ def build_app(config: Config) -> Any:
                     for (p, v, n, _), h in reads.registered_health(conn, time.time(), config.health.silence_days)]
 
     metrics.watch_health(read_health)
+
+    def read_outbox() -> dict[str, dict[str, Any]]:
+        with reader.snapshot() as conn:
+            return reads.webhook_outbox(conn, time.time())
+
+    metrics.watch_outbox(read_outbox)
     if root is not None:
         metrics.watch_gaps(read_gaps)
     else:  # alone, no daemon writes the registry's gauges
