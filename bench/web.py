@@ -111,9 +111,10 @@ def serve_hello(port: int, body_bytes: int) -> None:
     server._Gunicorn({**options, "loglevel": "warning"}, lambda: hello).run()
 
 
-def worker_rss(parent: int) -> list[float]:
-    """Peak RSS (VmHWM) in MB of the processes whose parent is ``parent`` (a gunicorn arbiter's workers)."""
-    out = []
+def workers_memory(parent: int, field: str = "VmHWM") -> dict[int, float]:
+    """``field`` of /proc/<pid>/status (VmHWM: peak RSS, VmRSS: RSS now) in MB, of each process whose parent is
+    ``parent`` (a gunicorn arbiter's workers), by pid."""
+    out = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
@@ -121,8 +122,13 @@ def worker_rss(parent: int) -> list[float]:
             except OSError:
                 continue
             if f"\nPPid:\t{parent}\n" in status:
-                out.append(int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024)  # type: ignore[union-attr]
+                out[int(entry.name)] = int(re.search(rf"{field}:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
     return out
+
+
+def worker_rss(parent: int) -> list[float]:
+    """Peak RSS (VmHWM) in MB of the web workers of the arbiter ``parent``."""
+    return list(workers_memory(parent).values())
 
 
 def wait_http(port: int, path: str, timeout: float = 60) -> None:

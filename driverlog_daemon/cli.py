@@ -141,6 +141,31 @@ def cmd_health(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from driverlog_daemon import export, schema
+
+    database = Path(args.database or _config(args).database.path).expanduser()
+    if not database.exists():
+        print(f"no database at {database} ([database] path)", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        since, until = (export.parse_time(v, k) if v else None for k, v in (("since", args.since),
+                                                                             ("until", args.until)))
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_INVALID
+    conn = schema.connect(database, readonly=True)
+    conn.execute("BEGIN")  # one snapshot, however long the export
+    out = sys.stdout.buffer
+    for chunk in export.csv_chunks(export.EXPORTS[args.what].columns,
+                                   export.rows(conn, args.what, driver_id=args.driver, since=since, until=until)):
+        out.write(chunk)
+    out.flush()
+    return EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from driverlog_daemon import logs, runtime
 
@@ -184,7 +209,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             shutil.rmtree(own_metrics, ignore_errors=True)
 
 
-COMMANDS = ("validate", "replay", "run", "serve", "health", "check-config", "demo")
+COMMANDS = ("validate", "replay", "run", "serve", "health", "export", "check-config", "demo")
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -267,6 +292,18 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--at-risk", action="store_true", help="only the drivers at risk")
         p.add_argument("--json", action="store_true", help="JSON: the API's health object per driver")
         p.set_defaults(func=cmd_health)
+
+    if only in (None, "export"):
+        p = add("export", "write the verifications or the marks' history as CSV",
+                "Write CSV (RFC 4180, a header row) to stdout, as /export/<what>.csv serves it: 'verifications' in "
+                "the order they were recorded, 'marks' the mark transitions in time order. Text cells a spreadsheet "
+                "would run as a formula start with a '. Reads the database read-only: no daemon needed.")
+        p.add_argument("what", choices=("verifications", "marks"))
+        p.add_argument("--driver", type=int, metavar="ID", help="one driver (drivers.id)")
+        p.add_argument("--since", metavar="TIME", help="from this time on: epoch seconds, 2026-11-30, or ISO 8601")
+        p.add_argument("--until", metavar="TIME", help="before this time")
+        p.add_argument("--database", metavar="PATH", help="SQLite file (default: [database] path)")
+        p.set_defaults(func=cmd_export)
 
     if only in (None, "check-config"):
         p = add("check-config", "print and check the effective configuration",

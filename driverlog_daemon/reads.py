@@ -390,3 +390,34 @@ def webhook_outbox(conn: sqlite3.Connection, now: float) -> dict[str, dict[str, 
         out[hook] = {"pending": pending, "delivered": delivered, "dead": dead,
                      "oldest_pending_age_seconds": None if oldest is None else round(max(0.0, now - oldest), 1)}
     return out
+
+
+def recent_transitions(conn: sqlite3.Connection, *, driver_ids: list[int] | None = None,
+                       releases: frozenset[str] | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    """The newest mark transitions (of these drivers, in these lower-case releases), newest first, with what a
+    feed entry shows: the driver, the evidence, the review."""
+    where: list[str] = []
+    params: list[Any] = []
+    if driver_ids is not None:
+        where.append(f"t.driver_id IN ({', '.join('?' * len(driver_ids))})")
+        params.extend(driver_ids)
+    if releases is not None:
+        where.append(f"lower(t.release) IN ({', '.join('?' * len(releases))})")
+        params.extend(sorted(releases))
+    rows = conn.execute(
+        f"""SELECT t.id, t.driver_id, d.project_id, d.vendor, d.name, t.release, t.from_result, t.to_result, t.at,
+                   t.change_number, t.patch_set, t.comment_time, v.evidence, v.review_url
+            FROM mark_transitions t JOIN drivers d ON d.id = t.driver_id
+                 JOIN verifications v ON v.id = t.verification_id
+            {("WHERE " + " AND ".join(where)) if where else ""}
+            ORDER BY t.at DESC, t.id LIMIT ?""", (*params, limit))
+    return [{"transition": {"id": i, "release": r.lower(), "from": f, "to": to, "at": at, "change_number": c,
+                            "patch_set": ps, "comment_time": ct, "review_url": u},
+             "driver": {"id": d, "project_id": p, "vendor": ve, "name": n}, "release_name": r, "evidence": e}
+            for i, d, p, ve, n, r, f, to, at, c, ps, ct, e, u in rows]
+
+
+def created_at(conn: sqlite3.Connection) -> float:
+    """When the database file was made (its first migration): a fixed time for an empty feed."""
+    row = conn.execute("SELECT min(applied_at) FROM schema_migrations").fetchone()
+    return float(row[0] or 0.0)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from driverlog_daemon.config import Config, load_config
+from driverlog_daemon.config import Config, WebhookConfig, load_config
 
 from .helpers import DATA, ROOT, SSHEnv, comment_event, query, wait_until
 
@@ -287,12 +287,16 @@ def test_example_configuration_shows_every_key_with_its_default() -> None:
     for line in text.splitlines():
         if m := re.match(r"\[(\w+)\]", line):
             section = m[1]
+        elif re.match(r"#?\s*\[\[webhook\]\]", line):
+            section = "webhook"
         elif m := re.match(r"#?\s*(\w+)\s*=", line):
             shown[(section, m[1])] = line
     defaults = Config()
     values = tomllib.loads(text)
+    for key in WebhookConfig._fields:  # the [[webhook]] tables: an example, commented out
+        assert ("webhook", key) in shown, f"[[webhook]] {key} is missing from deploy/driverlog.toml"
     for name in defaults._fields:
-        if name == "source":
+        if name in ("source", "webhooks"):
             continue
         for key, default in getattr(defaults, name)._asdict().items():
             assert (name, key) in shown, f"[{name}] {key} is missing from deploy/driverlog.toml"
@@ -353,4 +357,4 @@ def test_alert_rules_pass_promtool() -> None:
     proc = subprocess.run([tool, "check", "rules", str(ROOT / "deploy" / "prometheus" / "alerts.yml")],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 7 rules found" in proc.stdout
+    assert "SUCCESS: 9 rules found" in proc.stdout

@@ -37,6 +37,16 @@ def database(tmp_path_factory: pytest.TempPathFactory) -> Path:
     db = tmp / "driverlog.sqlite"
     subprocess.run([sys.executable, "-m", "driverlog_daemon", "replay", str(recording), "--database", str(db),
                     "--registry", str(DATA), "--quiet"], check=True, capture_output=True, timeout=60)
+    conn = sqlite3.connect(db)  # a webhook's outbox: one delivered, one failing, for the first two transitions
+    with conn:
+        for n, (tid, driver_id, release, at) in enumerate(conn.execute(
+                "SELECT id, driver_id, release, at FROM mark_transitions ORDER BY at LIMIT 2").fetchall()):
+            conn.execute("""INSERT INTO webhook_outbox (hook, kind, transition_id, driver_id, release, at, body,
+                            queued_at, attempts, next_attempt_at, last_status, last_error, delivered_at)
+                            VALUES ('chat', 'transition', ?, ?, ?, ?, '{}', ?, 1, ?, ?, ?, ?)""",
+                         (tid, driver_id, release, at, start, start, 204 if n == 0 else 500,
+                          None if n == 0 else "HTTP 500: oops", start if n == 0 else None))
+    conn.close()
     return db
 
 
@@ -110,6 +120,7 @@ def test_every_canned_query_answers_json(datasette: str, database: Path) -> None
     fc_project = next(p for i, _, p in drivers if i == fc)
     missed = sum(1 for c, p, ps in merged if p == fc_project and (fc, c, ps) not in verified)
     covering = sum(1 for i, _, project in drivers if any(p == project for _, p, _ in merged))
+    backlog = conn.execute("SELECT count(*) FROM webhook_outbox WHERE delivered_at IS NULL").fetchone()[0]
     conn.close()
     assert failing > 0 and history > 0 and transitions > 0
     params = {"driver_history": {"driver": "Acme Volume Driver (FC)"},
@@ -124,7 +135,8 @@ def test_every_canned_query_answers_json(datasette: str, database: Path) -> None
             assert {r["ci_account"] for r in body["rows"]} == accounts
     assert counts == {"failing_marks": failing, "silent_ci_accounts": len(accounts), "driver_history": history,
                       "silent_cis": silent, "coverage": covering, "missed_changes": missed,
-                      "recent_transitions": min(100, transitions)}
+                      "recent_transitions": min(100, transitions), "webhook_backlog": backlog}
+    assert backlog == 1
 
 
 def test_descriptions_are_served(datasette: str) -> None:

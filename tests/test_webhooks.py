@@ -272,3 +272,30 @@ def test_check_config_never_shows_the_secret_or_the_urls_path(tmp_path: Path,
 
         check_files(load_config(cfg))
     assert info.value.key == "webhook chat.secret"
+
+
+def test_a_version_4_file_gains_the_outbox_and_keeps_its_rows(tmp_path: Path, registry: Registry) -> None:
+    import sqlite3
+
+    from driverlog_daemon import schema
+
+    path = tmp_path / "v4.sqlite"
+    with Store(path) as s:  # today's file, taken back to version 4: what a 4 file holds, without the outbox
+        s.sync_drivers(registry)
+        flips(registry, s, FC, 10, ["success", "failure"])
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("DROP TABLE webhook_outbox")
+    conn.execute("DELETE FROM schema_migrations WHERE version = 5")
+    conn.execute("PRAGMA user_version = 4")
+    before = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+              for t in ("verifications", "changes", "mark_transitions", "driver_marks")}
+    conn.close()
+    with Store(path) as s:
+        assert schema.schema_version(s.conn) == 5
+        assert [n for v, n, _ in schema.applied(s.conn) if v == 5] == ["webhook_outbox"]
+        assert {t: s.conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in before} == before
+        assert before["mark_transitions"] == 2
+        assert s.conn.execute("SELECT count(*) FROM webhook_outbox").fetchone()[0] == 0  # history is not news
+        s.webhooks = (hook("http://127.0.0.1:9/"),)
+        flips(registry, s, FC, 30, ["success"])
+        assert [r[1] for r in outbox(s)] == ["transition"]

@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +29,7 @@ import jinja2
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from driverlog_daemon import reads, registry_2014
+from driverlog_daemon import export, reads, registry_2014
 from driverlog_daemon.registry import Registry
 from driverlog_daemon.web import api, badge, pages
 from driverlog_daemon.web.records import Records, RecordsKeeper
@@ -37,6 +37,7 @@ from driverlog_daemon.web.responses import (
     GZIP_MIN_BYTES,
     Response,
     StartResponse,
+    StreamedResponse,
     json_response,
     response,
     send,
@@ -60,6 +61,9 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 CACHE_ENTRIES = 512
 RECENT_ANSWERS = 8  # answers made from records that are rendered again, before requests ask, when records change
 HISTORY_PAGE = 50
+FEED_ENTRIES = 50
+FEED_FILTERS = ("project_id", "vendor", "release_id", "release")
+EXPORT_PATHS = {"/export/marks.csv": "marks", "/export/verifications.csv": "verifications"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +89,10 @@ def ago(seconds: float) -> str:
         if s >= size:
             return f"{s // size} {unit} ago"
     return f"{s} s ago"
+
+
+def rfc3339(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def utc(ts: int | None) -> str:
@@ -142,6 +150,8 @@ class App:
                 (r"/api/1\.0/verifications", "/api/1.0/verifications", self.api_verifications, "database"),
                 (r"/api/1\.0/ingestion", "/api/1.0/ingestion", self.api_ingestion, "database"),
                 (r"/ingestion", "/ingestion", self.page_ingestion, "database"),
+                (r"/feed\.atom", "/feed.atom", self.feed_all, "database"),
+                (r"/drivers/(\d+)/feed\.atom", "/drivers/<id>/feed.atom", self.feed_driver, "database"),
                 (r"/healthz", "/healthz", self.healthz, None),
             )]
 
@@ -155,6 +165,13 @@ class App:
             if method not in ("GET", "HEAD"):
                 answer = text_response("405 Method Not Allowed", "only GET and HEAD are answered")
                 answer.headers.append(("Allow", "GET, HEAD"))
+            elif path in EXPORT_PATHS:
+                route = path
+                exported = self._export(path, environ.get("QUERY_STRING", ""))
+                if isinstance(exported, StreamedResponse):
+                    self.metrics.http_requests.labels(route, "200").inc()
+                    return exported.send(start_response, head=method == "HEAD")
+                answer = exported
             elif path == "/metrics":
                 route = "/metrics"
                 self.metrics.http_requests.labels(route, "200").inc()
@@ -305,6 +322,70 @@ class App:
                           page=page, pages=max(1, -(-total // HISTORY_PAGE)), total=total, driver_id=int(driver_id),
                           registry=registry, missed=missed, transitions=transitions, chart=chart,
                           silence_days=self.silence_days)
+
+    # ------------------------------------------------------------------------------------------ feeds
+
+    def feed_all(self, query: Mapping[str, str]) -> Response:
+        registry, records = self._recs()
+        filters = api.Filters.parse(query)
+        ids = None
+        if filters.project_id or filters.vendor:
+            ids = [r["id"] for r in records if r["id"] is not None and api.passes(
+                r, api.Filters(filters.project_id, filters.vendor, None), registry, release=False)]
+        described = ", ".join(f"{k} {v}" for k, v in sorted(query.items()) if k in FEED_FILTERS and v)
+        with self.reader.snapshot() as conn:
+            entries = reads.recent_transitions(conn, driver_ids=ids, releases=filters.release_ids, limit=FEED_ENTRIES)
+            created = reads.created_at(conn)
+        return self._feed(entries, created, title="DriverLog marks" + (f" ({described})" if described else ""),
+                          self_href="/feed.atom" + ("?" + urllib.parse.urlencode(sorted(
+                              (k, v) for k, v in query.items() if k in FEED_FILTERS)) if described else ""),
+                          page_href="/")
+
+    def feed_driver(self, query: Mapping[str, str], driver_id: str) -> Response:
+        with self.reader.snapshot() as conn:
+            known = reads.driver_key(conn, int(driver_id))
+            if known is None:
+                return text_response("404 Not Found", "no such driver")
+            entries = reads.recent_transitions(conn, driver_ids=[int(driver_id)], limit=FEED_ENTRIES)
+            created = reads.created_at(conn)
+        return self._feed(entries, created, title=f"DriverLog marks: {known[0][2]} ({known[0][1]})",
+                          self_href=f"/drivers/{driver_id}/feed.atom", page_href=f"/drivers/{driver_id}")
+
+    def _feed(self, entries: list[dict[str, Any]], created: float, *, title: str, self_href: str,
+              page_href: str) -> Response:
+        from driverlog_daemon import __version__
+        from driverlog_daemon.webhooks import headline
+
+        for e in entries:
+            e["title"] = headline(e, e["release_name"])
+            e["updated"] = rfc3339(e["transition"]["at"])
+            e["comment_time"] = rfc3339(e["transition"]["comment_time"])
+        # the newest entry's time: it changes only when the entries do (readers and caches poll cheaply)
+        updated = entries[0]["updated"] if entries else rfc3339(int(created))
+        body = self.env.get_template("feed.atom").render(
+            entries=entries, title=title, updated=updated, self_href=self_href, page_href=page_href,
+            feed_id="urn:driverlog-daemon:feed:" + self_href, version=__version__).encode()
+        return response("200 OK", "application/atom+xml; charset=utf-8", body)
+
+    # ------------------------------------------------------------------------------------------ exports
+
+    def _export(self, path: str, query_string: str) -> Response | StreamedResponse:
+        query = {k: v[-1] for k, v in urllib.parse.parse_qs(query_string, keep_blank_values=True).items()}
+        kind = EXPORT_PATHS[path]
+        try:
+            driver_id = api.int_param(query, "driver", None, minimum=0)
+            since, until = (export.parse_time(query[k], k) if query.get(k) else None for k in ("since", "until"))
+        except (api.BadRequest, ValueError) as bad:
+            return text_response("400 Bad Request", str(bad))
+        reader = self.reader
+
+        def chunks() -> Iterator[bytes]:
+            with reader.snapshot() as conn:  # one read transaction: a consistent export, however long
+                yield from export.csv_chunks(export.EXPORTS[kind].columns,
+                                             export.rows(conn, kind, driver_id=driver_id, since=since, until=until))
+
+        return StreamedResponse("text/csv; charset=utf-8; header=present", chunks(),
+                                filename=f"driverlog-{kind}.csv")
 
     def _ingestion(self, query: Mapping[str, str]) -> dict[str, Any]:
         limit = api.int_param(query, "limit", 50, minimum=1, maximum=500) or 50

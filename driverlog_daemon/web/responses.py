@@ -6,7 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,28 @@ class Response:
     gzipped: bytes | None = None
     cache: str = "no-store"  # Cache-Control
     headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class StreamedResponse:
+    """A body too large to hold (an export): sent as it is made, never cached, no validator."""
+
+    content_type: str
+    chunks: Iterator[bytes]
+    filename: str = ""
+
+    def send(self, start_response: StartResponse, head: bool) -> Iterable[bytes]:
+        headers = [("Content-Type", self.content_type), ("X-Content-Type-Options", "nosniff"),
+                   ("Content-Security-Policy", CSP), ("Referrer-Policy", "no-referrer"), ("Cache-Control", "no-store")]
+        if self.filename:
+            headers.append(("Content-Disposition", f'attachment; filename="{self.filename}"'))
+        start_response("200 OK", headers)
+        if head:
+            close = getattr(self.chunks, "close", None)
+            if close is not None:
+                close()
+            return [b""]
+        return self.chunks
 
 
 def response(status: str, content_type: str, body: bytes) -> Response:

@@ -6,8 +6,9 @@ restarted web tier keeps the port; the daemon's live state (health, the stream, 
 both sides come through the runtime directory (:mod:`driverlog_daemon.runtime`). Alone, ``serve`` binds the
 address itself and serves what the database holds.
 
-A client gets ``[http] client_timeout_seconds`` to send its request and take its answer, in all: one that trickles
-its request or never reads its answer loses its connection then, instead of holding a thread. A public site still
+A client gets ``[http] client_timeout_seconds`` to send its request and take its answer, in all (a streamed export:
+to take each part of it): one that trickles its request or never reads its answer loses its connection then,
+instead of holding a thread. A public site still
 belongs behind a buffering proxy (``deploy/nginx/driverlog.conf``).
 """
 
@@ -83,6 +84,8 @@ class _DeadlineSocket(socket.socket):
     def sendall(self, *args: Any) -> None:
         self._remaining()
         super().sendall(*args)
+        if not self._closing:  # a streamed answer (an export) gets the time again for each part the client took
+            self._deadline = max(self._deadline, time.monotonic() + self.timeout_seconds)
 
 
 class Worker(ThreadWorker):  # type: ignore[misc]
