@@ -5,8 +5,11 @@
 Each run starts a fresh Gerrit SSH test server, database and ``driverlog-daemon run``, streams 1,500-3,000
 generated events with 6-16 random faults (drops, mid-line drops, stalls, an outage, a silently dead stream,
 ``kill -9``, ``kill -9`` during a backfill, a backfill whose connection drops half-way) and a random clock skew of
-up to 4 hours either way, and prints per run what was lost, doubled or unexpected against a reference
-implementation of the rules. Exits 1 if any run lost or doubled anything.
+up to 4 hours either way, while a webhook receiver of its own answers 500 now and then, hangs past the timeout,
+is down through an outage and holds a delivery when the daemon is killed; and prints per run what was lost, doubled
+or unexpected against a reference implementation of the rules, and the mark transitions the receiver did not get
+(or got wrong: a bad signature, one delivery id with two bodies, out of order). Exits 1 if any run lost or doubled
+anything.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ def main() -> int:
     parser.add_argument("--registry", type=Path, default=SHIPPED, help="default: the shipped registry")
     parser.add_argument("--keep", action="store_true", help="keep every run's folder (database, log)")
     args = parser.parse_args()
-    bad = 0
+    bad = transitions = requests = 0
     for i in range(args.runs):
         seed = args.seed + i
         scenario = Scenario.random(seed)
@@ -43,15 +46,22 @@ def main() -> int:
             outcome = run.run()
         finally:
             run.close()
-        ok = outcome.ok  # nothing lost, doubled or unexpected, status and gaps as they should be
+        ok = outcome.ok  # nothing lost, doubled or unexpected, status, gaps and webhook deliveries as they should be
         bad += not ok
+        transitions += outcome.transitions
+        requests += outcome.deliveries
         print(f"run {i + 1:>3} seed {seed:>4} skew {scenario.skew:+6d} s  {'ok  ' if ok else 'FAIL'} {outcome.line()}",
               flush=True)
         if not ok:
-            print(f"         missing e.g. {outcome.missing_examples}; kept {work}", flush=True)
+            print(f"         missing e.g. {outcome.missing_examples}; webhook {outcome.webhook_problems[:3]}; "
+                  f"kept {work}", flush=True)
         elif not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"{args.runs - bad} of {args.runs} runs: 0 lost, 0 doubled")
+    if bad:
+        print(f"{bad} of {args.runs} runs failed")
+    else:
+        print(f"{args.runs} of {args.runs} runs: 0 lost, 0 doubled; {transitions} mark transitions, every one "
+              f"delivered to the webhook receiver ({requests} requests)")
     return 1 if bad else 0
 
 

@@ -179,7 +179,9 @@ class Demo:
         base = f"http://127.0.0.1:{self.http_port}"
         _say("serving" + (f" for {seconds:g} s" if seconds is not None else " — Ctrl-C to stop"))
         for path, what in (("/", "the status page"), ("/api/1.0/drivers", "DriverLog's JSON API"),
-                           ("/badge/1.svg", "a badge"), ("/metrics", "Prometheus metrics"), ("/healthz", "health")):
+                           ("/badge/1.svg", "a badge"), ("/feed.atom", "an Atom feed of mark changes"),
+                           ("/export/marks.csv", "the mark history as CSV"), ("/metrics", "Prometheus metrics"),
+                           ("/healthz", "health")):
             print(f"    {base}{path:<20} {what}")
         deadline = None if seconds is None else time.monotonic() + seconds
         try:

@@ -163,6 +163,9 @@ class Deliverer:
                 except sqlite3.Error as exc:  # the database busy past the timeout, or failing: try again later
                     log.warning("webhook_database_error", hook=self.hook.name, error=str(exc))
                     waited = 1.0
+                except Exception as exc:  # a bug must not end the hook's deliveries: say so, go on
+                    log.error("webhook_error", hook=self.hook.name, error=f"{type(exc).__name__}: {exc}")
+                    waited = 1.0
                 if waited:
                     self._wake.wait(waited)
                     self._wake.clear()
@@ -178,7 +181,10 @@ class Deliverer:
         now = self.clock()
         if delivery.next_attempt_at > now:
             return min(self.poll_seconds, delivery.next_attempt_at - now)
-        answer = self.post(delivery)
+        try:
+            answer = self.post(delivery)
+        except Exception as exc:  # a body that cannot be sent is a failed attempt, retried until dead like others
+            answer = Answer(None, f"{type(exc).__name__}: {exc}"[:EXCERPT])
         self._record(conn, delivery, answer)
         return 0.0
 

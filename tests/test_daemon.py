@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from driverlog_daemon.config import Config, WebhookConfig, load_config
+from driverlog_daemon.testing.receiver import Receiver
 
 from .helpers import DATA, ROOT, SSHEnv, comment_event, query, wait_until
 
@@ -34,7 +35,8 @@ def ci_event(number: int, author: str = "acme-storage-ci", job: str = "acme-cind
 
 
 class Daemon:
-    def __init__(self, tmp: Path, env: SSHEnv, registry: Path, watchdog_usec: int | None = 200_000) -> None:
+    def __init__(self, tmp: Path, env: SSHEnv, registry: Path, watchdog_usec: int | None = 200_000,
+                 more_config: str = "") -> None:
         self.tmp = tmp
         self.db = tmp / "d.sqlite"
         self.notify_path = tmp / "notify.sock"
@@ -60,7 +62,7 @@ listen = "127.0.0.1"
 port = 0
 [log]
 format = "json"
-""")
+""" + more_config)
         environ = {k: v for k, v in os.environ.items() if not k.startswith(("DRIVERLOG_", "NOTIFY_", "WATCHDOG_"))}
         environ["NOTIFY_SOCKET"] = str(self.notify_path)
         if watchdog_usec:
@@ -203,8 +205,26 @@ def test_sigterm_commits_every_received_event(daemon: Daemon, ssh_env: SSHEnv) -
     assert any("STOPPING=1" in m for m in _drain(daemon))
 
 
-def test_metrics_pass_promtool_check_metrics(daemon: Daemon, ssh_env: SSHEnv) -> None:
+@pytest.fixture
+def daemon_with_webhook(tmp_path: Path, ssh_env: SSHEnv) -> Iterator[tuple[Daemon, Receiver]]:
+    registry = tmp_path / "registry.json"
+    shutil.copy(DATA, registry)
+    (tmp_path / "hook.secret").write_text("k\n")
+    receiver = Receiver(b"k")
+    d = Daemon(tmp_path, ssh_env, registry, more_config=f'[[webhook]]\nname = "chat"\nurl = "{receiver.url}"\n'
+                                                         f'secret_file = "{tmp_path / "hook.secret"}"\n')
+    yield d, receiver
+    try:
+        d.stop()
+    except subprocess.TimeoutExpired:
+        d.proc.kill()
+        d.proc.wait()
+    receiver.close()
+
+
+def test_metrics_pass_promtool_check_metrics(daemon_with_webhook: tuple[Daemon, Receiver], ssh_env: SSHEnv) -> None:
     tool = _tool("promtool")
+    daemon, receiver = daemon_with_webhook
     daemon.receive(lambda m: "READY=1" in m)
     assert wait_until(lambda: ssh_env.server.stream_count == 1)
     event = ci_event(400)
@@ -216,8 +236,17 @@ def test_metrics_pass_promtool_check_metrics(daemon: Daemon, ssh_env: SSHEnv) ->
     assert wait_until(lambda: "driverlog_driver_release_last_mark_success_timestamp_seconds{" in
                       daemon.get("/metrics")[1])
     daemon.get("/")
+    assert wait_until(lambda: 'driverlog_webhook_deliveries_total{hook="chat",outcome="delivered"} 1.0' in
+                      daemon.get("/metrics")[1])  # the daemon's counter, through the web tier's scrape
+    (got,) = receiver.deliveries()
+    assert got.signature_ok and got.body["transition"]["to"] == "success" and got.body["transition"]["release"] == \
+        "epoxy"
     body = daemon.get("/metrics")[1].encode()
     assert b"driverlog_ingest_latency_seconds_bucket" in body and b'route="/",status="200"' in body
+    assert b'driverlog_webhook_outbox_pending{hook="chat"} 0.0' in body
+    assert b'driverlog_webhook_outbox_oldest_pending_age_seconds{hook="chat"} 0.0' in body
+    assert wait_until(lambda: json.loads(daemon.get("/healthz")[1]).get("webhooks", {}).get("chat") == {
+        "pending": 0, "delivered": 1, "dead": 0, "oldest_pending_age_seconds": None})  # the daemon's next report
     proc = subprocess.run([tool, "check", "metrics"], input=body, capture_output=True, timeout=60, check=False)
     assert proc.returncode == 0 and proc.stdout == b"" and proc.stderr == b"", proc.stdout + proc.stderr
 
