@@ -18,18 +18,21 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from driverlog_daemon import health, reads, webhooks
 from driverlog_daemon.changes import ChangeRows
-from driverlog_daemon.config import WebhookConfig
 from driverlog_daemon.health import Candidate
 from driverlog_daemon.model import BackfillRun, ChangeFact, Source, Verification
 from driverlog_daemon.registry import Registry
 from driverlog_daemon.schema import Transaction, connect, migrate
 
+if TYPE_CHECKING:
+    from driverlog_daemon.config import WebhookConfig
+
 WRITER_CACHE_KIB = 8192
-_CANDIDATE = ("effective_time, comment_time, change_number, patch_set, comment_sha256, result, verification_id")
+# A Candidate's columns, of the table named {t}
+_CANDIDATE_COLUMNS = ", ".join("{t}." + c for c in Candidate._fields)
 
 
 class BatchResult(NamedTuple):
@@ -279,6 +282,9 @@ class Store:
             first_new = int(self.conn.execute("SELECT coalesce(max(id), 0) + 1 FROM verifications").fetchone()[0])
             for sql, values in _values_statements(_UPSERT_CHANGES, _UPSERT_CHANGES_TAIL, 9, change_rows):
                 self.conn.execute(sql, values)
+            merging = [row[0] for row in change_rows if row[6] is not None]
+            if merging:
+                self._merged_candidates(merging)
             for result, rows in by_result.items():
                 for sql, values in _values_statements(_INSERT_VERIFICATIONS, "", len(_VERIFICATION_COLUMNS), rows):
                     inserted[result] += max(self.conn.execute(sql, values).rowcount, 0)
@@ -295,6 +301,31 @@ class Store:
             transitions = self._update_transitions()
         return BatchResult(inserted["success"], inserted["failure"],
                            total - inserted["success"] - inserted["failure"], tuple(closed), transitions)
+
+    def _merged_candidates(self, numbers: list[int]) -> None:
+        """In the current transaction: the verifications at the merged patch set of these changes (the batch's
+        merged ones) that are not candidates yet become candidates, and their pairs' history is due from them.
+
+        Most merged changes have no verification: each costs one probe of the verifications index, in that order
+        (CROSS JOIN), rather than a change lookup first."""
+        made = self.conn.execute(
+            """INSERT INTO mark_candidates (verification_id, driver_id, release, effective_time, comment_time, result,
+                                            change_number, patch_set, comment_sha256)
+               SELECT v.id, v.driver_id, v.release, max(v.comment_time, coalesce(c.merged_time, v.comment_time)),
+                      v.comment_time, v.result, v.change_number, v.patch_set, v.comment_sha256
+               FROM json_each(?) m CROSS JOIN verifications v ON v.change_number = m.value
+                    CROSS JOIN changes c ON c.change_number = v.change_number AND c.merged_patch_set = v.patch_set
+               WHERE v.release != ''
+               ON CONFLICT (verification_id) DO NOTHING
+               RETURNING driver_id, release, effective_time""", (json.dumps(numbers),))
+        since: dict[tuple[int, str], int] = {}
+        for driver_id, release, effective_time in made:
+            pair = (driver_id, release)
+            since[pair] = min(since.get(pair, effective_time), effective_time)
+        self.conn.executemany(
+            """INSERT INTO marks_dirty (driver_id, release, since) VALUES (?, ?, ?)
+               ON CONFLICT (driver_id, release) DO UPDATE SET since = min(since, excluded.since)""",
+            [(d, r, t) for (d, r), t in since.items()])
 
     def _advance_cursor(self, server: str, event_time: int) -> None:
         """The stream committed events up to ``event_time``: that is proven, unless an open gap starts earlier."""
@@ -359,41 +390,62 @@ class Store:
     def _update_transitions(self) -> int:
         """In the current transaction: the mark history of every pair the batch touched (``marks_dirty``, from
         the earliest effective time that changed), so that ``mark_transitions`` equals the definition over the
-        data; returns how many transitions are new."""
+        data; returns how many transitions are new.
+
+        A few statements for all the pairs at once, not a few per pair (a batch touches hundreds of pairs); the
+        candidates are read pair after pair, never all held at once."""
         dirty = self.conn.execute("SELECT driver_id, release, since FROM marks_dirty").fetchall()
-        added = 0
-        for driver_id, release, since in dirty:
-            row = self.conn.execute(
-                f"""SELECT {_CANDIDATE} FROM mark_candidates WHERE driver_id = ? AND release = ? AND effective_time < ?
-                    ORDER BY comment_time DESC, change_number DESC, patch_set DESC, comment_sha256 DESC LIMIT 1""",
-                (driver_id, release, since)).fetchone()
-            later = [Candidate(*r) for r in self.conn.execute(
-                f"""SELECT {_CANDIDATE} FROM mark_candidates WHERE driver_id = ? AND release = ? AND effective_time >= ?
-                    ORDER BY effective_time""", (driver_id, release, since))]
-            before = Candidate(*row) if row else None
-            wanted = {t.id: t for t in health.transitions(driver_id, release, later, before)}
-            best = max((c for c in (before, *later) if c is not None), key=lambda c: c.rank, default=None)
+        if not dirty:
+            return 0
+        before = {(driver_id, release): Candidate(*candidate) for driver_id, release, *candidate in self.conn.execute(
+            f"""SELECT d.driver_id, d.release, {_CANDIDATE_COLUMNS.format(t="m")}
+                FROM marks_dirty d JOIN mark_candidates m ON m.verification_id = (
+                    SELECT verification_id FROM mark_candidates
+                    WHERE driver_id = d.driver_id AND release = d.release AND effective_time < d.since
+                    ORDER BY comment_time DESC, change_number DESC, patch_set DESC, comment_sha256 DESC LIMIT 1)""")}
+        present: dict[tuple[int, str], set[str]] = {}
+        for transition_id, driver_id, release in self.conn.execute(
+                """SELECT t.id, t.driver_id, t.release FROM marks_dirty d JOIN mark_transitions t
+                   ON t.driver_id = d.driver_id AND t.release = d.release AND t.at >= d.since"""):
+            present.setdefault((driver_id, release), set()).add(transition_id)
+        marks: list[tuple[Any, ...]] = []
+        gone: list[str] = []
+        new: list[health.Transition] = []
+
+        def history(pair: tuple[int, str], since_then: list[Candidate]) -> None:
+            earlier = before.get(pair)
+            wanted = {t.id: t for t in health.transitions(*pair, since_then, earlier)}
+            best = max((c for c in (earlier, *since_then) if c is not None), key=lambda c: c.rank, default=None)
             if best is not None:  # today's mark: the best of every candidate (all are eligible now)
-                self.conn.execute(_UPSERT_MARK, (driver_id, release, best.verification_id, best.result,
-                                                 best.comment_time, best.change_number, best.patch_set,
-                                                 best.comment_sha256))
-            present = {i for (i,) in self.conn.execute(
-                "SELECT id FROM mark_transitions WHERE driver_id = ? AND release = ? AND at >= ?",
-                (driver_id, release, since))}
-            gone = present - wanted.keys()
-            if gone and self.webhooks:  # before they go: a retraction carries the transition it withdraws
-                self._queue_deliveries("retraction", [t for t in map(health.Transition._make, self.conn.execute(
-                    f"SELECT * FROM mark_transitions WHERE id IN ({', '.join('?' * len(gone))})", sorted(gone)))])
-            if gone:
-                self.conn.executemany("DELETE FROM mark_transitions WHERE id = ?", [(i,) for i in gone])
-            new = sorted((wanted[i] for i in wanted.keys() - present), key=lambda t: (t.at, t.id))
-            self.conn.executemany("INSERT INTO mark_transitions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", new)
-            if new and self.webhooks:
-                self._queue_deliveries("transition", new)
-            added += len(new)
-        if dirty:
-            self.conn.execute("DELETE FROM marks_dirty")
-        return added
+                marks.append((*pair, best.verification_id, best.result, best.comment_time, best.change_number,
+                              best.patch_set, best.comment_sha256))
+            had = present.get(pair, set())
+            gone.extend(had - wanted.keys())
+            new.extend(sorted((wanted[i] for i in wanted.keys() - had), key=lambda t: (t.at, t.id)))
+
+        later = self.conn.execute(
+            f"""SELECT m.driver_id, m.release, {_CANDIDATE_COLUMNS.format(t="m")}
+                FROM marks_dirty d JOIN mark_candidates m
+                     ON m.driver_id = d.driver_id AND m.release = d.release AND m.effective_time >= d.since
+                ORDER BY m.driver_id, m.release, m.effective_time""")
+        seen = set()
+        for (driver_id, release), rows in itertools.groupby(later, key=lambda row: (row[0], row[1])):
+            seen.add((driver_id, release))
+            history((driver_id, release), [Candidate(*row[2:]) for row in rows])
+        for driver_id, release, _ in dirty:
+            if (driver_id, release) not in seen:  # no candidate since: only what came before
+                history((driver_id, release), [])
+        self.conn.executemany(_UPSERT_MARK, marks)
+        if gone and self.webhooks:  # before they go: a retraction carries the transition it withdraws
+            self._queue_deliveries("retraction", [t for t in map(health.Transition._make, self.conn.execute(
+                f"SELECT * FROM mark_transitions WHERE id IN ({', '.join('?' * len(gone))})", sorted(gone)))])
+        if gone:
+            self.conn.executemany("DELETE FROM mark_transitions WHERE id = ?", [(i,) for i in gone])
+        self.conn.executemany("INSERT INTO mark_transitions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", new)
+        if new and self.webhooks:
+            self._queue_deliveries("transition", new)
+        self.conn.execute("DELETE FROM marks_dirty")
+        return len(new)
 
     def _queue_deliveries(self, kind: str, transitions: list[health.Transition]) -> None:
         """In the current transaction: one outbox row per transition and webhook whose filters pass it."""

@@ -16,20 +16,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import http.client
 import json
-import random
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
 from driverlog_daemon import schema
-from driverlog_daemon.config import WebhookConfig
 from driverlog_daemon.health import Transition
 from driverlog_daemon.logs import get_logger
+
+if TYPE_CHECKING:
+    from driverlog_daemon.config import WebhookConfig
 
 log = get_logger("driverlog.webhooks")
 
@@ -132,8 +132,12 @@ class Deliverer:
 
     def __init__(self, hook: WebhookConfig, secret: bytes, database: str, *,
                  counted: Callable[[str, str], None] = lambda hook, outcome: None,
-                 clock: Callable[[], float] = time.time, rng: Callable[[], float] = random.random,
+                 clock: Callable[[], float] = time.time, rng: Callable[[], float] | None = None,
                  poll_seconds: float = 0.5) -> None:
+        if rng is None:
+            import random  # here: the writer (and replay) import this module for the outbox, never for sending
+
+            rng = random.random
         self.hook, self._secret, self.database = hook, secret, database
         self.counted, self.clock, self.rng, self.poll_seconds = counted, clock, rng, poll_seconds
         self._stop = threading.Event()
@@ -190,6 +194,8 @@ class Deliverer:
 
     def post(self, delivery: Delivery) -> Answer:
         """One attempt: POST the body, signed; any 2xx is delivered. Redirects are not followed."""
+        import http.client  # here: with ssl and email, megabytes that only a process that delivers needs
+
         body = (delivery.body if self.hook.format == "json" else slack_body(delivery.body)).encode("utf-8")
         parts = urlsplit(self.hook.url)
         connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection

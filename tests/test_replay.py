@@ -203,7 +203,8 @@ def test_an_interrupted_parallel_replay_keeps_its_commits_and_stops_its_workers(
 def test_a_short_replay_imports_only_what_it_uses(tmp_path: Path) -> None:
     """Start-up: a replay with nothing to do loads no schema checker, logger, metrics, decoder or SSH library (nor
     dataclasses, whose classes cost 0.05 s to create: the replay path uses named tuples and plain classes; nor
-    shutil, which argparse imports for the terminal's width unless told it, nor the workers' pickle)."""
+    shutil, which argparse imports for the terminal's width unless told it, nor the workers' pickle; nor what only
+    webhook deliveries need: http.client, ssl, email, random)."""
     empty = tmp_path / "empty.jsonl"
     empty.write_bytes(b"")
     env = {**os.environ, "DRIVERLOG_CACHE_DIR": str(tmp_path / "cache")}
@@ -211,7 +212,8 @@ def test_a_short_replay_imports_only_what_it_uses(tmp_path: Path) -> None:
     subprocess.run([*CLI, *args], env=env, check=True, capture_output=True, timeout=60)  # remembers the registry
     probe = ("import sys\nfrom driverlog_daemon.cli import main\nassert main(sys.argv[1:]) == 0\n"
              "heavy = {'jsonschema', 'structlog', 'prometheus_client', 'msgspec', 'paramiko', 'sqlite_utils',"
-             " 'multiprocessing', 'concurrent', 'tomllib', 'dataclasses', 'inspect', 'shutil', 'pickle'}\n"
+             " 'multiprocessing', 'concurrent', 'tomllib', 'dataclasses', 'inspect', 'shutil', 'pickle',"
+             " 'http', 'ssl', 'email', 'random'}\n"
              "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))")
     out = subprocess.run([sys.executable, "-c", probe, *args], env=env, check=True, capture_output=True, text=True,
                          timeout=60).stdout

@@ -280,21 +280,32 @@ def test_a_version_4_file_gains_the_outbox_and_keeps_its_rows(tmp_path: Path, re
     from driverlog_daemon import schema
 
     path = tmp_path / "v4.sqlite"
-    with Store(path) as s:  # today's file, taken back to version 4: what a 4 file holds, without the outbox
-        s.sync_drivers(registry)
-        flips(registry, s, FC, 10, ["success", "failure"])
     conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("DROP TABLE webhook_outbox")
-    conn.execute("DELETE FROM schema_migrations WHERE version = 5")
+    for step in schema.MIGRATIONS[:4]:  # the schema version 4 as released
+        for statement in schema.split_sql(step.sql):
+            conn.execute(statement)
     conn.execute("PRAGMA user_version = 4")
+    d = next(d for d in registry.drivers if d.name == FC)
+    assert d.ci is not None
+    conn.execute("INSERT INTO drivers (id, project_id, vendor, name, review_project, ci_account, first_seen_at, "
+                 "updated_at) VALUES (1, ?, ?, ?, ?, ?, 0, 0)",
+                 (d.project_id, d.vendor, d.name, d.review_project, d.ci.account))
+    for number, t, result in ((1, T0, "success"), (2, T0 + 500, "failure")):
+        conn.execute("""INSERT INTO verifications (driver_id, ci_account, change_number, patch_set, comment_sha256,
+                        comment_time, result, evidence, project, branch, release, received_at, source)
+                        VALUES (1, ?, ?, 1, ?, ?, ?, 'e', ?, 'master', 'Gazpacho', 0, 'stream')""",
+                     (d.ci.account, number, str(number) * 64, t, result, d.review_project))
+        conn.execute("""INSERT INTO changes (change_number, project, branch, status, status_time, current_patch_set,
+                        merged_patch_set, merged_time, last_update_time)
+                        VALUES (?, ?, 'master', 'MERGED', ?, 1, 1, ?, ?)""", (number, d.review_project, t, t, t))
     before = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-              for t in ("verifications", "changes", "mark_transitions", "driver_marks")}
+              for t in ("verifications", "changes", "mark_candidates", "drivers")}
     conn.close()
     with Store(path) as s:
-        assert schema.schema_version(s.conn) == 5
-        assert [n for v, n, _ in schema.applied(s.conn) if v == 5] == ["webhook_outbox"]
+        assert schema.schema_version(s.conn) == schema.SCHEMA_VERSION
+        assert [n for v, n, _ in schema.applied(s.conn) if v >= 5] == ["webhook_outbox", "merge_candidates_per_batch"]
         assert {t: s.conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in before} == before
-        assert before["mark_transitions"] == 2
+        assert before["mark_candidates"] == 2 and len(history(s)) == 2  # success, then failure
         assert s.conn.execute("SELECT count(*) FROM webhook_outbox").fetchone()[0] == 0  # history is not news
         s.webhooks = (hook("http://127.0.0.1:9/"),)
         flips(registry, s, FC, 30, ["success"])
