@@ -99,8 +99,8 @@ _FOR_NEW_VERIFICATIONS = (
 
 _UPSERT_MARK = """
     INSERT INTO driver_marks (driver_id, release, verification_id, result, comment_time, change_number, patch_set,
-                              comment_sha256)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                              comment_sha256)"""
+_UPSERT_MARK_TAIL = """
     ON CONFLICT (driver_id, release) DO UPDATE SET
         verification_id = excluded.verification_id, result = excluded.result, comment_time = excluded.comment_time,
         change_number = excluded.change_number, patch_set = excluded.patch_set, comment_sha256 = excluded.comment_sha256
@@ -280,11 +280,15 @@ class Store:
         inserted = {"success": 0, "failure": 0}
         with self._transaction():
             first_new = int(self.conn.execute("SELECT coalesce(max(id), 0) + 1 FROM verifications").fetchone()[0])
+            merging = [row[0] for row in change_rows if row[6] is not None]
+            new_merged = "[]" if not merging else self.conn.execute(  # the changes new to the file that arrive merged
+                """SELECT json_group_array(value) FROM json_each(?)
+                   WHERE value NOT IN (SELECT change_number FROM changes)""", (json.dumps(merging),)).fetchone()[0]
+            del merging
             for sql, values in _values_statements(_UPSERT_CHANGES, _UPSERT_CHANGES_TAIL, 9, change_rows):
                 self.conn.execute(sql, values)
-            merging = [row[0] for row in change_rows if row[6] is not None]
-            if merging:
-                self._merged_candidates(merging)
+            if new_merged != "[]":
+                self._merged_candidates(new_merged)
             for result, rows in by_result.items():
                 for sql, values in _values_statements(_INSERT_VERIFICATIONS, "", len(_VERIFICATION_COLUMNS), rows):
                     inserted[result] += max(self.conn.execute(sql, values).rowcount, 0)
@@ -302,9 +306,11 @@ class Store:
         return BatchResult(inserted["success"], inserted["failure"],
                            total - inserted["success"] - inserted["failure"], tuple(closed), transitions)
 
-    def _merged_candidates(self, numbers: list[int]) -> None:
+    def _merged_candidates(self, numbers: str) -> None:
         """In the current transaction: the verifications at the merged patch set of these changes (the batch's
-        merged ones) that are not candidates yet become candidates, and their pairs' history is due from them.
+        merged ones new to the file; a known change's merge is the update trigger's) that are not candidates yet
+        become candidates, and their pairs' history is due from them. ``numbers``: a JSON array (SQLite reads it
+        as it is: no list of them is held here).
 
         Most merged changes have no verification: each costs one probe of the verifications index, in that order
         (CROSS JOIN), rather than a change lookup first."""
@@ -317,7 +323,7 @@ class Store:
                     CROSS JOIN changes c ON c.change_number = v.change_number AND c.merged_patch_set = v.patch_set
                WHERE v.release != ''
                ON CONFLICT (verification_id) DO NOTHING
-               RETURNING driver_id, release, effective_time""", (json.dumps(numbers),))
+               RETURNING driver_id, release, effective_time""", (numbers,))
         since: dict[tuple[int, str], int] = {}
         for driver_id, release, effective_time in made:
             pair = (driver_id, release)
@@ -393,21 +399,28 @@ class Store:
         data; returns how many transitions are new.
 
         A few statements for all the pairs at once, not a few per pair (a batch touches hundreds of pairs); the
-        candidates are read pair after pair, never all held at once."""
+        candidates are read pair after pair, never all held at once, each pair's as one row (a JSON array): every
+        row a cursor yields hands the GIL over, which beside replay's scanning thread costs far more than the row.
+        The best candidate before ``since`` is usually the pair's mark itself (the best of the candidates there were,
+        all earlier than ``since`` when the data comes in time order): only when it is not are the earlier
+        candidates searched."""
         dirty = self.conn.execute("SELECT driver_id, release, since FROM marks_dirty").fetchall()
         if not dirty:
             return 0
         before = {(driver_id, release): Candidate(*candidate) for driver_id, release, *candidate in self.conn.execute(
             f"""SELECT d.driver_id, d.release, {_CANDIDATE_COLUMNS.format(t="m")}
-                FROM marks_dirty d JOIN mark_candidates m ON m.verification_id = (
-                    SELECT verification_id FROM mark_candidates
-                    WHERE driver_id = d.driver_id AND release = d.release AND effective_time < d.since
-                    ORDER BY comment_time DESC, change_number DESC, patch_set DESC, comment_sha256 DESC LIMIT 1)""")}
-        present: dict[tuple[int, str], set[str]] = {}
-        for transition_id, driver_id, release in self.conn.execute(
-                """SELECT t.id, t.driver_id, t.release FROM marks_dirty d JOIN mark_transitions t
-                   ON t.driver_id = d.driver_id AND t.release = d.release AND t.at >= d.since"""):
-            present.setdefault((driver_id, release), set()).add(transition_id)
+                FROM marks_dirty d LEFT JOIN driver_marks k ON k.driver_id = d.driver_id AND k.release = d.release
+                JOIN mark_candidates m ON m.verification_id = CASE
+                    WHEN (SELECT effective_time FROM mark_candidates WHERE verification_id = k.verification_id)
+                         < d.since THEN k.verification_id
+                    ELSE (SELECT verification_id FROM mark_candidates
+                          WHERE driver_id = d.driver_id AND release = d.release AND effective_time < d.since
+                          ORDER BY comment_time DESC, change_number DESC, patch_set DESC, comment_sha256 DESC
+                          LIMIT 1) END""")}
+        present = {(driver_id, release): set(json.loads(ids)) for driver_id, release, ids in self.conn.execute(
+            """SELECT d.driver_id, d.release, json_group_array(t.id) FROM marks_dirty d JOIN mark_transitions t
+               ON t.driver_id = d.driver_id AND t.release = d.release AND t.at >= d.since
+               GROUP BY d.driver_id, d.release""")}
         marks: list[tuple[Any, ...]] = []
         gone: list[str] = []
         new: list[health.Transition] = []
@@ -424,24 +437,27 @@ class Store:
             new.extend(sorted((wanted[i] for i in wanted.keys() - had), key=lambda t: (t.at, t.id)))
 
         later = self.conn.execute(
-            f"""SELECT m.driver_id, m.release, {_CANDIDATE_COLUMNS.format(t="m")}
+            f"""SELECT d.driver_id, d.release, json_group_array(json_array({_CANDIDATE_COLUMNS.format(t="m")}))
                 FROM marks_dirty d JOIN mark_candidates m
                      ON m.driver_id = d.driver_id AND m.release = d.release AND m.effective_time >= d.since
-                ORDER BY m.driver_id, m.release, m.effective_time""")
+                GROUP BY d.driver_id, d.release""")
         seen = set()
-        for (driver_id, release), rows in itertools.groupby(later, key=lambda row: (row[0], row[1])):
+        for driver_id, release, candidates in later:
             seen.add((driver_id, release))
-            history((driver_id, release), [Candidate(*row[2:]) for row in rows])
+            history((driver_id, release), sorted(map(Candidate._make, json.loads(candidates))))
         for driver_id, release, _ in dirty:
             if (driver_id, release) not in seen:  # no candidate since: only what came before
                 history((driver_id, release), [])
-        self.conn.executemany(_UPSERT_MARK, marks)
+        # multi-row statements, not executemany: one GIL hand-over a statement, not one a row
+        for sql, values in _values_statements(_UPSERT_MARK, _UPSERT_MARK_TAIL, 8, marks):
+            self.conn.execute(sql, values)
         if gone and self.webhooks:  # before they go: a retraction carries the transition it withdraws
             self._queue_deliveries("retraction", [t for t in map(health.Transition._make, self.conn.execute(
                 f"SELECT * FROM mark_transitions WHERE id IN ({', '.join('?' * len(gone))})", sorted(gone)))])
         if gone:
             self.conn.executemany("DELETE FROM mark_transitions WHERE id = ?", [(i,) for i in gone])
-        self.conn.executemany("INSERT INTO mark_transitions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", new)
+        for sql, values in _values_statements("INSERT INTO mark_transitions", "", 10, new):
+            self.conn.execute(sql, values)
         if new and self.webhooks:
             self._queue_deliveries("transition", new)
         self.conn.execute("DELETE FROM marks_dirty")
