@@ -308,3 +308,19 @@ def test_a_mixed_registry_works_on_the_page_the_api_and_the_metrics(tmp_path: Pa
     finally:
         web.stop()
         store.close()
+
+
+def test_the_daemon_says_how_many_2014_keys_it_loaded(tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    from driverlog_daemon.config import Config, DatabaseConfig, RegistryConfig
+    from driverlog_daemon.daemon import Service
+
+    config = Config(registry=RegistryConfig(str(write(tmp_path, mixed_registry()))),
+                    database=DatabaseConfig(str(tmp_path / "d.sqlite")))
+    with capture_logs() as logs:
+        service = Service(config, http=False)
+        service.start()
+        assert service.stop()
+    (said,) = [e for e in logs if e["event"] == "registry_2014_keys"]
+    assert said["count"] == 4 and "validate --upgrade" in said["hint"]  # two drivers, maintainer and ci_id each
