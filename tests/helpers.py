@@ -16,6 +16,7 @@ from typing import Any
 
 import paramiko
 
+from driverlog_daemon import schema
 from driverlog_daemon.config import Config, DatabaseConfig, GerritConfig, RegistryConfig
 from driverlog_daemon.daemon import Service
 from driverlog_daemon.model import ChangeFact, Verification
@@ -128,6 +129,34 @@ def count(db: Path | str, table: str = "verifications") -> int:
 
 
 # ------------------------------------------------------------------------------------------------ HTTP
+
+
+def released_file(path: Path, version: int) -> sqlite3.Connection:
+    """A database file at schema ``version`` as that version was released (its migrations run by hand, no later
+    one), open for the test to fill the way that version's daemon would have."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    for step in schema.MIGRATIONS[:version]:
+        for statement in schema.split_sql(step.sql):
+            conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {version}")
+    return conn
+
+
+def write_merged_history(conn: sqlite3.Connection, d: Any, rows: list[tuple[int, int, str, int]]) -> None:
+    """Into a file of an older schema, with plain SQL: driver ``d`` as drivers.id 1 and, for each (change number,
+    comment time, result, merge time), its verification on patch set 1 of the change, merged at that patch set."""
+    conn.execute("INSERT INTO drivers (id, project_id, vendor, name, review_project, ci_account, first_seen_at, "
+                 "updated_at) VALUES (1, ?, ?, ?, ?, ?, 0, 0)",
+                 (d.project_id, d.vendor, d.name, d.review_project, d.ci.account))
+    for number, t, result, merged_at in rows:
+        conn.execute("""INSERT INTO verifications (driver_id, ci_account, change_number, patch_set, comment_sha256,
+                        comment_time, result, evidence, project, branch, release, received_at, source)
+                        VALUES (1, ?, ?, 1, ?, ?, ?, 'e', ?, 'master', 'Gazpacho', 0, 'stream')""",
+                     (d.ci.account, number, str(number) * 64, t, result, d.review_project))
+        conn.execute("""INSERT INTO changes (change_number, project, branch, status, status_time, current_patch_set,
+                        merged_patch_set, merged_time, last_update_time)
+                        VALUES (?, ?, 'master', 'MERGED', ?, 1, 1, ?, ?)""",
+                     (number, d.review_project, merged_at, merged_at, merged_at))
 
 
 def http_get(port: int, path: str, headers: dict[str, str] | None = None, method: str = "GET",

@@ -4,7 +4,6 @@ direct implementations, in random histories; and the API's answers."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from driverlog_daemon.model import BackfillRun, Verification
 from driverlog_daemon.registry import Registry
 from driverlog_daemon.store import Store
 
-from .helpers import DATA, NOW, Site, merged, vote
+from .helpers import DATA, NOW, Site, driver, merged, released_file, vote, write_merged_history
 
 DAY = 86400
 FC, ISCSI = "Acme Volume Driver (FC)", "Acme Volume Driver (iSCSI)"
@@ -148,25 +147,9 @@ def test_at_risk_is_unknown_until_the_file_is_proven_that_far_back(tmp_path: Pat
 
 def test_a_version_3_file_gets_its_history(tmp_path: Path, registry: Registry) -> None:
     path = tmp_path / "v3.sqlite"
-    conn = sqlite3.connect(path, isolation_level=None)
-    for step in schema.MIGRATIONS[:3]:  # the schema version 3 as released, with its per-row mark triggers
-        for statement in schema.split_sql(step.sql):
-            conn.execute(statement)
-    conn.execute("PRAGMA user_version = 3")
-    d = next(d for d in registry.drivers if d.name == FC)
-    assert d.ci is not None
-    conn.execute("INSERT INTO drivers (id, project_id, vendor, name, review_project, ci_account, first_seen_at, "
-                 "updated_at) VALUES (1, ?, ?, ?, ?, ?, 0, 0)",
-                 (d.project_id, d.vendor, d.name, d.review_project, d.ci.account))
-    for number, t, result in ((1, NOW - 900, "success"), (2, NOW - 500, "failure")):
-        conn.execute("""INSERT INTO verifications (driver_id, ci_account, change_number, patch_set, comment_sha256,
-                        comment_time, result, evidence, project, branch, release, received_at, source)
-                        VALUES (1, ?, ?, 1, ?, ?, ?, 'e', ?, 'master', 'Gazpacho', 0, 'stream')""",
-                     (d.ci.account, number, str(number) * 64, t, result, d.review_project))
-    for number, t in ((1, NOW - 800), (2, NOW - 400)):
-        conn.execute("""INSERT INTO changes (change_number, project, branch, status, status_time, current_patch_set,
-                        merged_patch_set, merged_time, last_update_time)
-                        VALUES (?, ?, 'master', 'MERGED', ?, 1, 1, ?, ?)""", (number, d.review_project, t, t, t))
+    conn = released_file(path, 3)  # with its per-row mark triggers
+    write_merged_history(conn, driver(registry, FC), [(1, NOW - 900, "success", NOW - 800),
+                                                       (2, NOW - 500, "failure", NOW - 400)])
     assert conn.execute("SELECT result FROM driver_marks").fetchall() == [("failure",)]
     conn.close()
     with Store(path) as s:

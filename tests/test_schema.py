@@ -13,7 +13,7 @@ from driverlog_daemon.registry import Registry
 from driverlog_daemon.schema import MIGRATIONS, SCHEMA_VERSION, StoreError, schema_version
 from driverlog_daemon.store import Store
 
-from .helpers import PROJECT, T, verification
+from .helpers import PROJECT, T, released_file, verification
 
 
 def test_fresh_file_gets_current_schema_wal_and_pragmas(store: Store) -> None:
@@ -47,10 +47,7 @@ def test_file_from_a_newer_version_is_refused(tmp_path: Path) -> None:
 
 def test_a_version_1_file_upgrades_in_place_and_derives_change_state(tmp_path: Path, registry: Registry) -> None:
     path = tmp_path / "v1.sqlite"
-    conn = sqlite3.connect(path, isolation_level=None)
-    for statement in schema.split_sql(MIGRATIONS[0].sql):  # the schema version 1 as released
-        conn.execute(statement)
-    conn.execute("PRAGMA user_version = 1")
+    conn = released_file(path, 1)
     d = next(d for d in registry.drivers if d.ci and d.review_project == PROJECT)
     conn.execute("INSERT INTO drivers (id, project_id, vendor, name, review_project, ci_account, first_seen_at, "
                  "updated_at) VALUES (1, ?, ?, ?, ?, ?, 0, 0)", (d.project_id, d.vendor, d.name, PROJECT,
@@ -87,11 +84,7 @@ def test_every_step_is_recorded_by_name_and_an_older_file_gets_its_record(tmp_pa
     assert all(t is not None for _, _, t in steps)
     # a version-1 file from before steps were recorded: step 1 is listed without a time, step 2 runs and is timed
     old = tmp_path / "old.sqlite"
-    conn = sqlite3.connect(old, isolation_level=None)
-    for statement in schema.split_sql(MIGRATIONS[0].sql):
-        conn.execute(statement)
-    conn.execute("PRAGMA user_version = 1")
-    conn.close()
+    released_file(old, 1).close()
     with Store(old) as s:
         (v1, name1, t1), *later = schema.applied(s.conn)
         assert (v1, name1, t1) == (1, MIGRATIONS[0].name, None)

@@ -22,7 +22,7 @@ from driverlog_daemon.store import Store
 from driverlog_daemon.testing.receiver import Receiver, check
 from driverlog_daemon.webhooks import Deliverer, slack_body
 
-from .helpers import merged, query, vote, wait_until
+from .helpers import driver, merged, query, released_file, vote, wait_until, write_merged_history
 
 SECRET = b"s3cret-for-tests"
 FC, ISCSI, NOVA = "Acme Volume Driver (FC)", "Acme Volume Driver (iSCSI)", "Hooli Hypervisor Driver"
@@ -275,29 +275,11 @@ def test_check_config_never_shows_the_secret_or_the_urls_path(tmp_path: Path,
 
 
 def test_a_version_4_file_gains_the_outbox_and_keeps_its_rows(tmp_path: Path, registry: Registry) -> None:
-    import sqlite3
-
     from driverlog_daemon import schema
 
     path = tmp_path / "v4.sqlite"
-    conn = sqlite3.connect(path, isolation_level=None)
-    for step in schema.MIGRATIONS[:4]:  # the schema version 4 as released
-        for statement in schema.split_sql(step.sql):
-            conn.execute(statement)
-    conn.execute("PRAGMA user_version = 4")
-    d = next(d for d in registry.drivers if d.name == FC)
-    assert d.ci is not None
-    conn.execute("INSERT INTO drivers (id, project_id, vendor, name, review_project, ci_account, first_seen_at, "
-                 "updated_at) VALUES (1, ?, ?, ?, ?, ?, 0, 0)",
-                 (d.project_id, d.vendor, d.name, d.review_project, d.ci.account))
-    for number, t, result in ((1, T0, "success"), (2, T0 + 500, "failure")):
-        conn.execute("""INSERT INTO verifications (driver_id, ci_account, change_number, patch_set, comment_sha256,
-                        comment_time, result, evidence, project, branch, release, received_at, source)
-                        VALUES (1, ?, ?, 1, ?, ?, ?, 'e', ?, 'master', 'Gazpacho', 0, 'stream')""",
-                     (d.ci.account, number, str(number) * 64, t, result, d.review_project))
-        conn.execute("""INSERT INTO changes (change_number, project, branch, status, status_time, current_patch_set,
-                        merged_patch_set, merged_time, last_update_time)
-                        VALUES (?, ?, 'master', 'MERGED', ?, 1, 1, ?, ?)""", (number, d.review_project, t, t, t))
+    conn = released_file(path, 4)
+    write_merged_history(conn, driver(registry, FC), [(1, T0, "success", T0), (2, T0 + 500, "failure", T0 + 500)])
     before = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
               for t in ("verifications", "changes", "mark_candidates", "drivers")}
     conn.close()
