@@ -151,16 +151,14 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"no database at {database} ([database] path)", file=sys.stderr)
         return EXIT_INVALID
     try:
-        since, until = (export.parse_time(v, k) if v else None for k, v in (("since", args.since),
-                                                                             ("until", args.until)))
+        since, until = export.window(args.since, args.until)
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return EXIT_INVALID
     conn = schema.connect(database, readonly=True)
     conn.execute("BEGIN")  # one snapshot, however long the export
     out = sys.stdout.buffer
-    for chunk in export.csv_chunks(export.EXPORTS[args.what].columns,
-                                   export.rows(conn, args.what, driver_id=args.driver, since=since, until=until)):
+    for chunk in export.as_csv(conn, args.what, driver_id=args.driver, since=since, until=until):
         out.write(chunk)
     out.flush()
     return EXIT_OK

@@ -73,6 +73,18 @@ def parse_time(value: str, name: str) -> int:
     return int(moment.timestamp())
 
 
+def window(since: str | None, until: str | None) -> tuple[int | None, int | None]:
+    """The ``since`` and ``until`` of an export, as given (either may be absent or empty), in epoch seconds; a bad
+    one is a ValueError naming it."""
+    return (parse_time(since, "since") if since else None), (parse_time(until, "until") if until else None)
+
+
+def as_csv(conn: sqlite3.Connection, kind: str, *, driver_id: int | None = None, since: int | None = None,
+        until: int | None = None) -> Iterator[bytes]:
+    """The whole export as CSV chunks (the web tier's answer, the CLI's output), read lazily from ``conn``."""
+    return csv_chunks(EXPORTS[kind].columns, rows(conn, kind, driver_id=driver_id, since=since, until=until))
+
+
 def rows(conn: sqlite3.Connection, kind: str, *, driver_id: int | None = None, since: int | None = None,
          until: int | None = None) -> Iterator[tuple[Any, ...]]:
     """The export's rows (cells made safe, times as ISO 8601), read lazily from ``conn``."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 WINDOWS = (7, 30, 90)  # days: runs, passes and pass rate
 COVERAGE_DAYS = 30
@@ -74,6 +74,20 @@ def transitions(driver_id: int, release: str, candidates: Sequence[Candidate],
                                   best.verification_id))
             result = best.result
     return out
+
+
+def transition_object(t: Transition, review_url: str | None) -> dict[str, Any]:
+    """A transition as the public interfaces show it: ``/api/1.0/drivers/<id>/history``, webhook bodies, feeds."""
+    return {"id": t.id, "release": t.release.lower(), "from": t.from_result, "to": t.to_result, "at": t.at,
+            "change_number": t.change_number, "patch_set": t.patch_set, "comment_time": t.comment_time,
+            "review_url": review_url}
+
+
+def transition_notice(t: Transition, key: tuple[str, str, str], review_url: str | None) -> dict[str, Any]:
+    """A transition with its driver: what a webhook delivers (beside its ``type``) and a feed entry shows."""
+    project_id, vendor, name = key
+    return {"transition": transition_object(t, review_url),
+            "driver": {"id": t.driver_id, "project_id": project_id, "vendor": vendor, "name": name}}
 
 
 def ratio(part: int, whole: int) -> float | None:

@@ -362,12 +362,9 @@ def missed(conn: sqlite3.Connection, driver_id: int, now: float, days: int) -> l
 def transitions(conn: sqlite3.Connection, driver_id: int) -> list[dict[str, Any]]:
     """A driver's mark history, newest first."""
     rows = conn.execute(
-        """SELECT t.id, t.release, t.from_result, t.to_result, t.at, t.change_number, t.patch_set, t.comment_time,
-                  v.review_url
-           FROM mark_transitions t JOIN verifications v ON v.id = t.verification_id
+        """SELECT t.*, v.review_url FROM mark_transitions t JOIN verifications v ON v.id = t.verification_id
            WHERE t.driver_id = ? ORDER BY t.at DESC, t.id""", (driver_id,))
-    return [{"id": i, "release": r.lower(), "from": f, "to": to, "at": at, "change_number": c, "patch_set": ps,
-             "comment_time": ct, "review_url": u} for i, r, f, to, at, c, ps, ct, u in rows]
+    return [health.transition_object(health.Transition(*row[:-1]), row[-1]) for row in rows]
 
 
 def daily(conn: sqlite3.Connection, driver_id: int, now: float, days: int = 90) -> list[tuple[int, int, int]]:
@@ -405,16 +402,18 @@ def recent_transitions(conn: sqlite3.Connection, *, driver_ids: list[int] | None
         where.append(f"lower(t.release) IN ({', '.join('?' * len(releases))})")
         params.extend(sorted(releases))
     rows = conn.execute(
-        f"""SELECT t.id, t.driver_id, d.project_id, d.vendor, d.name, t.release, t.from_result, t.to_result, t.at,
-                   t.change_number, t.patch_set, t.comment_time, v.evidence, v.review_url
+        f"""SELECT t.*, d.project_id, d.vendor, d.name, v.evidence, v.review_url
             FROM mark_transitions t JOIN drivers d ON d.id = t.driver_id
                  JOIN verifications v ON v.id = t.verification_id
             {("WHERE " + " AND ".join(where)) if where else ""}
             ORDER BY t.at DESC, t.id LIMIT ?""", (*params, limit))
-    return [{"transition": {"id": i, "release": r.lower(), "from": f, "to": to, "at": at, "change_number": c,
-                            "patch_set": ps, "comment_time": ct, "review_url": u},
-             "driver": {"id": d, "project_id": p, "vendor": ve, "name": n}, "release_name": r, "evidence": e}
-            for i, d, p, ve, n, r, f, to, at, c, ps, ct, e, u in rows]
+    out = []
+    for row in rows:
+        width = len(health.Transition._fields)
+        t, (project_id, vendor, name, evidence, review_url) = health.Transition(*row[:width]), row[width:]
+        out.append({**health.transition_notice(t, (project_id, vendor, name), review_url),
+                    "release_name": t.release, "evidence": evidence})
+    return out
 
 
 def created_at(conn: sqlite3.Connection) -> float:

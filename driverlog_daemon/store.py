@@ -474,7 +474,7 @@ class Store:
                 continue
             review_url = self.conn.execute("SELECT review_url FROM verifications WHERE id = ?",
                                            (t.verification_id,)).fetchone()
-            body = webhooks.payload(kind, t, t.driver_id, key, review_url[0] if review_url else None)
+            body = webhooks.payload(kind, t, key, review_url[0] if review_url else None)
             for hook in self.webhooks:
                 if webhooks.passes(hook, t.driver_id, key, t.release):
                     rows.append((hook.name, kind, t.id, t.driver_id, t.release, t.at, body, now, now))

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
 from driverlog_daemon import schema
-from driverlog_daemon.health import Transition
+from driverlog_daemon.health import Transition, transition_notice
 from driverlog_daemon.logs import get_logger
 
 if TYPE_CHECKING:
@@ -50,19 +50,10 @@ def passes(hook: WebhookConfig, driver_id: int, key: tuple[str, str, str], relea
             and (not hook.release or release.lower() in {r.lower() for r in hook.release}))
 
 
-def transition_object(t: Transition, review_url: str | None) -> dict[str, Any]:
-    """A transition as ``/api/1.0/drivers/<id>/history`` shows it."""
-    return {"id": t.id, "release": t.release.lower(), "from": t.from_result, "to": t.to_result, "at": t.at,
-            "change_number": t.change_number, "patch_set": t.patch_set, "comment_time": t.comment_time,
-            "review_url": review_url}
-
-
-def payload(kind: str, t: Transition, driver_id: int, key: tuple[str, str, str], review_url: str | None) -> str:
+def payload(kind: str, t: Transition, key: tuple[str, str, str], review_url: str | None) -> str:
     """The JSON body of a delivery (README "Webhooks"): ``type``, ``transition``, ``driver``."""
-    project_id, vendor, name = key
-    return json.dumps({"type": kind, "transition": transition_object(t, review_url),
-                       "driver": {"id": driver_id, "project_id": project_id, "vendor": vendor, "name": name}},
-                      separators=(",", ":"), ensure_ascii=False)
+    return json.dumps({"type": kind, **transition_notice(t, key, review_url)}, separators=(",", ":"),
+                      ensure_ascii=False)
 
 
 def headline(body: dict[str, Any], release_name: str | None = None) -> str:

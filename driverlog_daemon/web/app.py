@@ -47,6 +47,7 @@ from driverlog_daemon.web.responses import (
 log = structlog.get_logger("driverlog.web")
 
 Health = Callable[[], tuple[bool, dict[str, Any]]]
+Answer = Response | StreamedResponse  # what a route handler gives: whole, or streamed (an export)
 
 
 class HttpMetrics(Protocol):
@@ -63,7 +64,6 @@ RECENT_ANSWERS = 8  # answers made from records that are rendered again, before 
 HISTORY_PAGE = 50
 FEED_ENTRIES = 50
 FEED_FILTERS = ("project_id", "vendor", "release_id", "release")
-EXPORT_PATHS = {"/export/marks.csv": "marks", "/export/verifications.csv": "verifications"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,14 +123,14 @@ class App:
         self._cache: OrderedDict[tuple[Any, ...], Response] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._local = threading.local()
-        self._recent: OrderedDict[tuple[str, tuple[tuple[str, str], ...]], tuple[str, Callable[..., Response],
+        self._recent: OrderedDict[tuple[str, tuple[tuple[str, str], ...]], tuple[str, Callable[..., Answer],
                                                                                   tuple[str, ...]]] = OrderedDict()
         self._rendering: dict[tuple[Any, ...], threading.Lock] = {}
         self.keeper = RecordsKeeper(self.reader, registry, self._build_records, max_staleness=max_staleness,
                                     clock=clock, prepare=self._prepare)
         # Each route's answer is cached by the records it was made from ("records"), by the database's state
-        # ("database": it reads the database itself), or not at all (None).
-        self._routes: list[tuple[re.Pattern[str], str, Callable[..., Response], str | None]] = [
+        # ("database": it reads the database itself), or not at all (None: the only ones that may stream).
+        self._routes: list[tuple[re.Pattern[str], str, Callable[..., Answer], str | None]] = [
             (re.compile(p), name, handler, cached) for p, name, handler, cached in (
                 (r"/", "/", self.page_index, "records"),
                 (r"/drivers/(\d+)", "/drivers/<id>", self.page_driver, "database"),
@@ -152,6 +152,8 @@ class App:
                 (r"/ingestion", "/ingestion", self.page_ingestion, "database"),
                 (r"/feed\.atom", "/feed.atom", self.feed_all, "database"),
                 (r"/drivers/(\d+)/feed\.atom", "/drivers/<id>/feed.atom", self.feed_driver, "database"),
+                (r"/export/(marks)\.csv", "/export/marks.csv", self.export_csv, None),
+                (r"/export/(verifications)\.csv", "/export/verifications.csv", self.export_csv, None),
                 (r"/healthz", "/healthz", self.healthz, None),
             )]
 
@@ -165,19 +167,16 @@ class App:
             if method not in ("GET", "HEAD"):
                 answer = text_response("405 Method Not Allowed", "only GET and HEAD are answered")
                 answer.headers.append(("Allow", "GET, HEAD"))
-            elif path in EXPORT_PATHS:
-                route = path
-                exported = self._export(path, environ.get("QUERY_STRING", ""))
-                if isinstance(exported, StreamedResponse):
-                    self.metrics.http_requests.labels(route, "200").inc()
-                    return exported.send(start_response, head=method == "HEAD")
-                answer = exported
             elif path == "/metrics":
                 route = "/metrics"
                 self.metrics.http_requests.labels(route, "200").inc()
                 answer = Response("200 OK", CONTENT_TYPE_LATEST, self.metrics.exposition(), cache="no-cache")
             else:
-                route, answer = self._dispatch(path, environ.get("QUERY_STRING", ""))
+                route, dispatched = self._dispatch(path, environ.get("QUERY_STRING", ""))
+                if isinstance(dispatched, StreamedResponse):
+                    self.metrics.http_requests.labels(route, "200").inc()
+                    return dispatched.send(start_response, head=method == "HEAD")
+                answer = dispatched
         except Exception as exc:  # never a traceback to the client
             log.error("http_error", path=path[:200], error=f"{type(exc).__name__}: {exc}")
             answer = text_response("500 Internal Server Error", "internal error; see the daemon's log")
@@ -185,7 +184,7 @@ class App:
             self.metrics.http_requests.labels(route, answer.status[:3]).inc()
         return send(environ, start_response, answer, head=method == "HEAD")
 
-    def _dispatch(self, path: str, query_string: str) -> tuple[str, Response]:
+    def _dispatch(self, path: str, query_string: str) -> tuple[str, Answer]:
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(query_string, keep_blank_values=True).items()}
         for pattern, name, handler, cached in self._routes:
             m = pattern.fullmatch(path)
@@ -227,8 +226,9 @@ class App:
                    name: str) -> tuple[Any, ...]:
         return path, items, state, self._live_key() if name == "/" else None
 
-    def _render(self, handler: Callable[..., Response], query: Mapping[str, str], groups: tuple[str, ...]) -> Response:
-        answer: Response = handler(query, *groups)
+    def _render(self, handler: Callable[..., Answer], query: Mapping[str, str], groups: tuple[str, ...]) -> Response:
+        answer = handler(query, *groups)
+        assert isinstance(answer, Response), "a cached route's answer is whole"
         if answer.status.startswith("200"):
             answer.cache = self.public_cache
         return answer
@@ -369,20 +369,17 @@ class App:
 
     # ------------------------------------------------------------------------------------------ exports
 
-    def _export(self, path: str, query_string: str) -> Response | StreamedResponse:
-        query = {k: v[-1] for k, v in urllib.parse.parse_qs(query_string, keep_blank_values=True).items()}
-        kind = EXPORT_PATHS[path]
+    def export_csv(self, query: Mapping[str, str], kind: str) -> StreamedResponse:
+        driver_id = api.int_param(query, "driver", None, minimum=0)
         try:
-            driver_id = api.int_param(query, "driver", None, minimum=0)
-            since, until = (export.parse_time(query[k], k) if query.get(k) else None for k in ("since", "until"))
-        except (api.BadRequest, ValueError) as bad:
-            return text_response("400 Bad Request", str(bad))
+            since, until = export.window(query.get("since"), query.get("until"))
+        except ValueError as bad:
+            raise api.BadRequest(str(bad)) from None
         reader = self.reader
 
         def chunks() -> Iterator[bytes]:
             with reader.snapshot() as conn:  # one read transaction: a consistent export, however long
-                yield from export.csv_chunks(export.EXPORTS[kind].columns,
-                                             export.rows(conn, kind, driver_id=driver_id, since=since, until=until))
+                yield from export.as_csv(conn, kind, driver_id=driver_id, since=since, until=until)
 
         return StreamedResponse("text/csv; charset=utf-8; header=present", chunks(),
                                 filename=f"driverlog-{kind}.csv")
