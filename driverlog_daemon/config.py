@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit  # (pathlib has imported urllib.parse already: free at start-up)
 
 from driverlog_daemon.registry import DEFAULT_REGISTRY_PATH
 
@@ -89,8 +90,6 @@ class WebhookConfig(NamedTuple):
 
     def shown(self) -> str:
         """The URL without its path or query (a Slack URL's path is its credential): what logs and check-config show."""
-        from urllib.parse import urlsplit
-
         parts = urlsplit(self.url)
         return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/…"
 
@@ -222,17 +221,16 @@ def _webhooks(tables: Any) -> tuple[WebhookConfig, ...]:
         for key, value in table.items():
             if key not in WebhookConfig._fields:
                 raise ConfigError(f"{where}.{key}", "unknown key")
-            if isinstance(getattr(WebhookConfig(), key), tuple) and isinstance(value, str):
+            default = WebhookConfig._field_defaults[key]
+            if isinstance(default, tuple) and isinstance(value, str):
                 value = [value]  # a filter of one value
             try:
-                changes[key] = _coerce("webhook", key, value, getattr(WebhookConfig(), key), from_env=False)
+                changes[key] = _coerce("webhook", key, value, default, from_env=False)
             except ConfigError as exc:
                 raise ConfigError(f"{where}.{key}", str(exc).partition(": ")[2]) from None
         hook = WebhookConfig(**changes)
         if not hook.name:
             hook = hook._replace(name=f"webhook-{index + 1}")
-        from urllib.parse import urlsplit
-
         parts = urlsplit(hook.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"{where}.url", f"must be an http:// or https:// URL, got {hook.shown()!r}")

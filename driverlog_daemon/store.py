@@ -284,7 +284,6 @@ class Store:
             new_merged = "[]" if not merging else self.conn.execute(  # the changes new to the file that arrive merged
                 """SELECT json_group_array(value) FROM json_each(?)
                    WHERE value NOT IN (SELECT change_number FROM changes)""", (json.dumps(merging),)).fetchone()[0]
-            del merging
             for sql, values in _values_statements(_UPSERT_CHANGES, _UPSERT_CHANGES_TAIL, 9, change_rows):
                 self.conn.execute(sql, values)
             if new_merged != "[]":

@@ -91,10 +91,6 @@ def ago(seconds: float) -> str:
     return f"{s} s ago"
 
 
-def rfc3339(ts: int) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def utc(ts: int | None) -> str:
     return "" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
@@ -332,13 +328,13 @@ class App:
         if filters.project_id or filters.vendor:
             ids = [r["id"] for r in records if r["id"] is not None and api.passes(
                 r, api.Filters(filters.project_id, filters.vendor, None), registry, release=False)]
-        described = ", ".join(f"{k} {v}" for k, v in sorted(query.items()) if k in FEED_FILTERS and v)
+        given = sorted((k, v) for k, v in query.items() if k in FEED_FILTERS and v)
         with self.reader.snapshot() as conn:
             entries = reads.recent_transitions(conn, driver_ids=ids, releases=filters.release_ids, limit=FEED_ENTRIES)
             created = reads.created_at(conn)
-        return self._feed(entries, created, title="DriverLog marks" + (f" ({described})" if described else ""),
-                          self_href="/feed.atom" + ("?" + urllib.parse.urlencode(sorted(
-                              (k, v) for k, v in query.items() if k in FEED_FILTERS)) if described else ""),
+        described = ", ".join(f"{k} {v}" for k, v in given)
+        return self._feed(entries, created, title="DriverLog marks" + (f" ({described})" if given else ""),
+                          self_href="/feed.atom" + ("?" + urllib.parse.urlencode(given) if given else ""),
                           page_href="/")
 
     def feed_driver(self, query: Mapping[str, str], driver_id: str) -> Response:
@@ -358,10 +354,10 @@ class App:
 
         for e in entries:
             e["title"] = headline(e, e["release_name"])
-            e["updated"] = rfc3339(e["transition"]["at"])
-            e["comment_time"] = rfc3339(e["transition"]["comment_time"])
+            e["updated"] = export.iso(e["transition"]["at"])
+            e["comment_time"] = export.iso(e["transition"]["comment_time"])
         # the newest entry's time: it changes only when the entries do (readers and caches poll cheaply)
-        updated = entries[0]["updated"] if entries else rfc3339(int(created))
+        updated = entries[0]["updated"] if entries else export.iso(int(created))
         body = self.env.get_template("feed.atom").render(
             entries=entries, title=title, updated=updated, self_href=self_href, page_href=page_href,
             feed_id="urn:driverlog-daemon:feed:" + self_href, version=__version__).encode()
