@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paramiko
 import structlog
@@ -36,6 +36,9 @@ from driverlog_daemon.reads import Gap
 from driverlog_daemon.store import BatchResult
 from driverlog_daemon.writer import Writer
 
+if TYPE_CHECKING:
+    from driverlog_daemon.history import Importer
+
 log = structlog.get_logger("driverlog.backfill")
 
 __all__ = ["BackfillError", "Backfiller", "Window", "fetch", "window"]
@@ -47,13 +50,20 @@ class Window:
     capped: bool  # the gap was older than backfill_max_age_hours: events before `since` are not recovered
 
 
+#: A gap that starts this little before the maximum age is not one the maximum age cuts short: a first start's gap
+#: begins exactly there, and its backfill runs moments later (the overlap, and those moments, are no loss).
+CAP_SLACK_SECONDS = 300
+
+
 def window(cursor: int | None, now: int, overlap_seconds: int, max_age_seconds: int) -> Window:
-    """From the stored cursor (minus the overlap) to now, but never further back than the maximum age."""
+    """From the stored cursor (minus the overlap) to now, but never further back than the maximum age (and the
+    overlap); capped only when the cursor itself is older than that."""
     floor = now - max_age_seconds
     if cursor is None:
         return Window(floor, False)  # first start: the initial import
-    since = cursor - overlap_seconds
-    return Window(floor, True) if since < floor else Window(since, False)
+    if cursor < floor - CAP_SLACK_SECONDS:
+        return Window(floor, True)
+    return Window(max(cursor - overlap_seconds, floor - overlap_seconds), False)
 
 
 
@@ -76,7 +86,8 @@ class Backfiller:
                  gaps: Callable[[], list[Gap]] = list, client: Callable[[], paramiko.SSHClient | None] = lambda: None,
                  clock: Callable[[], float] = time.time, command_timeout: float = 120.0,
                  accounts_per_query: int = ACCOUNTS_PER_QUERY, page_size: int = PAGE_SIZE,
-                 retry_base: float = 1.0, retry_cap: float = 60.0, budget: QueryBudget | None = None) -> None:
+                 retry_base: float = 1.0, retry_cap: float = 60.0, budget: QueryBudget | None = None,
+                 importer: Importer | None = None, first_start: bool = False) -> None:
         self.gerrit = gerrit
         self.accounts = accounts
         self.writer = writer
@@ -101,6 +112,13 @@ class Backfiller:
         self._failed = False
         self.completed = 0  # backfills finished (ok or not), for tests and STATUS
         self.last_report: BackfillReport | None = None
+        #: the history imports, stepped when no backfill is waiting (None: none)
+        self.importer = importer
+        #: the file had no cursor when the daemon started: the first start's backfill is history, like the import
+        self.first_start = first_start
+        self._import_ready = importer is not None  # woken by wake_import; asleep when it has nothing runnable
+        self._import_not_before = 0.0  # after a failed step (monotonic)
+        self._import_delay = retry_base
         self._thread = threading.Thread(target=self._run, name="driverlog-backfill", daemon=True)
 
     def start(self) -> None:
@@ -122,13 +140,36 @@ class Backfiller:
         with self._lock:
             return self._pending is None and not self._busy
 
+    def wake_import(self) -> None:
+        """An import was planned, or Gerrit is reachable again: look for import work."""
+        with self._wake:
+            self._import_ready = self.importer is not None
+            self._wake.notify_all()
+
+    def _import_due(self) -> bool:
+        return self._import_ready and not self._failed and time.monotonic() >= self._import_not_before
+
     def _run(self) -> None:
         while True:
             with self._wake:
                 timeout = self._retry_delay if self._failed else None
-                self._wake.wait_for(lambda: self._stopped or self._pending is not None, timeout)
+                if self._import_ready and not self._failed:
+                    timeout = max(0.0, self._import_not_before - time.monotonic())
+                self._wake.wait_for(lambda: self._stopped or self._pending is not None or self._import_due(),
+                                    timeout)
                 if self._stopped:
                     return
+                if self._pending is None and not self._failed:  # no gap waits: a step of the history import
+                    if not self._import_due():
+                        continue
+                    self._busy = True
+                    importing = True
+                else:
+                    importing = False
+            if importing:
+                self._step_import()
+                continue
+            with self._wake:
                 if self._pending is None:  # the retry timer: the gaps are still open
                     client = self.client()
                     if client is None:
@@ -157,6 +198,29 @@ class Backfiller:
                     self._busy = False
                     self.completed += 1
 
+    def _step_import(self) -> None:
+        """One step of the history import (the worker's thread, no gap waiting); asleep when nothing can run."""
+        assert self.importer is not None
+        client = self.client()
+        execute = self._executor(client, "history", share=IMPORT_BUDGET_SHARE) if client is not None else None
+        try:
+            ran = self.importer.step(execute, throttled=lambda: getattr(execute, "throttled", 0.0))
+        except Exception:  # recorded on the import and logged; tried again after a growing delay
+            with self._lock:
+                self._import_not_before = time.monotonic() + self._import_delay
+                self._import_delay = min(self.retry_cap, self._import_delay * 2)
+        else:
+            with self._lock:
+                self._import_delay = self.retry_base
+                if not ran:
+                    self._import_ready = False  # until a plan or a connection wakes it
+        finally:
+            with self._lock:
+                self._busy = False
+
+    def _executor(self, client: paramiko.SSHClient, trigger: str, share: float = 1.0) -> _Executor:
+        return _Executor(self, client, trigger, share)
+
     def run_now(self, client: paramiko.SSHClient, trigger: str) -> BatchResult:
         """Backfill the open gaps (or, with none, from the stored cursor) minus the overlap; the writer's result."""
         now = int(self.clock())
@@ -171,28 +235,14 @@ class Backfiller:
             log.warning("backfill_gap_exceeds_max_age", trigger=trigger,
                         max_age_hours=self.gerrit.backfill_max_age_hours, since=gerrit_time(w.since))
         started, started_at = time.monotonic(), self.clock()
-        throttled = 0.0
-
-        def execute(cmd: str) -> bytes:
-            nonlocal throttled
-            waited = self.budget.take()
-            if waited:
-                throttled += waited
-                self.metrics.backfill_throttled.inc(waited)
-                log.info("backfill_throttled", trigger=trigger, waited_seconds=round(waited, 3),
-                         max_queries_per_minute=self.budget.per_minute)
-            self.metrics.gerrit_commands.labels("query").inc()
-            out = ssh.run(client, cmd, self.command_timeout)
-            if out.status != 0:
-                raise ssh.CommandError(cmd, out.status, out.stderr)
-            return out.stdout
-
+        execute = self._executor(client, trigger)
+        history = self.first_start and trigger == "start"
         try:
             report = fetch(execute, list(self.accounts()), w.since, projects=list(self.projects()),
                            changes=list(self.unknown_merges()), accounts_per_query=self.accounts_per_query,
                            page_size=self.page_size)
             run = BackfillRun(trigger, w.since, started_at, report.queries, report.pages, report.repasses,
-                              report.changes, len(report.comments), throttled, w.capped)
+                              report.changes, len(report.comments), execute.throttled, w.capped, history)
             result = self.writer.put_backfill(report.comments, report.facts, close_gaps_up_to=up_to,
                                               run=run).result(timeout=self.command_timeout)
         except Exception as exc:
@@ -205,9 +255,37 @@ class Backfiller:
             raise
         self.metrics.backfill_messages.inc(len(report.comments))
         self.last_report = report
+        if history:
+            self.first_start = False
         log.info("backfill_done", trigger=trigger, since=gerrit_time(w.since), queries=report.queries,
                  commands=report.pages, pages=report.pages, repasses=report.repasses, changes=report.changes,
-                 throttled_seconds=round(throttled, 3), ci_messages=len(report.comments),
+                 throttled_seconds=round(execute.throttled, 3), ci_messages=len(report.comments),
                  recorded=result.inserted, already_present=result.already_present,
                  gaps_closed=len(result.closed_gaps), seconds=round(time.monotonic() - started, 3))
         return result
+
+
+#: The part of max_queries_per_minute a history import may use: the rest stays for the gap backfills.
+IMPORT_BUDGET_SHARE = 0.75
+
+
+class _Executor:
+    """Runs one ``gerrit query`` command on the connection, within the query budget, counting what it waited."""
+
+    def __init__(self, backfiller: Backfiller, client: paramiko.SSHClient, trigger: str, share: float) -> None:
+        self.backfiller, self.client, self.trigger, self.share = backfiller, client, trigger, share
+        self.throttled = 0.0
+
+    def __call__(self, cmd: str) -> bytes:
+        b = self.backfiller
+        waited = b.budget.take(self.share)
+        if waited:
+            self.throttled += waited
+            b.metrics.backfill_throttled.inc(waited)
+            log.info("backfill_throttled", trigger=self.trigger, waited_seconds=round(waited, 3),
+                     max_queries_per_minute=b.budget.per_minute)
+        b.metrics.gerrit_commands.labels("query").inc()
+        out = ssh.run(self.client, cmd, b.command_timeout)
+        if out.status != 0:
+            raise ssh.CommandError(cmd, out.status, out.stderr)
+        return out.stdout

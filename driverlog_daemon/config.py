@@ -71,6 +71,15 @@ class HealthConfig(NamedTuple):
     silence_days: float = 14.0  # Cinder's rule: no success this long puts a driver at risk
 
 
+class HistoryConfig(NamedTuple):
+    """What the daemon imports from Gerrit's history (README "History")."""
+
+    enabled: bool = True  # the first start's import and each registry change's queries (false: none; a registry
+    #                       change still judges again the comments the file holds)
+    days: float = 90.0  # the window: every CI comment and merge of these days (the health measures reach 90)
+    mark_search_days: float = 0.0  # how far back the mark search may go (0: no limit, as DriverLog)
+
+
 class WebhookConfig(NamedTuple):
     """One ``[[webhook]]`` table: where mark transitions are POSTed, signed, and which ones."""
 
@@ -106,6 +115,7 @@ class Config(NamedTuple):
     http: HttpConfig = HttpConfig()
     status: StatusConfig = StatusConfig()
     health: HealthConfig = HealthConfig()
+    history: HistoryConfig = HistoryConfig()
     log: LogConfig = LogConfig()
     webhooks: tuple[WebhookConfig, ...] = ()  # the TOML's [[webhook]] tables
     source: str = "defaults"

@@ -23,13 +23,15 @@ from typing import Any
 import paramiko
 import structlog
 
-from driverlog_daemon import reads, runtime
+from driverlog_daemon import reads, reads_history, runtime
 from driverlog_daemon.backfill import Backfiller
 from driverlog_daemon.config import Config, webhook_secret
+from driverlog_daemon.history import Importer
 from driverlog_daemon.metrics import Metrics
 from driverlog_daemon.notify import Notifier, gap_text, status_line, watchdog_interval
 from driverlog_daemon.pipeline import Pipeline
 from driverlog_daemon.registry import Registry, RegistryError, read_registry
+from driverlog_daemon.registry_apply import HistorySettings
 from driverlog_daemon.store import Store
 from driverlog_daemon.stream import Backoff, StreamHooks, StreamListener
 from driverlog_daemon.web import Live
@@ -59,17 +61,25 @@ class Service:
         self._count_2014_keys(registry)
         g = config.gerrit
         self.server_name = f"{g.host}:{g.port}" if g.host else ""
+        self.clock = clock
         self.store = Store(Path(config.database.path).expanduser())
+        self.store.webhooks = config.webhooks
+        first_start = bool(self.server_name) and reads.cursor(self.store.conn, self.server_name) is None
         self.pipeline = Pipeline(registry, self.store, metrics=self.metrics, server=self.server_name or None)
+        # The registry in force against the one the file last applied: the history import it calls for
+        applied = self.pipeline.apply_registry(registry, raw, self._history_settings())
         self.pipeline.warm_up()
         self.writer = Writer(self.pipeline, on_dropped_output=self._dropped_output)
         self.reader = reads.Reader(self.store.path)  # the hooks' reads, on read-only connections
+        self.importer = Importer(self.reader, lambda: self.pipeline.registry, self.writer, clock=clock)
         self.backfiller = Backfiller(g, lambda: self.pipeline.registry.ci_accounts, self.writer, self.metrics,
                                      self._cursor, projects=lambda: self.pipeline.registry.review_projects,
                                      unknown_merges=self._unknown_merges, gaps=self.open_gaps,
                                      client=self._current_client, clock=clock,
-                                     retry_cap=max(g.reconnect_max_delay_seconds, 0.1))
-        self.clock = clock
+                                     retry_cap=max(g.reconnect_max_delay_seconds, 0.1), importer=self.importer,
+                                     first_start=first_start)
+        if applied.import_id is not None:
+            log.info("history_import_planned", import_id=applied.import_id, first=first_start)
         self.listener: StreamListener | None = None
         if g.host:
             hooks = StreamHooks(deliver=self.writer.put_block, connected=self._connected,
@@ -80,12 +90,12 @@ class Service:
         self._listener_thread: threading.Thread | None = None
         self.metrics.watch_releases(self._release_times)
         self.metrics.watch_gaps(self._gap_state)
+        self.metrics.watch_history(self._history_state)
         self.web: WebTier | None = None
         if http and config.http.enabled:
             source = config.source if config.source and not config.source.startswith("(") else None
             self.web = WebTier(config.http.listen, config.http.port,
                                config_path=source if source and Path(source).is_file() else None)
-        self.store.webhooks = config.webhooks
         self.deliverers = [Deliverer(hook, webhook_secret(hook), self.store.path,
                                      counted=lambda hook, outcome: self.metrics.webhook_deliveries.labels(
                                          hook, outcome).inc()) for hook in config.webhooks]
@@ -132,7 +142,7 @@ class Service:
         path = self.config.registry.path
         try:
             registry, raw = read_registry(path, remember=True)
-            self.writer.reload(registry).result(timeout=30)
+            applied = self.writer.reload(registry, raw, self._history_settings()).result(timeout=30)
             self._hand_over_registry(raw)
         except RegistryError as exc:
             self.metrics.registry_reloads.labels("error").inc()
@@ -144,11 +154,33 @@ class Service:
             log.error("registry_reload_failed", path=path, error=f"{type(exc).__name__}: {exc}")
             return False
         self.metrics.registry_reloads.labels("ok").inc()
-        log.info("registry_reloaded", path=path, summary=registry.summary())
+        log.info("registry_reloaded", path=path, summary=registry.summary(),
+                 history_import=applied.import_id if applied else None)
+        if applied is not None and applied.import_id is not None:
+            self.backfiller.wake_import()
         self._count_2014_keys(registry)
         return True
 
     # -------------------------------------------------------------------------------------- hooks
+
+    def _history_settings(self) -> HistorySettings:
+        """What this daemon imports ([history]); Gerrit's clock as the stream last told it (rows updated since are
+        read again when a search ends), with a day's margin when it has not spoken yet."""
+        h, g = self.config.history, self.config.gerrit
+        now = self.clock()
+        newest = self.pipeline.stream_newest
+        overlap = g.backfill_overlap_minutes * 60
+        gerrit_now = int(min(now, newest) - overlap) if newest else int(now - 86400)
+        return HistorySettings(h.days, h.mark_search_days, first=bool(self.server_name), gerrit_now=gerrit_now,
+                               queries=h.enabled)
+
+    def history(self) -> reads_history.Progress:
+        with self.reader.snapshot() as conn:
+            return reads_history.progress(conn)
+
+    def _history_state(self) -> tuple[int, int]:
+        progress = self.history()
+        return progress.done, progress.total
 
     def _cursor(self) -> int | None:
         if not self.server_name:
@@ -163,7 +195,8 @@ class Service:
     def live(self) -> Live:
         """What the status page's header shows beside the database: the stream's state."""
         return Live(gerrit=self.listener.state if self.listener else "not configured",
-                    newest_event_time=self.pipeline.stats.newest_event_time, open_gap=gap_text(self.open_gaps()))
+                    newest_event_time=self.pipeline.stats.newest_event_time, open_gap=gap_text(self.open_gaps()),
+                    importing=self.history().text())
 
     def _unknown_merges(self) -> list[int]:
         with self.reader.snapshot() as conn:
@@ -175,6 +208,7 @@ class Service:
 
     def _connected(self, client: paramiko.SSHClient, first: bool) -> None:
         self._client = client
+        self.backfiller.wake_import()  # after the gap's backfill: it is asked for first
         # What happened before this connection is not proven: a gap from the newest event committed (or the
         # stored cursor after a restart), recorded after every block already read, then a backfill covers it.
         self._backfill_gap(client, "start" if first else "reconnect")
@@ -237,6 +271,9 @@ class Service:
                           for g in self.open_gaps()],
             "cursor": self._cursor(),
         }
+        progress = self.history()
+        detail["history"] = {"importing": progress.imports > 0, "bindings": progress.total,
+                             "bindings_done": progress.done}
         if self.deliverers:
             try:
                 with self.reader.snapshot() as conn:
@@ -273,9 +310,11 @@ class Service:
 
     def status_line(self) -> str:
         stats, listener = self.pipeline.stats, self.listener
-        return status_line(self.server_name, listener.state if listener else None,
+        line = status_line(self.server_name, listener.state if listener else None,
                            listener.last_error if listener else None, stats.lines, stats.recorded,
                            stats.last_verification_time, self.open_gaps())
+        importing = self.history().text()
+        return f"{line}; {importing}" if importing else line
 
 
 # ------------------------------------------------------------------------------------------------- run

@@ -59,9 +59,41 @@ def changes_query_text(numbers: Sequence[int], page_size: int = PAGE_SIZE) -> st
     return f'{_any("change", numbers)} limit:{page_size}'
 
 
-def command(query: str, start: int) -> str:
+def history_query_text(accounts: Sequence[str], *, after: int | None = None, before: int | None = None,
+                       merged: bool = False, page_size: int = PAGE_SIZE) -> str:
+    """The accounts' changes (merged ones only, for the mark search) updated in ``[after, before]``: the import pages
+    by ``before:`` (the oldest row read), so that a change updated meanwhile leaves the rows still to read instead
+    of shifting them (it is read again at the end, with the rows updated since the phase began)."""
+    terms = [_any("commentby", accounts)]
+    if merged:
+        terms.insert(0, "status:merged")
+    if after is not None:
+        terms.append(f'after:"{gerrit_time(after)}"')
+    if before is not None:
+        terms.append(f'before:"{gerrit_time(before)}"')
+    return " ".join([*terms, f"limit:{page_size}"])
+
+
+def projects_query_text(projects: Sequence[str], *, after: int, before: int | None = None,
+                        page_size: int = PAGE_SIZE) -> str:
+    """The projects' merged changes updated in ``[after, before]`` (the import's window of merges)."""
+    bound = f' before:"{gerrit_time(before)}"' if before is not None else ""
+    return f'status:merged {_any("project", projects)} after:"{gerrit_time(after)}"{bound} limit:{page_size}'
+
+
+def command(query: str, start: int, *, comments: bool = True) -> str:
     """The remote command line; the query is single-quoted so Gerrit's own splitter keeps its double quotes."""
-    return f"gerrit query --format=JSON --comments --current-patch-set --start {start} '{query}'"
+    messages = " --comments" if comments else ""
+    return f"gerrit query --format=JSON{messages} --current-patch-set --start {start} '{query}'"
+
+
+def page(execute: Exec, query: str, start: int = 0, *, comments: bool = True) -> tuple[list[dict[str, Any]], bool]:
+    """One page of ``query`` from row ``start``: its rows and whether Gerrit has more."""
+    return _page(execute(command(query, start, comments=comments)))
+
+
+def last_updated(row: dict[str, Any]) -> int | None:
+    return _int(row.get("lastUpdated"))
 
 
 def _int(value: Any) -> int | None:
@@ -129,16 +161,25 @@ Exec = Callable[[str], bytes]  # runs a remote command, returns stdout (raises o
 
 def fetch(execute: Exec, accounts: Iterable[str], since: int, *, projects: Iterable[str] = (),
           changes: Iterable[int] = (), accounts_per_query: int = ACCOUNTS_PER_QUERY,
-          page_size: int = PAGE_SIZE) -> BackfillReport:
+          page_size: int = PAGE_SIZE, queries: Sequence[str] | None = None, messages_since: int | None = None,
+          keep: Iterable[str] | None = None) -> BackfillReport:
     """Query every account's review messages since ``since``, the merged changes of ``projects`` since then and
-    the ``changes`` by number; return the messages as :class:`CommentAdded` and every row's state."""
-    wanted = frozenset(accounts)
+    the ``changes`` by number; return the messages as :class:`CommentAdded` and every row's state.
+
+    ``queries``: run these query texts instead (the import's re-reads); ``messages_since``: keep the messages from
+    then on (default ``since``; 0: all of a row's); ``keep``: the accounts whose messages are kept (default
+    ``accounts``)."""
+    accounts = frozenset(accounts)
+    wanted = accounts if keep is None else frozenset(keep)
     report = BackfillReport(since=since)
     seen: set[tuple[int, int, str, int]] = set()
-    queries = [query_text(chunk, since, page_size) for chunk in _chunks(sorted(wanted), accounts_per_query)]
-    queries += [merged_query_text(chunk, since, page_size) for chunk in _chunks(sorted(set(projects)),
-                                                                                 PROJECTS_PER_QUERY)]
-    queries += [changes_query_text(chunk, page_size) for chunk in _chunks(sorted(set(changes)), CHANGES_PER_QUERY)]
+    if queries is None:
+        queries = [query_text(chunk, since, page_size) for chunk in _chunks(sorted(accounts), accounts_per_query)]
+        queries += [merged_query_text(chunk, since, page_size) for chunk in _chunks(sorted(set(projects)),
+                                                                                     PROJECTS_PER_QUERY)]
+        queries += [changes_query_text(chunk, page_size) for chunk in _chunks(sorted(set(changes)),
+                                                                              CHANGES_PER_QUERY)]
+    since = since if messages_since is None else messages_since
     for query in queries:
         report.queries += 1
         # Rows come newest-updated first and page by offset, so a change updated while we page moves to the
@@ -197,28 +238,32 @@ class QueryBudget:
         self._stopping = threading.Event()
         self.wait = wait or self._stopping.wait
         self._sent: collections.deque[float] = collections.deque()
+        self._lock = threading.Lock()
         self.waited = 0.0  # seconds, in all
 
     def stop(self) -> None:
         """End any wait at once (the daemon stops): the query raises instead."""
         self._stopping.set()
 
-    def take(self) -> float:
-        """Wait until a query may go; the seconds waited."""
+    def take(self, share: float = 1.0) -> float:
+        """Wait until a query may go; the seconds waited. ``share``: the part of the budget this query may use
+        (the history import leaves the rest to the gap backfills, which go first). Safe from any thread."""
         if self.per_minute <= 0:
             return 0.0
+        allowed = max(1, int(self.per_minute * share))
         waited = 0.0
         while True:
-            now = self.clock()
-            while self._sent and self._sent[0] <= now - 60:
-                self._sent.popleft()
-            if len(self._sent) < self.per_minute:
-                self._sent.append(now)
-                self.waited += waited
-                return waited
+            with self._lock:
+                now = self.clock()
+                while self._sent and self._sent[0] <= now - 60:
+                    self._sent.popleft()
+                if len(self._sent) < allowed:
+                    self._sent.append(now)
+                    self.waited += waited
+                    return waited
+                delay = self._sent[len(self._sent) - allowed] + 60 - now
             if self._stopping.is_set():
                 raise BackfillError("stopping: the query budget was waiting")
-            delay = self._sent[0] + 60 - now
             self.wait(delay)
             waited += delay
 

@@ -45,6 +45,12 @@ class Transition(NamedTuple):
     patch_set: int
     comment_time: int
     verification_id: int
+    #: why it happened: "verification" (a CI result made it), "merge" (a change merged at a patch set a CI had
+    #: judged), "import" (the first start's import of history) or "registry" (a registry change)
+    cause: str = "verification"
+
+
+CAUSES = ("verification", "merge", "import", "registry")
 
 
 def transition_id(driver_id: int, release: str, at: int, from_result: str | None, to: Candidate) -> str:
@@ -71,7 +77,7 @@ def transitions(driver_id: int, release: str, candidates: Sequence[Candidate],
         if best.result != result:
             out.append(Transition(transition_id(driver_id, release, at, result, best), driver_id, release, result,
                                   best.result, at, best.change_number, best.patch_set, best.comment_time,
-                                  best.verification_id))
+                                  best.verification_id, "merge" if at > best.comment_time else "verification"))
             result = best.result
     return out
 
@@ -80,7 +86,7 @@ def transition_object(t: Transition, review_url: str | None) -> dict[str, Any]:
     """A transition as the public interfaces show it: ``/api/1.0/drivers/<id>/history``, webhook bodies, feeds."""
     return {"id": t.id, "release": t.release.lower(), "from": t.from_result, "to": t.to_result, "at": t.at,
             "change_number": t.change_number, "patch_set": t.patch_set, "comment_time": t.comment_time,
-            "review_url": review_url}
+            "review_url": review_url, "cause": t.cause}
 
 
 def transition_notice(t: Transition, key: tuple[str, str, str], review_url: str | None) -> dict[str, Any]:

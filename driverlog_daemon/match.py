@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from driverlog_daemon.events import comment_fact
+from driverlog_daemon.kept import keep
 from driverlog_daemon.model import Approval, ChangeFact, CommentAdded, Result, Verification
 from driverlog_daemon.registry import CIBinding, Registry
 from driverlog_daemon.scanner import Findings, Scanner
@@ -131,24 +132,27 @@ def release_for(branch: str, when: int, registry: Registry) -> str:
 class Judgement(NamedTuple):
     verifications: list[Verification]
     is_ci_comment: bool  # the author is a registered CI account (whether or not a pattern matched)
+    sha256: str = ""  # the comment's natural key hash (comment_sha256), for a CI account's comment
 
 
-def match_comment(event: CommentAdded, registry: Registry) -> Judgement:
-    """Judge one review message for every driver bound to its author."""
+def match_comment(event: CommentAdded, registry: Registry, *, sha256: str | None = None,
+                  only: tuple[str, str, str] | None = None) -> Judgement:
+    """Judge one review message for every driver bound to its author (``only``: for that driver alone).
+
+    ``sha256``: the comment's natural key hash when it is known (a kept comment, whose text may be cut short);
+    else it is computed from the comment."""
     drivers = registry.by_account.get(event.author.username or "")
     if not drivers:
         return Judgement([], False)
     change = event.change
-    lines: list[str] | None = None
-    digest = ""
+    lines, hasher = read_comment(event.comment)
+    digest = sha256 or hasher()
     vote: tuple[Result, str] | None = None
     vote_read = False
     found: list[Verification] = []
     for driver in drivers:
-        if driver.review_project != change.project or driver.ci is None:
+        if driver.review_project != change.project or driver.ci is None or (only is not None and driver.key != only):
             continue
-        if lines is None:
-            lines, hasher = read_comment(event.comment)
         if driver.ci.by_vote:
             if not vote_read:
                 vote, vote_read = judge_vote(event.comment, event.approvals), True
@@ -157,8 +161,6 @@ def match_comment(event: CommentAdded, registry: Registry) -> Judgement:
             verdict = judge(lines, driver.ci)
         if verdict is None:
             continue
-        if not digest:
-            digest = hasher()
         found.append(
             Verification(
                 driver_key=driver.key,
@@ -177,12 +179,12 @@ def match_comment(event: CommentAdded, registry: Registry) -> Judgement:
                 change_id=change.id,
             )
         )
-    return Judgement(found, True)
+    return Judgement(found, True, digest)
 
 
 def match_findings(findings: Findings, registry: Registry) -> Findings:
-    """Judge the findings' CI comments (then forget them): verifications, counts by CI account, and what each
-    comment says of its change when the change is of a review project."""
+    """Judge the findings' CI comments (then forget them): verifications, counts by CI account, each comment kept
+    (:mod:`kept`), and what each comment says of its change when the change is of a review project."""
     projects = registry.review_projects
     for comment in findings.comments:
         if comment.change.project in projects:
@@ -192,6 +194,7 @@ def match_findings(findings: Findings, registry: Registry) -> Findings:
             continue
         account = comment.author.username or ""
         findings.ci_comments[account] += 1
+        findings.kept.append(keep(comment, judgement.sha256))
         if judgement.verifications:
             findings.verifications.extend(judgement.verifications)
         else:

@@ -127,6 +127,10 @@ class Metrics:
         """Open gaps and the cursor's lag, read from the database at each scrape."""
         self.registry.register(_GapCollector(read))
 
+    def watch_history(self, read: Callable[[], tuple[int, int]]) -> None:
+        """(bindings done, bindings) of the history imports under way, read from the database at each scrape."""
+        self.registry.register(_HistoryCollector(read))
+
     def count_events(self, by_type: Mapping[str, int]) -> None:
         for kind, n in by_type.items():
             if n:
@@ -209,6 +213,21 @@ class _GapCollector(Collector):
         return iter(())
 
 
+class _HistoryCollector(Collector):
+    def __init__(self, read: Callable[[], tuple[int, int]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[Metric]:
+        done, total = self.read()
+        yield GaugeMetricFamily("driverlog_history_import_bindings",
+                                "CI bindings of the history imports under way (0 with none).", value=total)
+        yield GaugeMetricFamily("driverlog_history_import_bindings_done",
+                                "Of those, the bindings whose import is done.", value=done)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
 class _OutboxCollector(Collector):
     def __init__(self, read: Callable[[], Mapping[str, Mapping[str, Any]]]) -> None:
         self.read = read
@@ -281,6 +300,9 @@ class WebMetrics:
 
     def watch_outbox(self, read: Callable[[], Mapping[str, Mapping[str, Any]]]) -> None:
         self._scrape.register(_OutboxCollector(read))
+
+    def watch_history(self, read: Callable[[], tuple[int, int]]) -> None:
+        self._scrape.register(_HistoryCollector(read))
 
     def exposition(self) -> bytes:
         return generate_latest(self._scrape)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from driverlog_daemon import reads
 from driverlog_daemon.changes import ChangeRows
+from driverlog_daemon.kept import KeptComment
 from driverlog_daemon.logs import get_logger
 from driverlog_daemon.match import examine, examine_messages, new_scanner
 from driverlog_daemon.model import BackfillRun, ChangeFact, CommentAdded, Source, Verification
@@ -25,7 +26,9 @@ from driverlog_daemon.scanner import Findings, Scanner
 from driverlog_daemon.store import BatchResult, Store
 
 if TYPE_CHECKING:  # imported when used: replay's start-up need not pay for it
+    from driverlog_daemon.import_ledger import ImportStep
     from driverlog_daemon.metrics import Metrics
+    from driverlog_daemon.registry_apply import Applied, HistorySettings
 
 log = get_logger("driverlog.pipeline")
 
@@ -66,10 +69,11 @@ class Stats:
 class Pending:
     """Verifications matched and change facts read but not yet committed, with the newest event time they cover."""
 
-    __slots__ = ("changes", "newest_event_time", "read_at", "verifications")
+    __slots__ = ("changes", "kept", "newest_event_time", "read_at", "verifications")
 
     def __init__(self, changes: ChangeRows | None = None) -> None:
         self.verifications: list[Verification] = []
+        self.kept: list[KeptComment] = []  # the CI comments read, as ci_comments keeps them
         self.changes = ChangeRows() if changes is None else changes  # merged by change as they come
         self.newest_event_time: int | None = None
         self.read_at: list[tuple[float, int]] = []  # (monotonic time a block was read, its rows)
@@ -119,15 +123,38 @@ class Pipeline:
             scanner, registry = self.scanner, self.registry
         warm_up(scanner, registry)
 
-    def swap_registry(self, registry: Registry) -> None:
-        """Use a new (already validated) registry from the next block on; sync the drivers table first."""
-        self.store.sync_drivers(registry)
+    def swap_registry(self, registry: Registry, raw: bytes | None = None,
+                      history: HistorySettings | None = None) -> Applied | None:
+        """Use a new (already validated) registry from the next block on. First the drivers table follows it; with
+        the bytes it was read from, it is applied to the file (:mod:`registry_apply`: a version, and with
+        ``history`` the import it calls for)."""
+        applied = self.apply_registry(registry, raw, history) if raw is not None else None
+        if raw is None:
+            self.store.sync_drivers(registry)
         scanner = new_scanner(registry)
         warm_up(scanner, registry)
         with self._lock:
-            self.registry, self.scanner = registry, scanner
+            previous, self.registry, self.scanner = self.registry, registry, scanner
         self.metrics.registry_drivers.set(len(registry.drivers))
         self.metrics.registry_ci_accounts.set(len(registry.by_account))
+        self._forget_drivers(previous, registry)
+        return applied
+
+    def apply_registry(self, registry: Registry, raw: bytes, history: HistorySettings | None) -> Applied:
+        """Apply the registry in force (read from ``raw``) to the file: drivers, version, planned import."""
+        from driverlog_daemon import registry_apply
+
+        return registry_apply.apply(self.store, registry, raw, registry.source, history, time.time())
+
+    def _forget_drivers(self, old: Registry, new: Registry) -> None:
+        """A driver that left the registry (or lost its CI) leaves the metrics too; its rows stay in the file."""
+        bound = {(*d.key, d.ci.account) for d in new.drivers if d.ci is not None}
+        for labels in [k for k in self._driver_times if k not in bound]:
+            del self._driver_times[labels]
+            try:
+                self.metrics.driver_last_verification.remove(*labels)
+            except KeyError:
+                pass
 
     # ----------------------------------------------------------------------------------------- examine
 
@@ -160,6 +187,7 @@ class Pipeline:
         for account, n in findings.unmatched.items():
             self.metrics.ci_comments_unmatched.labels(account).inc(n)
         into.verifications.extend(findings.verifications)
+        into.kept.extend(findings.kept)
         into.changes.merge(findings.changes)
         t = findings.newest_event_time
         if t is not None:
@@ -174,10 +202,14 @@ class Pipeline:
     # ------------------------------------------------------------------------------------------ commit
 
     def commit(self, pending: Pending, source: Source, close_gaps_up_to: int | None = None,
-               backfill: BackfillRun | None = None) -> BatchResult:
+               backfill: BackfillRun | None = None, *, step: ImportStep | None = None, cause: str | None = None,
+               deliver: bool = True) -> BatchResult:
         """Write a batch in one transaction, with the cursor when this pipeline has a server; a backfill batch
         closes the gaps it covered (ids up to ``close_gaps_up_to``) and records what it asked of Gerrit
-        (``backfill``) in the same transaction."""
+        (``backfill``) in the same transaction; a history import's batch its ``step``. ``cause``/``deliver``: see
+        ``Store.record`` (the first start's backfill is history, like the import)."""
+        if backfill is not None and backfill.history:
+            cause, deliver = "import", False
         cursor = close = None
         if self.server is not None and pending.newest_event_time is not None and source == "stream":
             cursor = (self.server, pending.newest_event_time)
@@ -185,7 +217,7 @@ class Pipeline:
             close = (self.server, close_gaps_up_to, self.stream_newest)
         ran = (self.server, backfill) if self.server is not None and backfill is not None else None
         result = self.store.record(pending.verifications, source, cursor, changes=pending.changes, close=close,
-                                   backfill=ran)
+                                   backfill=ran, kept=pending.kept, step=step, cause=cause, deliver=deliver)
         if cursor is not None and (self.stream_newest is None or cursor[1] > self.stream_newest):
             self.stream_newest = cursor[1]
         for gap_id, reason, opened_at in result.closed_gaps:
@@ -214,6 +246,7 @@ class Pipeline:
                 self.metrics.ingest_latency.observe(committed - read_at)
         pending.read_at = []
         pending.verifications = []
+        pending.kept = []
         pending.changes = ChangeRows()
         pending.newest_event_time = None
         return result

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from driverlog_daemon import health
+from driverlog_daemon import health, reads_history
 from driverlog_daemon.schema import connect
 
 # ------------------------------------------------------------------------------------- stream state, gaps
@@ -80,9 +80,10 @@ def ingestion(conn: sqlite3.Connection, *, limit: int = 50) -> dict[str, Any]:
     runs, commands, repasses, recovered, throttled, first = conn.execute(
         """SELECT count(*), coalesce(sum(commands), 0), coalesce(sum(repasses), 0), coalesce(sum(recovered), 0),
                   coalesce(sum(throttled_seconds), 0), min(started_at) FROM backfills""").fetchone()
+    imports, import_commands = conn.execute("SELECT count(*), coalesce(sum(commands), 0) FROM imports").fetchone()
     totals = {"gaps": opened, "open_gaps": still_open, "backfills": runs, "commands": commands, "pages": commands,
               "repasses": repasses, "recovered": recovered, "throttled_seconds": round(throttled, 3),
-              "since": first}
+              "since": first, "imports": imports, "import_commands": import_commands}
     return {"gaps": gaps, "totals": totals}
 
 
@@ -265,14 +266,18 @@ class Reader:
 
 
 def horizon(conn: sqlite3.Connection) -> int | None:
-    """Since when (Gerrit's time) every CI result is proven to be in the file: the first backfill's window start,
-    or later when a backfill since could not reach back far enough (``capped``). None: never proven (no
-    backfill committed; a file built by ``replay`` alone)."""
+    """Since when (Gerrit's time) every CI result is proven to be in the file: the first backfill's window start
+    (the first start's import's, once its windows are read), or later when a backfill since could not reach back
+    far enough (``capped``). None: never proven (no backfill committed; a file built by ``replay`` alone)."""
     first = conn.execute("SELECT since FROM backfills ORDER BY id LIMIT 1").fetchone()
     if first is None:
         return None
+    start = int(first[0])
+    imported = reads_history.first_import_since(conn)  # its window reaches further back, once read whole
+    if imported is not None:
+        start = min(start, imported)
     capped = conn.execute("SELECT max(since) FROM backfills WHERE capped").fetchone()[0]
-    return max(int(first[0]), int(capped)) if capped is not None else int(first[0])
+    return max(start, int(capped)) if capped is not None else start
 
 
 def _runs(conn: sqlite3.Connection, driver_id: int, start: float, end: float) -> tuple[int, int]:

@@ -189,6 +189,11 @@ def read_registry(path: str | Path, *, remember: bool = False, strict: bool = Fa
     return registry, data
 
 
+def registry_from_valid_bytes(data: bytes, source: str) -> Registry:
+    """A registry from bytes known to have passed every check (one the file recorded as applied), unchecked."""
+    return _build(json.loads(data), source)
+
+
 def validated_cache_dir() -> Path | None:
     """Where the digests of registries found valid are remembered: ``$DRIVERLOG_CACHE_DIR``, systemd's
     ``$CACHE_DIRECTORY`` (``CacheDirectory=``), else ``$XDG_CACHE_HOME/driverlog-daemon`` or

@@ -36,6 +36,7 @@ from driverlog_daemon.events import (
     state_fact,
     str_or_none,
 )
+from driverlog_daemon.kept import KeptComment
 from driverlog_daemon.model import CHANGE_STATE_EVENTS, Approval, CommentAdded, Verification
 
 # Gerrit writes the event's own type and time last: `…,"type":"comment-added","eventCreatedOn":1718901234}`.
@@ -61,7 +62,7 @@ class Findings:
     Picklable without its comments (replay's workers send findings to the parent).
     """
 
-    __slots__ = ("by_type", "changes", "ci_comments", "comments", "lines", "malformed", "newest_event_time",
+    __slots__ = ("by_type", "changes", "ci_comments", "comments", "kept", "lines", "malformed", "newest_event_time",
                  "unmatched", "verifications")
 
     def __init__(self) -> None:
@@ -74,6 +75,7 @@ class Findings:
         self.ci_comments: Counter[str] = Counter()  # by CI account
         self.unmatched: Counter[str] = Counter()  # CI comments that matched no pattern, by account
         self.verifications: list[Verification] = []
+        self.kept: list[KeptComment] = []  # every CI comment, as ci_comments keeps it
 
     @property
     def dropped_output(self) -> int:
@@ -89,13 +91,15 @@ class Findings:
 
     def __getstate__(self) -> tuple[Any, ...]:
         return (self.lines, self.by_type, self.malformed, self.ci_comments, self.unmatched,
-                [tuple(v) for v in self.verifications], self.changes, self.newest_event_time)
+                [tuple(v) for v in self.verifications], self.changes, self.newest_event_time,
+                [tuple(k) for k in self.kept])
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         (self.lines, self.by_type, self.malformed, self.ci_comments, self.unmatched, verifications, self.changes,
-         self.newest_event_time) = state
+         self.newest_event_time, kept) = state
         self.comments = []
         self.verifications = [_as(Verification, v) for v in verifications]
+        self.kept = [_as(KeptComment, k) for k in kept]
 
 
 _as = tuple.__new__  # _as(NamedTupleClass, plain_tuple): the named tuple, made in C

@@ -8,10 +8,13 @@ step runs in one transaction with the version bump and its record.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import sqlite3
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 BUSY_TIMEOUT_MS = 5000
 
@@ -126,3 +129,28 @@ def split_sql(script: str) -> list[str]:
     if buffer.strip():
         statements.append(buffer.strip())
     return statements
+
+
+# Rows go in as multi-row VALUES statements of 256 rows (the rest in 128, 64, …, 1): SQLite inserts them in one
+# call, where executemany would release and retake the GIL around every row and, beside a busy thread (replay's),
+# wait for it each time. Fixed sizes keep the prepared statements few and reused (sqlite3 caches them by text;
+# one for every batch size would hold megabytes of programs).
+ROWS_PER_STATEMENT = 256
+
+
+def values_statements(head: str, tail: str, width: int,
+                      rows: Sequence[Sequence[Any]]) -> Iterator[tuple[str, list[Any]]]:
+    """``head VALUES (?, …), (?, …) tail`` statements with their parameters, for ``rows`` of ``width`` values."""
+    at, size = 0, ROWS_PER_STATEMENT
+    while at < len(rows):
+        while size > len(rows) - at:
+            size //= 2
+        chunk = rows[at:at + size]
+        at += size
+        yield _values_sql(head, tail, width, size), list(itertools.chain.from_iterable(chunk))
+
+
+@functools.cache
+def _values_sql(head: str, tail: str, width: int, size: int) -> str:
+    one = "(" + ",".join("?" * width) + ")"
+    return f"{head} VALUES {','.join([one] * size)} {tail}"

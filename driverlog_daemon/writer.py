@@ -27,6 +27,9 @@ from driverlog_daemon.store import BatchResult
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
+    from driverlog_daemon.import_ledger import ImportStep
+    from driverlog_daemon.registry_apply import Applied, HistorySettings
+
 log = get_logger("driverlog.writer")
 _T = TypeVar("_T")
 
@@ -84,10 +87,28 @@ class _Backfilled:
 
 
 class _Reload:
-    __slots__ = ("done", "registry")
+    __slots__ = ("done", "history", "raw", "registry")
 
-    def __init__(self, registry: Registry, done: Future[None]) -> None:
-        self.registry, self.done = registry, done
+    def __init__(self, registry: Registry, done: Future[Applied | None], raw: bytes | None = None,
+                 history: HistorySettings | None = None) -> None:
+        self.registry, self.done, self.raw, self.history = registry, done, raw, history
+
+
+class _Imported:
+    """A step of a history import: review messages and change facts read, and the step's progress."""
+
+    __slots__ = ("changes", "comments", "deliver", "done", "step")
+
+    def __init__(self, comments: list[CommentAdded], changes: list[ChangeFact], step: ImportStep, deliver: bool,
+                 done: Future[BatchResult]) -> None:
+        self.comments, self.changes, self.step, self.deliver, self.done = comments, changes, step, deliver, done
+
+
+class _Rejudge:
+    __slots__ = ("done", "driver_id", "step")
+
+    def __init__(self, driver_id: int, step: ImportStep, done: Future[int]) -> None:
+        self.driver_id, self.step, self.done = driver_id, step, done
 
 
 class _OpenGap:
@@ -97,6 +118,13 @@ class _OpenGap:
         self.reason = reason
         self.fallback_since = fallback_since  # when nothing was ever committed from the stream: the initial import
         self.done = done  # (gap id, since)
+
+
+class _ImportFailed:
+    __slots__ = ("error", "import_id")
+
+    def __init__(self, import_id: int, error: str) -> None:
+        self.import_id, self.error = import_id, error
 
 
 class _GapFailed:
@@ -119,8 +147,8 @@ class Writer:
                  retry: Retry = DEFAULT_RETRY, clock: Callable[[], float] = time.monotonic) -> None:
         self.pipeline = pipeline
         self.retry = retry
-        self.queue: queue.Queue[tuple[bytes, float] | bytes | _Backfilled | _Reload | _OpenGap | _GapFailed | None] = (
-            queue.Queue(maxsize=max_queue))
+        self.queue: queue.Queue[tuple[bytes, float] | bytes | _Backfilled | _Reload | _OpenGap | _GapFailed
+                                | _Imported | _Rejudge | _ImportFailed | None] = queue.Queue(maxsize=max_queue)
         self.batch_rows = batch_rows
         self.flush_seconds = flush_seconds
         self.on_dropped_output = on_dropped_output
@@ -158,11 +186,35 @@ class Writer:
     def gap_failed(self, up_to: int, error: str) -> None:
         self.queue.put(_GapFailed(up_to, error))
 
-    def reload(self, registry: Registry) -> Future[None]:
+    def import_failed(self, import_id: int, error: str) -> None:
+        self.queue.put(_ImportFailed(import_id, error))
+
+    def reload(self, registry: Registry, raw: bytes | None = None,
+               history: HistorySettings | None = None) -> Future[Applied | None]:
+        """Use ``registry`` from the next block on; with its bytes, apply it to the file (version, import)."""
         from concurrent.futures import Future
 
-        done: Future[None] = Future()
-        self.queue.put(_Reload(registry, done))
+        done: Future[Applied | None] = Future()
+        self.queue.put(_Reload(registry, done, raw, history))
+        return done
+
+    def put_import(self, comments: list[CommentAdded], changes: list[ChangeFact], step: ImportStep, *,
+                   deliver: bool) -> Future[BatchResult]:
+        """Commit a history import's step: its messages and facts, with its progress (``deliver``: whether its
+        transitions are news)."""
+        from concurrent.futures import Future
+
+        done: Future[BatchResult] = Future()
+        self.queue.put(_Imported(comments, changes, step, deliver, done))
+        return done
+
+    def rejudge(self, driver_id: int, step: ImportStep) -> Future[int]:
+        """Judge a driver's kept comments again under the registry in force (a registry change): how many of its
+        verifications changed."""
+        from concurrent.futures import Future
+
+        done: Future[int] = Future()
+        self.queue.put(_Rejudge(driver_id, step, done))
         return done
 
     # ---------------------------------------------------------------------------------------- thread
@@ -232,14 +284,32 @@ class Writer:
                 if self.pipeline.server is not None:
                     self._retrying(functools.partial(self.pipeline.store.gap_failed, self.pipeline.server,
                                                      item.up_to, item.error))
+            elif isinstance(item, _ImportFailed):
+                self._retrying(functools.partial(self.pipeline.store.import_failed, item.import_id, item.error))
             elif isinstance(item, _Reload):
                 self._commit_stream()
                 try:
-                    self.pipeline.swap_registry(item.registry)
+                    applied = self.pipeline.swap_registry(item.registry, item.raw, item.history)
                 except Exception as exc:  # keep the old registry; the caller reports it
                     item.done.set_exception(exc)
                 else:
-                    item.done.set_result(None)
+                    item.done.set_result(applied)
+            elif isinstance(item, _Imported):
+                self._commit_stream()
+                batch = Pending()
+                self.pipeline.absorb(self.pipeline.examine_messages(item.comments, item.changes), batch)
+                cause = "import" if not item.deliver else "registry"
+                item.done.set_result(self._commit(batch, "backfill", step=item.step, cause=cause,
+                                                  deliver=item.deliver))
+            elif isinstance(item, _Rejudge):
+                self._commit_stream()
+                registry = self.pipeline.registry
+                try:
+                    changed = self._retrying(functools.partial(self._rejudge, item, registry))
+                except Exception as exc:  # a bug, not the database: reported by the import, which retries
+                    item.done.set_exception(exc)
+                else:
+                    item.done.set_result(changed)
             due = self._pending_since is not None and self.clock() - self._pending_since >= self.flush_seconds
             if len(self._pending.verifications) + len(self._pending.changes) >= self.batch_rows or due or (
                     self._pending.newest_event_time is not None and self.queue.empty()):
@@ -250,6 +320,10 @@ class Writer:
         if self._pending.verifications or self._pending.newest_event_time is not None:
             self._commit(self._pending, "stream", final=final)
         self._pending_since = None
+
+    def _rejudge(self, item: _Rejudge, registry: Registry) -> int:
+        changed = self.pipeline.store.rejudge(item.driver_id, registry, item.step)
+        return changed.total
 
     def _open_gap(self, reason: str, since: int | None) -> tuple[int, int] | None:
         """Record a gap (retried like any write); None without a server or a time to start it from."""
@@ -284,14 +358,16 @@ class Writer:
         return result
 
     def _commit(self, pending: Pending, source: Source, close_gaps_up_to: int | None = None,
-                final: bool = False, run: BackfillRun | None = None) -> BatchResult:
+                final: bool = False, run: BackfillRun | None = None, step: ImportStep | None = None,
+                cause: str | None = None, deliver: bool = True) -> BatchResult:
         rows = len(pending.verifications)
 
         def abandon() -> BatchResult:
             log.error("db_write_abandoned_at_shutdown", rows=rows)
             return BatchResult(0, 0, 0)
 
-        return self._retrying(functools.partial(self.pipeline.commit, pending, source, close_gaps_up_to, run),
+        return self._retrying(functools.partial(self.pipeline.commit, pending, source, close_gaps_up_to, run,
+                                                step=step, cause=cause, deliver=deliver),
                               rows=rows, give_up=abandon if final else None)
 
 _TICK = b""

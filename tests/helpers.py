@@ -17,7 +17,7 @@ from typing import Any
 import paramiko
 
 from driverlog_daemon import schema
-from driverlog_daemon.config import Config, DatabaseConfig, GerritConfig, RegistryConfig
+from driverlog_daemon.config import Config, DatabaseConfig, GerritConfig, HistoryConfig, RegistryConfig, WebhookConfig
 from driverlog_daemon.daemon import Service
 from driverlog_daemon.model import ChangeFact, Verification
 from driverlog_daemon.registry import Registry
@@ -231,11 +231,12 @@ def seed_changes(server: GerritTestServer, now: int) -> None:
 class Harness:
     """The daemon's service in this process (no HTTP) against the test server, with quick backoff."""
 
-    def __init__(self, env: SSHEnv, tmp: Path, **gerrit: Any) -> None:
+    def __init__(self, env: SSHEnv, tmp: Path, *, registry: Path = DATA, history: HistoryConfig | None = None,
+                 webhooks: tuple[WebhookConfig, ...] = (), **gerrit: Any) -> None:
         self.env = env
         self.db = tmp / "d.sqlite"
-        cfg = Config(gerrit=env.config(**gerrit), registry=RegistryConfig(str(DATA)),
-                     database=DatabaseConfig(str(self.db)))
+        cfg = Config(gerrit=env.config(**gerrit), registry=RegistryConfig(str(registry)),
+                     database=DatabaseConfig(str(self.db)), history=history or HistoryConfig(), webhooks=webhooks)
         self.backoff = Backoff(base=0.01, cap=0.08, rng=lambda: 1.0)
         self.service = Service(cfg, backoff=self.backoff, poll_interval=0.05, http=False)
         self.service.backfiller.command_timeout = 5
@@ -268,8 +269,10 @@ class Harness:
         return self.service.listener is not None and self.service.listener.state == "connected"
 
     def settled(self) -> bool:
-        """Connected, subscribed, and the backfill that follows every connection is done."""
-        return self.connected() and self.env.server.stream_count >= 1 and self.service.backfiller.idle()
+        """Connected, subscribed, and the backfill that follows every connection is done, and the history import
+        the first start plans."""
+        return (self.connected() and self.env.server.stream_count >= 1 and self.service.backfiller.idle()
+                and self.service.history().imports == 0)
 
     def outage(self, before: int, while_away: list[int]) -> None:
         """A result over the stream, then the connection lost for a moment while ``while_away`` are posted (only

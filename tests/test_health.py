@@ -205,7 +205,9 @@ def test_every_record_has_health_and_history_and_missed_answer(site: Site) -> No
     assert [(t["release"], t["from"], t["to"], t["change_number"]) for t in body["transitions"]] == [
         ("gazpacho", None, "success", 100)]
     assert set(body["transitions"][0]) == {"id", "release", "from", "to", "at", "change_number", "patch_set",
-                                          "comment_time", "review_url"}
+                                          "comment_time", "review_url", "cause"}
+    # the site's change 100 merged (NOW - 1800) after the CI's success on it (NOW - 3600): the merge made the mark
+    assert body["transitions"][0]["cause"] == "merge"
     iscsi = site.driver_id(ISCSI)
     site.store.record([], "stream", changes=[merged(400, 3, NOW - 10)])  # merged, and nobody verified it
     missed = site.json(f"/api/1.0/drivers/{iscsi}/missed?days=7")

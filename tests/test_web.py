@@ -269,7 +269,8 @@ def test_the_ingestion_ledger_page_and_api(site: Site) -> None:
     assert closed["backfill"]["recovered"] == 0 and closed["since"] == NOW - 7200
     assert data["totals"] == {"gaps": 2, "open_gaps": 1, "backfills": 1, "commands": 14, "pages": 14,
                               "repasses": 1, "recovered": 0, "throttled_seconds": 0.0,
-                              "since": closed["backfill"]["started_at"]}
+                              "since": closed["backfill"]["started_at"], "imports": 0, "import_commands": 0}
+    assert data["imports"] == []
     assert site.json("/api/1.0/ingestion?limit=1")["gaps"][0]["id"] == second
     status, _, body = site.get("/ingestion")
     assert status == 200 and b"Ingestion ledger" in body and b"1 open gaps" in body

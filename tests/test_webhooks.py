@@ -141,7 +141,8 @@ def test_every_transition_arrives_signed_and_in_order_while_the_receiver_misbeha
     sample = first[min(first)]
     assert sample.body["type"] == "transition" and set(sample.body) == {"type", "transition", "driver"}
     assert set(sample.body["transition"]) == {"id", "release", "from", "to", "at", "change_number", "patch_set",
-                                              "comment_time", "review_url"}
+                                              "comment_time", "review_url", "cause"}
+    assert sample.body["transition"]["cause"] in ("verification", "merge")
     assert set(sample.body["driver"]) == {"id", "project_id", "vendor", "name"}
     wanted = "sha256=" + hmac.new(SECRET, sample.raw, hashlib.sha256).hexdigest()
     assert all(r.signature_ok for r in got) and sample.signature_ok and wanted  # verified as the README shows
@@ -286,7 +287,8 @@ def test_a_version_4_file_gains_the_outbox_and_keeps_its_rows(tmp_path: Path, re
     conn.close()
     with Store(path) as s:
         assert schema.schema_version(s.conn) == schema.SCHEMA_VERSION
-        assert [n for v, n, _ in schema.applied(s.conn) if v >= 5] == ["webhook_outbox", "merge_candidates_per_batch"]
+        assert [n for v, n, _ in schema.applied(s.conn) if v >= 5] == ["webhook_outbox", "merge_candidates_per_batch",
+                                                                       "history"]
         assert {t: s.conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in before} == before
         assert before["mark_candidates"] == 2 and len(history(s)) == 2  # success, then failure
         assert s.conn.execute("SELECT count(*) FROM webhook_outbox").fetchone()[0] == 0  # history is not news

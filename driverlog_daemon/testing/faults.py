@@ -108,27 +108,35 @@ def reference(events: list[dict[str, Any]], registry: Registry) -> Counter[tuple
     releases = sorted(registry.releases, key=lambda r: r.start_epoch)
     out: Counter[tuple[str, int, int, str, str, str]] = Counter()
     for ev in events:
-        if ev.get("type") != "comment-added":
+        for d, result, evidence, release in judge_event(ev, registry, releases):
+            out[(d.name, int(ev["change"]["number"]), int(ev["patchSet"]["number"]), result, evidence, release)] = 1
+    return out
+
+
+def judge_event(ev: dict[str, Any], registry: Registry, releases: list[Any]) -> list[tuple[Any, str, str, str]]:
+    """(driver, result, evidence, release) of each driver a ``comment-added`` event is a result for, by the rules
+    applied directly (``releases``: the registry's, by start date)."""
+    if ev.get("type") != "comment-added":
+        return []
+    out = []
+    for d in registry.drivers:
+        if d.ci is None or d.ci.account != ev["author"]["username"] or ev["change"]["project"] != d.review_project:
             continue
-        for d in registry.drivers:
-            if d.ci is None or d.ci.account != ev["author"]["username"] or ev["change"]["project"] != d.review_project:
+        release = _release(ev["change"]["branch"], ev["eventCreatedOn"], releases)
+        if d.ci.success_pattern is None or d.ci.failure_pattern is None:
+            vote = _vote(ev)
+            if vote:
+                out.append((d, vote[0], vote[1], release))
+            continue
+        body = re.sub(r"^Patch Set \d+:", "", ev["comment"]).strip()
+        for text in body.split("\n"):
+            if not text.strip():
                 continue
-            if d.ci.success_pattern is None or d.ci.failure_pattern is None:
-                vote = _vote(ev)
-                if vote:
-                    out[(d.name, int(ev["change"]["number"]), int(ev["patchSet"]["number"]), vote[0], vote[1],
-                         _release(ev["change"]["branch"], ev["eventCreatedOn"], releases))] = 1
-                continue
-            body = re.sub(r"^Patch Set \d+:", "", ev["comment"]).strip()
-            for text in body.split("\n"):
-                if not text.strip():
-                    continue
-                result = ("success" if re.search(d.ci.success_pattern, text)
-                          else "failure" if re.search(d.ci.failure_pattern, text) else None)
-                if result:
-                    out[(d.name, int(ev["change"]["number"]), int(ev["patchSet"]["number"]), result, text,
-                         _release(ev["change"]["branch"], ev["eventCreatedOn"], releases))] = 1
-                    break
+            result = ("success" if re.search(d.ci.success_pattern, text)
+                      else "failure" if re.search(d.ci.failure_pattern, text) else None)
+            if result:
+                out.append((d, result, text, release))
+                break
     return out
 
 

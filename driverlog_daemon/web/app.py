@@ -29,7 +29,7 @@ import jinja2
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from driverlog_daemon import export, reads, registry_2014
+from driverlog_daemon import export, reads, reads_history, registry_2014
 from driverlog_daemon.registry import Registry
 from driverlog_daemon.web import api, badge, pages
 from driverlog_daemon.web.records import Records, RecordsKeeper
@@ -73,6 +73,7 @@ class Live:
     gerrit: str = "not configured"  # connected, connecting, …
     newest_event_time: int | None = None
     open_gap: str | None = None  # a backfill gap not yet closed, in words
+    importing: str | None = None  # a history import under way, in words ("importing history: 3 of 12 bindings")
 
 
 def safe_url(url: object) -> str | None:
@@ -276,10 +277,11 @@ class App:
 
     # --------------------------------------------------------------------------------------- helpers
 
-    def _live_key(self) -> tuple[str, int | None, str | None]:
+    def _live_key(self) -> tuple[str, int | None, str | None, str | None]:
         """The page's header to the minute: a new event does not make a new page every time."""
         live = self.live()
-        return live.gerrit, None if live.newest_event_time is None else live.newest_event_time // 60, live.open_gap
+        return (live.gerrit, None if live.newest_event_time is None else live.newest_event_time // 60, live.open_gap,
+                live.importing)
 
     def _ago(self, ts: int | None) -> str:
         return "" if ts is None else ago(self.clock() - ts)
@@ -383,7 +385,7 @@ class App:
     def _ingestion(self, query: Mapping[str, str]) -> dict[str, Any]:
         limit = api.int_param(query, "limit", 50, minimum=1, maximum=500) or 50
         with self.reader.snapshot() as conn:
-            return reads.ingestion(conn, limit=limit)
+            return {**reads.ingestion(conn, limit=limit), "imports": reads_history.imports(conn, limit=limit)}
 
     def page_ingestion(self, query: Mapping[str, str]) -> Response:
         return self._html("ingestion.html", ledger=self._ingestion(query))

@@ -27,7 +27,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from driverlog_daemon import reads, runtime
+from driverlog_daemon import reads, reads_history, runtime
 from driverlog_daemon.config import Config
 from driverlog_daemon.logs import get_logger
 from driverlog_daemon.registry import Registry, RegistryError, load_registry
@@ -210,6 +210,13 @@ def build_app(config: Config) -> Any:
             return reads.webhook_outbox(conn, time.time())
 
     metrics.watch_outbox(read_outbox)
+
+    def read_history() -> tuple[int, int]:
+        with reader.snapshot() as conn:
+            progress = reads_history.progress(conn)
+        return progress.done, progress.total
+
+    metrics.watch_history(read_history)
     if root is not None:
         metrics.watch_gaps(read_gaps)
     else:  # alone, no daemon writes the registry's gauges
@@ -235,8 +242,13 @@ def build_app(config: Config) -> Any:
 
     def live() -> Live:
         s = (state() or {}).get("live") or {}
+        try:  # from the file: `serve` alone shows an import under way too
+            with reader.snapshot() as conn:
+                importing = reads_history.progress(conn).text()
+        except sqlite3.Error:
+            importing = None
         return Live(gerrit=str(s.get("gerrit", "not configured" if root is None else "unknown")),
-                    newest_event_time=s.get("newest_event_time"), open_gap=s.get("open_gap"))
+                    newest_event_time=s.get("newest_event_time"), open_gap=s.get("open_gap"), importing=importing)
 
     h = config.http
     return App(database, registry.current, metrics, health, live=live, stale_after_days=config.status.stale_after_days,

@@ -16,6 +16,9 @@ class ChangeIndex:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.changes: dict[int, StoredChange] = {}
+        #: the most rows a query answers, whatever its limit: Gerrit's queryLimit capability (None: 500, the
+        #: server's default)
+        self.query_limit: int | None = None
 
     def record(self, event: dict[str, Any], message_skew: int = 0) -> None:
         change = event.get("change")
@@ -49,6 +52,8 @@ class ChangeIndex:
 
     def query(self, text: str, start: int = 0) -> tuple[list[StoredChange], bool]:
         predicate, limit = parse_query(text)
+        if self.query_limit is not None:
+            limit = min(limit, self.query_limit)
         with self._lock:
             hits = [c for c in self.changes.values() if predicate(c)]
         hits.sort(key=lambda c: (c.last_updated, c.data["number"]), reverse=True)

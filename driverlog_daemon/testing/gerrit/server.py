@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import shlex
 import socket
 import threading
@@ -119,6 +120,8 @@ class GerritTestServer:
         self._stream_failure: tuple[int, str] | None = None
         self._query_faults: list[str] = []  # what the next queries do: "exit" (status 1) or "drop" (half, then cut)
         self._queries_held = threading.Event()
+        self._hold_matching: re.Pattern[str] | None = None
+        self._hold_after = 0
         self.queries_waiting = 0
         self.connections = 0
         self.commands: list[str] = []
@@ -206,12 +209,28 @@ class GerritTestServer:
         with self._lock:
             self._query_faults.extend([mode] * count)
 
-    def hold_queries(self, on: bool = True) -> None:
-        """Queries wait (answer nothing) while held: a backfill in progress, for as long as a test likes."""
+    def hold_queries(self, on: bool = True, *, after: int = 0, matching: str = "") -> None:
+        """Queries wait (answer nothing) while held: a backfill in progress, for as long as a test likes. With
+        ``matching`` (a regular expression), only the queries whose text it finds are held, and the first ``after``
+        of those still pass (a daemon stopped in the middle of its work, at a place a test chooses)."""
+        with self._lock:
+            self._hold_matching, self._hold_after = (re.compile(matching) if matching else None), after
         if on:
             self._queries_held.set()
         else:
             self._queries_held.clear()
+
+    def _held(self, query: str) -> bool:
+        """Whether this query waits (counting it among those matching)."""
+        if not self._queries_held.is_set():
+            return False
+        with self._lock:
+            if self._hold_matching is None:
+                return True
+            if not self._hold_matching.search(query):
+                return False
+            self._hold_after -= 1
+            return self._hold_after < 0
 
     def wait_for_streams(self, count: int = 1, timeout: float = 10.0) -> bool:
         """Block until ``count`` stream-events channels are subscribed."""
@@ -354,14 +373,15 @@ class GerritTestServer:
         if (fmt or "").upper() != "JSON":
             self._finish(channel, 1, stderr="fatal: only --format=JSON is supported by this test server\n")
             return
+        held = self._held(" ".join(terms))
         with self._lock:
-            self.queries_waiting += 1
+            self.queries_waiting += held
         try:
-            while self._queries_held.is_set() and not self._stopped.is_set() and not channel.closed:
+            while held and self._queries_held.is_set() and not self._stopped.is_set() and not channel.closed:
                 time.sleep(0.02)
         finally:
             with self._lock:
-                self.queries_waiting -= 1
+                self.queries_waiting -= held
         with self._lock:
             fault = self._query_faults.pop(0) if self._query_faults else None
         if fault == "exit":
