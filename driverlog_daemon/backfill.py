@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import paramiko
 import structlog
@@ -35,9 +35,6 @@ from driverlog_daemon.model import BackfillRun
 from driverlog_daemon.reads import Gap
 from driverlog_daemon.store import BatchResult
 from driverlog_daemon.writer import Writer
-
-if TYPE_CHECKING:
-    from driverlog_daemon.history import Importer
 
 log = structlog.get_logger("driverlog.backfill")
 
@@ -87,7 +84,7 @@ class Backfiller:
                  clock: Callable[[], float] = time.time, command_timeout: float = 120.0,
                  accounts_per_query: int = ACCOUNTS_PER_QUERY, page_size: int = PAGE_SIZE,
                  retry_base: float = 1.0, retry_cap: float = 60.0, budget: QueryBudget | None = None,
-                 importer: Importer | None = None, first_start: bool = False) -> None:
+                 first_start: bool = False, on_idle: Callable[[], None] = lambda: None) -> None:
         self.gerrit = gerrit
         self.accounts = accounts
         self.writer = writer
@@ -112,13 +109,9 @@ class Backfiller:
         self._failed = False
         self.completed = 0  # backfills finished (ok or not), for tests and STATUS
         self.last_report: BackfillReport | None = None
-        #: the history imports, stepped when no backfill is waiting (None: none)
-        self.importer = importer
         #: the file had no cursor when the daemon started: the first start's backfill is history, like the import
         self.first_start = first_start
-        self._import_ready = importer is not None  # woken by wake_import; asleep when it has nothing runnable
-        self._import_not_before = 0.0  # after a failed step (monotonic)
-        self._import_delay = retry_base
+        self.on_idle = on_idle
         self._thread = threading.Thread(target=self._run, name="driverlog-backfill", daemon=True)
 
     def start(self) -> None:
@@ -140,36 +133,13 @@ class Backfiller:
         with self._lock:
             return self._pending is None and not self._busy
 
-    def wake_import(self) -> None:
-        """An import was planned, or Gerrit is reachable again: look for import work."""
-        with self._wake:
-            self._import_ready = self.importer is not None
-            self._wake.notify_all()
-
-    def _import_due(self) -> bool:
-        return self._import_ready and not self._failed and time.monotonic() >= self._import_not_before
-
     def _run(self) -> None:
         while True:
             with self._wake:
                 timeout = self._retry_delay if self._failed else None
-                if self._import_ready and not self._failed:
-                    timeout = max(0.0, self._import_not_before - time.monotonic())
-                self._wake.wait_for(lambda: self._stopped or self._pending is not None or self._import_due(),
-                                    timeout)
+                self._wake.wait_for(lambda: self._stopped or self._pending is not None, timeout)
                 if self._stopped:
                     return
-                if self._pending is None and not self._failed:  # no gap waits: a step of the history import
-                    if not self._import_due():
-                        continue
-                    self._busy = True
-                    importing = True
-                else:
-                    importing = False
-            if importing:
-                self._step_import()
-                continue
-            with self._wake:
                 if self._pending is None:  # the retry timer: the gaps are still open
                     client = self.client()
                     if client is None:
@@ -197,29 +167,17 @@ class Backfiller:
                 with self._lock:
                     self._busy = False
                     self.completed += 1
+                self.on_idle()  # the history import waits while a gap backfill is due
 
-    def _step_import(self) -> None:
-        """One step of the history import (the worker's thread, no gap waiting); asleep when nothing can run."""
-        assert self.importer is not None
-        client = self.client()
-        execute = self._executor(client, "history", share=IMPORT_BUDGET_SHARE) if client is not None else None
-        try:
-            ran = self.importer.step(execute, throttled=lambda: getattr(execute, "throttled", 0.0))
-        except Exception:  # recorded on the import and logged; tried again after a growing delay
-            with self._lock:
-                self._import_not_before = time.monotonic() + self._import_delay
-                self._import_delay = min(self.retry_cap, self._import_delay * 2)
-        else:
-            with self._lock:
-                self._import_delay = self.retry_base
-                if not ran:
-                    self._import_ready = False  # until a plan or a connection wakes it
-        finally:
-            with self._lock:
-                self._busy = False
+    def executor(self, client: paramiko.SSHClient, trigger: str, share: float = 1.0) -> Executor:
+        """A command runner on ``client`` within the query budget (``share``: the part of it these queries may
+        use), counting the commands and what they waited."""
+        return Executor(self, client, trigger, share)
 
-    def _executor(self, client: paramiko.SSHClient, trigger: str, share: float = 1.0) -> _Executor:
-        return _Executor(self, client, trigger, share)
+    def quiet(self) -> bool:
+        """No gap backfill is running, waiting, or due again (a failed one's retry): the history import may step."""
+        with self._lock:
+            return self._pending is None and not self._busy and not self._failed
 
     def run_now(self, client: paramiko.SSHClient, trigger: str) -> BatchResult:
         """Backfill the open gaps (or, with none, from the stored cursor) minus the overlap; the writer's result."""
@@ -235,14 +193,15 @@ class Backfiller:
             log.warning("backfill_gap_exceeds_max_age", trigger=trigger,
                         max_age_hours=self.gerrit.backfill_max_age_hours, since=gerrit_time(w.since))
         started, started_at = time.monotonic(), self.clock()
-        execute = self._executor(client, trigger)
+        execute = self.executor(client, trigger)
         history = self.first_start and trigger == "start"
         try:
             report = fetch(execute, list(self.accounts()), w.since, projects=list(self.projects()),
                            changes=list(self.unknown_merges()), accounts_per_query=self.accounts_per_query,
                            page_size=self.page_size)
             run = BackfillRun(trigger, w.since, started_at, report.queries, report.pages, report.repasses,
-                              report.changes, len(report.comments), execute.throttled, w.capped, history)
+                              report.changes, len(report.comments), execute.throttled, w.capped, history,
+                              report.newest_update)
             result = self.writer.put_backfill(report.comments, report.facts, close_gaps_up_to=up_to,
                                               run=run).result(timeout=self.command_timeout)
         except Exception as exc:
@@ -265,11 +224,8 @@ class Backfiller:
         return result
 
 
-#: The part of max_queries_per_minute a history import may use: the rest stays for the gap backfills.
-IMPORT_BUDGET_SHARE = 0.75
 
-
-class _Executor:
+class Executor:
     """Runs one ``gerrit query`` command on the connection, within the query budget, counting what it waited."""
 
     def __init__(self, backfiller: Backfiller, client: paramiko.SSHClient, trigger: str, share: float) -> None:

@@ -42,6 +42,8 @@ from driverlog_daemon.writer import Writer
 log = structlog.get_logger("driverlog.daemon")
 
 STOP_TIMEOUT = 4.0
+#: The part of max_queries_per_minute the history import may use: the rest stays for the gap backfills.
+IMPORT_BUDGET_SHARE = 0.75
 WRITER_STALE_SECONDS = 30.0
 
 
@@ -71,13 +73,15 @@ class Service:
         self.pipeline.warm_up()
         self.writer = Writer(self.pipeline, on_dropped_output=self._dropped_output)
         self.reader = reads.Reader(self.store.path)  # the hooks' reads, on read-only connections
-        self.importer = Importer(self.reader, lambda: self.pipeline.registry, self.writer, clock=clock)
         self.backfiller = Backfiller(g, lambda: self.pipeline.registry.ci_accounts, self.writer, self.metrics,
                                      self._cursor, projects=lambda: self.pipeline.registry.review_projects,
                                      unknown_merges=self._unknown_merges, gaps=self.open_gaps,
                                      client=self._current_client, clock=clock,
-                                     retry_cap=max(g.reconnect_max_delay_seconds, 0.1), importer=self.importer,
-                                     first_start=first_start)
+                                     retry_cap=max(g.reconnect_max_delay_seconds, 0.1), first_start=first_start,
+                                     on_idle=lambda: self.importer.wake())
+        self.importer = Importer(self.reader, lambda: self.pipeline.registry, self.writer,
+                                 executor=self._history_executor, quiet=self.backfiller.quiet, clock=clock,
+                                 retry_cap=max(g.reconnect_max_delay_seconds, 0.1))
         if applied.import_id is not None:
             log.info("history_import_planned", import_id=applied.import_id, first=first_start)
         self.listener: StreamListener | None = None
@@ -89,6 +93,7 @@ class Service:
         self._client: paramiko.SSHClient | None = None
         self._listener_thread: threading.Thread | None = None
         self.metrics.watch_releases(self._release_times)
+        self.metrics.watch_drivers(self._driver_times)
         self.metrics.watch_gaps(self._gap_state)
         self.metrics.watch_history(self._history_state)
         self.web: WebTier | None = None
@@ -108,6 +113,7 @@ class Service:
         for deliverer in self.deliverers:
             deliverer.start()
         self.backfiller.start()
+        self.importer.start()
         self.publish_state()
         if self.web is not None:
             self.web.start()
@@ -124,6 +130,7 @@ class Service:
         if self.web is not None:
             self.web.terminate()  # it finishes its answers while the writer commits
         self.stop_event.set()
+        self.importer.stop()
         self.backfiller.stop()
         if self._listener_thread is not None:
             self._listener_thread.join(max(0.1, min(1.5, deadline - time.monotonic())))
@@ -157,11 +164,17 @@ class Service:
         log.info("registry_reloaded", path=path, summary=registry.summary(),
                  history_import=applied.import_id if applied else None)
         if applied is not None and applied.import_id is not None:
-            self.backfiller.wake_import()
+            self.importer.wake()
         self._count_2014_keys(registry)
         return True
 
     # -------------------------------------------------------------------------------------- hooks
+
+    def _history_executor(self) -> Any:
+        """The history import's command runner on the current connection (None: not connected), within its share
+        of the query budget: the rest stays for the gap backfills."""
+        client = self._current_client()
+        return None if client is None else self.backfiller.executor(client, "history", share=IMPORT_BUDGET_SHARE)
 
     def _history_settings(self) -> HistorySettings:
         """What this daemon imports ([history]); Gerrit's clock as the stream last told it (rows updated since are
@@ -188,6 +201,10 @@ class Service:
         with self.reader.snapshot() as conn:
             return reads.cursor(conn, self.server_name)
 
+    def _driver_times(self) -> list[tuple[str, str, str, str, int]]:
+        with self.reader.snapshot() as conn:
+            return reads.driver_last_times(conn)
+
     def _release_times(self) -> list[tuple[str, str, str, str, int, int | None]]:
         with self.reader.snapshot() as conn:
             return reads.release_times(conn)
@@ -208,10 +225,10 @@ class Service:
 
     def _connected(self, client: paramiko.SSHClient, first: bool) -> None:
         self._client = client
-        self.backfiller.wake_import()  # after the gap's backfill: it is asked for first
         # What happened before this connection is not proven: a gap from the newest event committed (or the
         # stored cursor after a restart), recorded after every block already read, then a backfill covers it.
         self._backfill_gap(client, "start" if first else "reconnect")
+        self.importer.wake()  # it steps once the gap's backfill is done: that goes first
 
     def _resumed(self, client: paramiko.SSHClient) -> None:
         """The stream speaks again after a quiet window judged alive: what it may have dropped since that window's

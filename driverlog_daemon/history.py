@@ -21,6 +21,8 @@ Review projects' merges over the window are read the same way (the coverage of m
 
 from __future__ import annotations
 
+import functools
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -54,18 +56,69 @@ STEP_TIMEOUT = 300.0  # seconds a step waits for its commit
 
 
 class Importer:
-    """Runs the file's history imports a step at a time (:meth:`step`), for the backfill worker."""
+    """Runs the file's history imports a step at a time (:meth:`step`) on its own thread, while no gap backfill is
+    running or due (``quiet``: gaps go first; the backfill worker calls :meth:`wake` when it is done)."""
 
     def __init__(self, reader: Reader, registry: Callable[[], Registry], writer: Writer, *,
+                 executor: Callable[[], Exec | None] = lambda: None, quiet: Callable[[], bool] = lambda: True,
                  page_size: int = PAGE_SIZE, accounts_per_query: int = ACCOUNTS_PER_QUERY,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, retry_base: float = 1.0, retry_cap: float = 60.0) -> None:
         self.reader, self.registry, self.writer = reader, registry, writer
+        self.executor, self.quiet = executor, quiet
         self.page_size, self.accounts_per_query, self.clock = page_size, accounts_per_query, clock
+        self.retry_base, self.retry_cap = retry_base, retry_cap
+        self._wake = threading.Condition()
+        self._ready = True  # there may be work (until a step finds none that can run now)
+        self._stopped = False
+        self._not_before = 0.0  # after a failed step (monotonic)
+        self._delay = retry_base
+        self._thread = threading.Thread(target=self._run, name="driverlog-history", daemon=True)
         self._ties: dict[tuple[Any, ...], int] = {}  # rows already read at a page's last second, when a page was
         #                                              all of one second (--start goes past them)
         self.steps = 0  # steps run (tests, STATUS)
         self._throttled: Callable[[], float] = lambda: 0.0
         self._throttled_at = 0.0
+
+    # --------------------------------------------------------------------------------------------- thread
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopped = True
+            self._wake.notify_all()
+
+    def wake(self) -> None:
+        """An import was planned, Gerrit is reachable again, or a gap backfill is done: look for a step."""
+        with self._wake:
+            self._ready = True
+            self._wake.notify_all()
+
+    def _due(self) -> bool:
+        return self._ready and time.monotonic() >= self._not_before and self.quiet()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                timeout = max(0.0, self._not_before - time.monotonic()) if self._ready else None
+                self._wake.wait_for(lambda: self._stopped or self._due(), timeout)
+                if self._stopped:
+                    return
+                if not self._due():
+                    continue
+            execute = self.executor()
+            try:
+                ran = self.step(execute, throttled=functools.partial(getattr, execute, "throttled", 0.0))
+            except Exception:  # recorded on the import and logged; tried again after a growing delay
+                with self._wake:
+                    self._not_before = time.monotonic() + self._delay
+                    self._delay = min(self.retry_cap, self._delay * 2)
+                continue
+            with self._wake:
+                self._delay = self.retry_base
+                if not ran:
+                    self._ready = False  # until a plan, a connection or a backfill wakes it
 
     def pending(self) -> list[PendingImport]:
         with self.reader.snapshot() as conn:
@@ -244,8 +297,8 @@ class Importer:
         throttled = self._throttled() - self._throttled_at
         step = ImportStep(imp.id, queries=queries, commands=pages, changes_read=rows, ci_messages=len(comments),
                           throttled_seconds=throttled, work=work)
-        result = self.writer.put_import(comments, facts, step, deliver=imp.kind != "first").result(
-            timeout=STEP_TIMEOUT)
+        result = self.writer.put_import(comments, facts, step, context="import" if imp.kind == "first"
+                                        else "registry").result(timeout=STEP_TIMEOUT)
         log.info("history_step", import_id=imp.id, kind=imp.kind, queries=queries, pages=pages, rows=rows,
                  ci_messages=len(comments),
                  recorded=result.inserted, already_present=result.already_present,

@@ -92,12 +92,14 @@ _TRANSITION_COLUMNS = ", ".join(health.Transition._fields)
 
 
 def update_transitions(conn: sqlite3.Connection, *, hooks: Sequence[WebhookConfig],
-                       keys: Mapping[int, tuple[str, str, str]], now: float, cause: str | None = None,
-                       deliver: bool = True) -> int:
+                       keys: Mapping[int, tuple[str, str, str]], now: float, context: str | None = None,
+                       news_since: int | None = None) -> int:
     """The mark history of every pair the batch touched (``marks_dirty``, from the earliest effective time that
     changed), so that ``mark_transitions`` equals the definition over the data; returns how many transitions are
-    new. ``cause``: what caused the batch's new transitions when it is not the data itself (``import``,
-    ``registry``); ``deliver``: whether they are news for the webhooks (the first start's import is history).
+    new. ``context``: None (the data caused them: a verification or a merge, news), ``registry`` (a registry
+    change: news, with that cause) or ``import`` (the first start's import: what happened before the daemon
+    started, its transitions before ``news_since`` in Gerrit's clock, is history — recorded, not sent; None:
+    all of it is history). Retractions go to the hooks their transition went to, in any context.
 
     A few statements for all the pairs at once, not a few per pair (a batch touches hundreds of pairs); the
     candidates are read pair after pair, never all held at once, each pair's as one row (a JSON array): every
@@ -149,8 +151,10 @@ def update_transitions(conn: sqlite3.Connection, *, hooks: Sequence[WebhookConfi
     for driver_id, release, _ in dirty:
         if (driver_id, release) not in seen:  # no candidate since: only what came before
             history((driver_id, release), [])
-    if cause is not None:
-        new = [t._replace(cause=cause) for t in new]
+    if context == "registry":
+        new = [t._replace(cause="registry") for t in new]
+    elif context == "import":
+        new = [t._replace(cause="import") if news_since is None or t.at < news_since else t for t in new]
     # multi-row statements, not executemany: one GIL hand-over a statement, not one a row
     for sql, values in values_statements(_UPSERT_MARK, _UPSERT_MARK_TAIL, 8, marks):
         conn.execute(sql, values)
@@ -164,8 +168,9 @@ def update_transitions(conn: sqlite3.Connection, *, hooks: Sequence[WebhookConfi
     for sql, values in values_statements(f"INSERT INTO mark_transitions ({_TRANSITION_COLUMNS})", "",
                                          len(health.Transition._fields), new):
         conn.execute(sql, values)
-    if new and hooks and deliver:
-        queue_deliveries(conn, "transition", new, hooks, keys, now)
+    news = [t for t in new if t.cause != "import"]
+    if news and hooks:
+        queue_deliveries(conn, "transition", news, hooks, keys, now)
     conn.execute("DELETE FROM marks_dirty")
     return len(new)
 

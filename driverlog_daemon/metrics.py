@@ -60,10 +60,6 @@ class Metrics:
                                        registry=r)
         self.batch_rows = Histogram("driverlog_db_batch_rows", "Verifications per committed batch.",
                                     buckets=(0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000), registry=r)
-        self.driver_last_verification = Gauge(
-            "driverlog_driver_last_verification_timestamp_seconds",
-            "Comment time of a driver's newest verification (drivers with at least one).",
-            ["project", "vendor", "driver", "ci_account"], registry=r, multiprocess_mode=_LATEST)
         self.last_verification_time = Gauge("driverlog_last_verification_timestamp_seconds",
                                             "Comment time of the newest verification recorded.",
                                             registry=r, multiprocess_mode=_LATEST)
@@ -123,6 +119,10 @@ class Metrics:
         """Per driver x release gauges, read from the database at each scrape (O(drivers x releases))."""
         self.registry.register(_ReleaseCollector(read))
 
+    def watch_drivers(self, read: Callable[[], DriverTimes]) -> None:
+        """Per driver gauges, read from the database at each scrape (O(drivers x releases))."""
+        self.registry.register(_DriverCollector(read))
+
     def watch_gaps(self, read: Callable[[], tuple[Sequence[Any], int | None, int | None]]) -> None:
         """Open gaps and the cursor's lag, read from the database at each scrape."""
         self.registry.register(_GapCollector(read))
@@ -138,6 +138,29 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+#: (project, vendor, driver, ci_account, newest verification time) of each registered CI driver with one
+DriverTimes = Iterable[tuple[str, str, str, str, int]]
+
+
+class _DriverCollector(Collector):
+    """Read from the database at each scrape, not kept in the daemon's multiprocess files: a driver that leaves the
+    registry leaves the metric (prometheus-client cannot remove a series in multiprocess mode)."""
+
+    def __init__(self, read: Callable[[], DriverTimes]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("driverlog_driver_last_verification_timestamp_seconds",
+                                   "Comment time of a driver's newest verification (drivers with at least one).",
+                                   labels=["project", "vendor", "driver", "ci_account"])
+        for project, vendor, driver, account, t in self.read():
+            family.add_metric([project, vendor, driver, account], t)
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
 
 
 class _ReleaseCollector(Collector):
@@ -284,6 +307,9 @@ class WebMetrics:
 
     def watch_releases(self, read: Callable[[], ReleaseTimes]) -> None:
         self._scrape.register(_ReleaseCollector(read))
+
+    def watch_drivers(self, read: Callable[[], DriverTimes]) -> None:
+        self._scrape.register(_DriverCollector(read))
 
     def watch_health(self, read: Callable[[], Iterable[tuple[str, str, str, float | None, float | None,
                                                             bool | None]]]) -> None:

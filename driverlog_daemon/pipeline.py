@@ -104,18 +104,6 @@ class Pipeline:
         self.store.sync_drivers(registry)
         self.metrics.registry_drivers.set(len(registry.drivers))
         self.metrics.registry_ci_accounts.set(len(registry.by_account))
-        self._driver_times: dict[tuple[str, str, str, str], int] = {}
-        for project, vendor, name, account, t in reads.driver_last_times(store.conn):
-            self._set_driver_time((project, vendor, name, account or ""), t)
-
-    def _set_driver_time(self, labels: tuple[str, str, str, str], t: int) -> None:
-        if t > self._driver_times.get(labels, -1):
-            self._driver_times[labels] = t
-            self.metrics.driver_last_verification.labels(*labels).set(t)
-
-    def _note_driver_times(self, verifications: list[Verification]) -> None:
-        for v in verifications:
-            self._set_driver_time((*v.driver_key, v.ci_account), v.comment_time)
 
     def warm_up(self) -> None:
         """For a live daemon: compile and import now what the first events would otherwise wait for."""
@@ -134,10 +122,9 @@ class Pipeline:
         scanner = new_scanner(registry)
         warm_up(scanner, registry)
         with self._lock:
-            previous, self.registry, self.scanner = self.registry, registry, scanner
+            self.registry, self.scanner = registry, scanner
         self.metrics.registry_drivers.set(len(registry.drivers))
         self.metrics.registry_ci_accounts.set(len(registry.by_account))
-        self._forget_drivers(previous, registry)
         return applied
 
     def apply_registry(self, registry: Registry, raw: bytes, history: HistorySettings | None) -> Applied:
@@ -145,16 +132,6 @@ class Pipeline:
         from driverlog_daemon import registry_apply
 
         return registry_apply.apply(self.store, registry, raw, registry.source, history, time.time())
-
-    def _forget_drivers(self, old: Registry, new: Registry) -> None:
-        """A driver that left the registry (or lost its CI) leaves the metrics too; its rows stay in the file."""
-        bound = {(*d.key, d.ci.account) for d in new.drivers if d.ci is not None}
-        for labels in [k for k in self._driver_times if k not in bound]:
-            del self._driver_times[labels]
-            try:
-                self.metrics.driver_last_verification.remove(*labels)
-            except KeyError:
-                pass
 
     # ----------------------------------------------------------------------------------------- examine
 
@@ -202,14 +179,15 @@ class Pipeline:
     # ------------------------------------------------------------------------------------------ commit
 
     def commit(self, pending: Pending, source: Source, close_gaps_up_to: int | None = None,
-               backfill: BackfillRun | None = None, *, step: ImportStep | None = None, cause: str | None = None,
-               deliver: bool = True) -> BatchResult:
+               backfill: BackfillRun | None = None, *, step: ImportStep | None = None,
+               context: str | None = None) -> BatchResult:
         """Write a batch in one transaction, with the cursor when this pipeline has a server; a backfill batch
         closes the gaps it covered (ids up to ``close_gaps_up_to``) and records what it asked of Gerrit
-        (``backfill``) in the same transaction; a history import's batch its ``step``. ``cause``/``deliver``: see
+        (``backfill``) in the same transaction; a history import's batch its ``step``. ``context``: see
         ``Store.record`` (the first start's backfill is history, like the import)."""
+        newest_update = None
         if backfill is not None and backfill.history:
-            cause, deliver = "import", False
+            context, newest_update = "import", backfill.newest_update
         cursor = close = None
         if self.server is not None and pending.newest_event_time is not None and source == "stream":
             cursor = (self.server, pending.newest_event_time)
@@ -217,7 +195,8 @@ class Pipeline:
             close = (self.server, close_gaps_up_to, self.stream_newest)
         ran = (self.server, backfill) if self.server is not None and backfill is not None else None
         result = self.store.record(pending.verifications, source, cursor, changes=pending.changes, close=close,
-                                   backfill=ran, kept=pending.kept, step=step, cause=cause, deliver=deliver)
+                                   backfill=ran, kept=pending.kept, step=step, context=context,
+                                   newest_update=newest_update)
         if cursor is not None and (self.stream_newest is None or cursor[1] > self.stream_newest):
             self.stream_newest = cursor[1]
         for gap_id, reason, opened_at in result.closed_gaps:
@@ -230,8 +209,6 @@ class Pipeline:
             if n:
                 self.metrics.verifications.labels(source, kind).inc(n)
         if result.inserted:
-            if self.metrics is not UNMEASURED:  # per-driver gauges: nothing to keep for a one-shot command
-                self._note_driver_times(pending.verifications)
             newest = max(v.comment_time for v in pending.verifications)
             if self.stats.last_verification_time is None or newest > self.stats.last_verification_time:
                 self.stats.last_verification_time = newest

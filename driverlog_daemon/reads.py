@@ -104,11 +104,13 @@ def verification_count(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT count(*) FROM verifications").fetchone()[0])
 
 
-def driver_last_times(conn: sqlite3.Connection) -> list[tuple[str, str, str, str | None, int]]:
-    """(project_id, vendor, name, ci_account, newest comment time) of every driver with a verification."""
+def driver_last_times(conn: sqlite3.Connection) -> list[tuple[str, str, str, str, int]]:
+    """(project_id, vendor, name, ci_account, newest comment time) of every driver still registered with a CI that
+    has a verification."""
     return [tuple(r) for r in conn.execute(
         """SELECT d.project_id, d.vendor, d.name, d.ci_account, MAX(s.last_comment_time)
-           FROM driver_status s JOIN drivers d ON d.id = s.driver_id GROUP BY d.id""")]
+           FROM driver_status s JOIN drivers d ON d.id = s.driver_id
+           WHERE d.removed_at IS NULL AND d.ci_account IS NOT NULL GROUP BY d.id""")]
 
 
 def release_times(conn: sqlite3.Connection) -> list[tuple[str, str, str, str, int, int | None]]:
@@ -403,6 +405,8 @@ def recent_transitions(conn: sqlite3.Connection, *, driver_ids: list[int] | None
     if driver_ids is not None:
         where.append(f"t.driver_id IN ({', '.join('?' * len(driver_ids))})")
         params.extend(driver_ids)
+    else:  # every driver's: those still in the registry (a removed one's history stays on its own page and feed)
+        where.append("d.removed_at IS NULL")
     if releases is not None:
         where.append(f"lower(t.release) IN ({', '.join('?' * len(releases))})")
         params.extend(sorted(releases))

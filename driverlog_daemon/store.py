@@ -100,7 +100,7 @@ class Store:
         #: the [[webhook]]s whose outbox the transitions fill (set by the daemon before its first batch)
         self.webhooks: tuple[WebhookConfig, ...] = ()
         with self._transaction():  # a file just upgraded (or a batch cut short) leaves pairs to compute
-            self._update_transitions(deliver=False)
+            self._update_transitions(context="import")  # history (recomputed on upgrade), not news
 
     @functools.cached_property
     def db(self) -> Any:
@@ -197,7 +197,8 @@ class Store:
                cursor: tuple[str, int] | None = None, changes: Iterable[ChangeFact] | ChangeRows = (),
                close: tuple[str, int, int | None] | None = None,
                backfill: tuple[str, BackfillRun] | None = None, kept: Sequence[KeptComment] = (),
-               step: ImportStep | None = None, cause: str | None = None, deliver: bool = True) -> BatchResult:
+               step: ImportStep | None = None, context: str | None = None,
+               newest_update: int | None = None) -> BatchResult:
         """Insert a batch in one transaction and advance the cursor; raises when the write fails (nothing of the
         batch is then written, and it may be given again).
 
@@ -211,9 +212,10 @@ class Store:
         results only it delivered), and named by the gaps it closes.
 
         ``kept``: the CI comments read, kept in ``ci_comments`` (:mod:`kept`). ``step``: the batch is a step of a
-        history import, whose progress is written with it. ``cause``/``deliver``: what caused the batch's new
-        transitions when not the data itself, and whether they are news for the webhooks
-        (:func:`marks.update_transitions`).
+        history import, whose progress is written with it. ``context``: what the batch's new transitions are
+        (:func:`marks.update_transitions`): None, ``registry``, or ``import`` (the first start's backfill and
+        import; ``newest_update``: the newest ``lastUpdated`` the first start's backfill read, Gerrit's clock when
+        the daemon started, from which they are news).
         """
         received_at = self._clock()
         merged = (changes if isinstance(changes, ChangeRows) else ChangeRows(changes)).rows
@@ -260,7 +262,8 @@ class Store:
             if step is not None:
                 recovered = inserted["success"] + inserted["failure"]
                 import_ledger.record_step(self.conn, step, recovered, total - recovered, self._clock())
-            transitions = self._update_transitions(cause=cause, deliver=deliver)
+            news_since = self._news_since(newest_update) if context == "import" else None
+            transitions = self._update_transitions(context=context, news_since=news_since)
         return BatchResult(inserted["success"], inserted["failure"],
                            total - inserted["success"] - inserted["failure"], tuple(closed), transitions)
 
@@ -324,11 +327,25 @@ class Store:
             self.conn.execute("UPDATE gaps SET attempts = attempts + 1, last_error = ? "
                               "WHERE server = ? AND closed_at IS NULL AND id <= ?", (error[:300], server, up_to_id))
 
-    def _update_transitions(self, *, cause: str | None = None, deliver: bool = True) -> int:
+    def _update_transitions(self, *, context: str | None = None, news_since: int | None = None) -> int:
         """In the current transaction: the mark history of the pairs the batch touched (:mod:`marks`)."""
         return marks.update_transitions(self.conn, hooks=self.webhooks,
                                         keys={i: k for k, i in self._driver_ids.items()}, now=self._clock(),
-                                        cause=cause, deliver=deliver)
+                                        context=context, news_since=news_since)
+
+    def _news_since(self, newest_update: int | None) -> int | None:
+        """In the current transaction: Gerrit's time from which the first import's findings are news, fixed by the
+        first batch that asks (the first start's backfill: the newest change it read, a lower bound of Gerrit's
+        clock then; failing that, a day before the import was planned, in ours). None: no first import."""
+        row = self.conn.execute("SELECT id, news_since, started_at FROM imports WHERE kind = 'first' "
+                                "ORDER BY id LIMIT 1").fetchone()
+        if row is None:
+            return None
+        if row[1] is not None:
+            return int(row[1])
+        since = newest_update if newest_update is not None else int(row[2]) - 86400
+        self.conn.execute("UPDATE imports SET news_since = ? WHERE id = ?", (since, row[0]))
+        return since
 
     # ------------------------------------------------------------------------------------- history
 
@@ -346,7 +363,7 @@ class Store:
                 done = done._replace(changed=done.changed + remapped.changed)
             rejudge.derive(self.conn, driver_id)
             import_ledger.record_step(self.conn, step._replace(rejudged=done.total), 0, 0, now)
-            self._update_transitions(cause="registry")
+            self._update_transitions(context="registry")
         return done
 
     def import_failed(self, import_id: int, error: str) -> None:

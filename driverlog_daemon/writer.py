@@ -97,11 +97,11 @@ class _Reload:
 class _Imported:
     """A step of a history import: review messages and change facts read, and the step's progress."""
 
-    __slots__ = ("changes", "comments", "deliver", "done", "step")
+    __slots__ = ("changes", "comments", "context", "done", "step")
 
-    def __init__(self, comments: list[CommentAdded], changes: list[ChangeFact], step: ImportStep, deliver: bool,
+    def __init__(self, comments: list[CommentAdded], changes: list[ChangeFact], step: ImportStep, context: str,
                  done: Future[BatchResult]) -> None:
-        self.comments, self.changes, self.step, self.deliver, self.done = comments, changes, step, deliver, done
+        self.comments, self.changes, self.step, self.context, self.done = comments, changes, step, context, done
 
 
 class _Rejudge:
@@ -199,13 +199,13 @@ class Writer:
         return done
 
     def put_import(self, comments: list[CommentAdded], changes: list[ChangeFact], step: ImportStep, *,
-                   deliver: bool) -> Future[BatchResult]:
-        """Commit a history import's step: its messages and facts, with its progress (``deliver``: whether its
-        transitions are news)."""
+                   context: str) -> Future[BatchResult]:
+        """Commit a history import's step: its messages and facts, with its progress (``context``: ``import``
+        for the first start's, ``registry`` for a registry change's: see ``Store.record``)."""
         from concurrent.futures import Future
 
         done: Future[BatchResult] = Future()
-        self.queue.put(_Imported(comments, changes, step, deliver, done))
+        self.queue.put(_Imported(comments, changes, step, context, done))
         return done
 
     def rejudge(self, driver_id: int, step: ImportStep) -> Future[int]:
@@ -298,9 +298,7 @@ class Writer:
                 self._commit_stream()
                 batch = Pending()
                 self.pipeline.absorb(self.pipeline.examine_messages(item.comments, item.changes), batch)
-                cause = "import" if not item.deliver else "registry"
-                item.done.set_result(self._commit(batch, "backfill", step=item.step, cause=cause,
-                                                  deliver=item.deliver))
+                item.done.set_result(self._commit(batch, "backfill", step=item.step, context=item.context))
             elif isinstance(item, _Rejudge):
                 self._commit_stream()
                 registry = self.pipeline.registry
@@ -359,7 +357,7 @@ class Writer:
 
     def _commit(self, pending: Pending, source: Source, close_gaps_up_to: int | None = None,
                 final: bool = False, run: BackfillRun | None = None, step: ImportStep | None = None,
-                cause: str | None = None, deliver: bool = True) -> BatchResult:
+                context: str | None = None) -> BatchResult:
         rows = len(pending.verifications)
 
         def abandon() -> BatchResult:
@@ -367,7 +365,7 @@ class Writer:
             return BatchResult(0, 0, 0)
 
         return self._retrying(functools.partial(self.pipeline.commit, pending, source, close_gaps_up_to, run,
-                                                step=step, cause=cause, deliver=deliver),
+                                                step=step, context=context),
                               rows=rows, give_up=abandon if final else None)
 
 _TICK = b""

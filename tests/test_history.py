@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from driverlog_daemon import reads
 from driverlog_daemon.registry import Registry, load_registry
 from driverlog_daemon.testing.history import Mark, driverlog_marks, history, poll_cost
 
@@ -223,6 +224,15 @@ def test_each_kind_of_registry_change_reaches_the_past(ssh_env: SSHEnv, tmp_path
             umbrella = query(h.db, "SELECT id, removed_at FROM drivers WHERE name = ?", UMBRELLA)[0]
             assert umbrella[1] is not None  # no longer registered, its rows still in the file
             assert query(h.db, "SELECT count(*) FROM verifications WHERE driver_id = ?", umbrella[0])[0][0] > 0
+            # … but it has left the metrics, the feed and the health rows
+            gauge = "driverlog_driver_last_verification_timestamp_seconds"
+            series = {s.labels["driver"] for m in h.service.metrics.registry.collect() if m.name == gauge
+                      for s in m.samples}
+            assert UMBRELLA not in series and INITECH in series
+            with h.service.reader.snapshot() as conn:
+                assert all(e["driver"]["name"] != UMBRELLA for e in reads.recent_transitions(conn, limit=500))
+                names = {key[2] for key, _ in reads.registered_health(conn, time.time(), 14)}
+            assert UMBRELLA not in names and INITECH in names
     finally:
         receiver.close()
 
@@ -374,3 +384,58 @@ def test_kill_9_during_the_import_resumes_where_it_stopped_and_doubles_nothing(s
     assert searches() - asked == whole_searches - 3, (whole_searches, asked, searches())
     killed = _rows(db)
     assert killed == whole  # the same rows, none doubled (the natural keys are unique: equal lists, equal counts)
+
+
+# ------------------------------------------------------------------------------------------ while it runs
+
+def test_while_the_import_runs_it_shows_and_the_stream_and_gaps_go_on(ssh_env: SSHEnv, tmp_path: Path,
+                                                                      registry: Registry) -> None:
+    """The mark search held on the wire: the import shows in the header text, /healthz's detail, the gauges and
+    the ledger; meanwhile a live result is recorded and its mark's transition delivered (news, though the import
+    is history), and an outage's gap is backfilled and closed. Released, the import ends."""
+    from driverlog_daemon.config import WebhookConfig
+    from driverlog_daemon.testing.receiver import Receiver
+
+    from .helpers import ci_event
+
+    seed(ssh_env, registry)
+    ssh_env.server.hold_queries(True, after=2, matching=r"status:merged .*commentby:.*before:")
+    (tmp_path / "secret").write_text("s3cret")
+    receiver = Receiver(b"s3cret")
+    hook = WebhookConfig(name="test", url=receiver.url, secret_file=str(tmp_path / "secret"), timeout_seconds=2,
+                         backoff_base_seconds=0.05, backoff_max_seconds=0.2)
+    try:
+        with Harness(ssh_env, tmp_path, webhooks=(hook,)) as h:
+            assert wait_until(lambda: ssh_env.server.queries_waiting >= 1, timeout=30)
+            progress = h.service.history()
+            assert progress.imports == 1 and 0 <= progress.done < progress.total == registry.ci_bindings
+            assert h.service.live().importing == f"importing history: {progress.done} of {progress.total} bindings"
+            ok, detail = h.service.health()
+            assert ok and detail["history"] == {"importing": True, "bindings": progress.total,
+                                                "bindings_done": progress.done}
+            assert h.metric("driverlog_history_import_bindings") == progress.total
+            assert "importing history" in h.service.status_line()
+            with h.service.reader.snapshot() as conn:
+                ledger = reads.ingestion(conn)
+            assert ledger["totals"]["imports"] == 1
+            # live: a new change is judged and merged while the import waits; its first mark is news
+            now = int(time.time())
+            for number, result in ((990001, "FAILURE"), (990004, "SUCCESS")):  # one of them flips the mark
+                ssh_env.server.push_event(ci_event(number, now, result, status="NEW"))
+                ssh_env.server.push_event(_merged(number, now + 1, ps=2))
+                now += 2
+            live = {990001, 990004}
+            assert wait_until(lambda: any(r.body["transition"]["change_number"] in live for r in receiver.received),
+                              timeout=20)
+            news = [r.body["transition"] for r in receiver.received if r.body["transition"]["change_number"] in live]
+            assert {t["cause"] for t in news} == {"merge"}
+            # an outage: the reconnect's gap is backfilled while the import still waits on the wire
+            h.outage(990002, [990003])
+            assert wait_until(lambda: h.open_gaps() == 0, timeout=20)
+            assert h.service.history().imports == 1  # still under way
+            ssh_env.server.hold_queries(False)
+            assert wait_until(h.settled, timeout=60)
+            assert h.service.history().imports == 0 and h.service.live().importing is None
+            assert h.metric("driverlog_history_import_bindings") == 0
+    finally:
+        receiver.close()

@@ -198,6 +198,12 @@ def build_app(config: Config) -> Any:
 
     metrics.watch_releases(read_releases)
 
+    def read_drivers() -> list[tuple[str, str, str, str, int]]:
+        with reader.snapshot() as conn:
+            return reads.driver_last_times(conn)
+
+    metrics.watch_drivers(read_drivers)
+
     def read_health() -> list[tuple[str, str, str, float | None, float | None, bool | None]]:
         with reader.snapshot() as conn:
             return [(p, v, n, h["pass_rate"]["30"], h["coverage"]["ratio"], h["at_risk"])
