@@ -200,8 +200,7 @@ class Backfiller:
                            changes=list(self.unknown_merges()), accounts_per_query=self.accounts_per_query,
                            page_size=self.page_size)
             run = BackfillRun(trigger, w.since, started_at, report.queries, report.pages, report.repasses,
-                              report.changes, len(report.comments), execute.throttled, w.capped, history,
-                              report.newest_update)
+                              report.changes, len(report.comments), execute.throttled, w.capped, history)
             result = self.writer.put_backfill(report.comments, report.facts, close_gaps_up_to=up_to,
                                               run=run).result(timeout=self.command_timeout)
         except Exception as exc:

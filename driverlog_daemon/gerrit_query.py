@@ -152,7 +152,6 @@ class BackfillReport:
     pages: int = 0  # SSH commands run: one a page
     repasses: int = 0
     changes: int = 0  # change rows read
-    newest_update: int | None = None  # the newest lastUpdated of the rows read (Gerrit's clock)
     comments: list[CommentAdded] = field(default_factory=list)
     facts: list[ChangeFact] = field(default_factory=list)  # the state of every change row read
 
@@ -212,8 +211,6 @@ def _pass(execute: Exec, query: str, wanted: frozenset[str], since: int, report:
             updated = _int(row.get("lastUpdated"))
             if page_number == 0 and updated is not None and (newest is None or updated > newest):
                 newest = updated
-            if updated is not None and (report.newest_update is None or updated > report.newest_update):
-                report.newest_update = updated
             if stop_below is not None and updated is not None and updated < stop_below:
                 return newest, page_number == 0
             fact = fact_from_row(row)

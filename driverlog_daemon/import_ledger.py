@@ -18,6 +18,11 @@ from typing import NamedTuple
 # import_work phases
 WINDOW, SEARCH, DONE, FIRST, FINAL = "window", "search", "done", "first", "final"
 
+#: What the first start's import finds from this long before it was planned on is news, not history. Gerrit's clock
+#: at the start is not known in ours (the changes read then include some updated after it), and a day's margin
+#: covers any skew short of a day: at worst the last day's transitions before the start are announced too.
+NEWS_MARGIN = 86400
+
 
 class Work(NamedTuple):
     """One ``import_work`` row."""
@@ -55,8 +60,10 @@ def plan(conn: sqlite3.Connection, p: Plan, version: int | None, now: float) -> 
     if not p.work:
         return None
     bindings = len({d for w in p.work for d in w.drivers})
-    cur = conn.execute("INSERT INTO imports (kind, registry_version, since, search_floor, started_at, bindings) "
-                       "VALUES (?, ?, ?, ?, ?, ?)", (p.kind, version, p.since, p.search_floor, now, bindings))
+    news_since = int(now - NEWS_MARGIN) if p.kind == "first" else None
+    cur = conn.execute("INSERT INTO imports (kind, registry_version, since, search_floor, news_since, started_at, "
+                       "bindings) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (p.kind, version, p.since, p.search_floor, news_since, now, bindings))
     import_id = int(cur.lastrowid or 0)
     conn.executemany(
         "INSERT INTO import_work (import_id, kind, name, drivers, phase, position, reread_since) "

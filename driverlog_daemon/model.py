@@ -83,7 +83,6 @@ class BackfillRun(NamedTuple):
     throttled_seconds: float  # waited for [gerrit] max_queries_per_minute
     capped: bool = False  # its gap was older than backfill_max_age_hours: the older part was not recovered
     history: bool = False  # the first start's backfill: what it finds before the start is history, like the import
-    newest_update: int | None = None  # the newest lastUpdated it read (Gerrit's clock then); not recorded
 
 
 #: The event types that carry a change's state (all subscribed by default).

@@ -185,9 +185,8 @@ class Pipeline:
         closes the gaps it covered (ids up to ``close_gaps_up_to``) and records what it asked of Gerrit
         (``backfill``) in the same transaction; a history import's batch its ``step``. ``context``: see
         ``Store.record`` (the first start's backfill is history, like the import)."""
-        newest_update = None
         if backfill is not None and backfill.history:
-            context, newest_update = "import", backfill.newest_update
+            context = "import"
         cursor = close = None
         if self.server is not None and pending.newest_event_time is not None and source == "stream":
             cursor = (self.server, pending.newest_event_time)
@@ -195,8 +194,7 @@ class Pipeline:
             close = (self.server, close_gaps_up_to, self.stream_newest)
         ran = (self.server, backfill) if self.server is not None and backfill is not None else None
         result = self.store.record(pending.verifications, source, cursor, changes=pending.changes, close=close,
-                                   backfill=ran, kept=pending.kept, step=step, context=context,
-                                   newest_update=newest_update)
+                                   backfill=ran, kept=pending.kept, step=step, context=context)
         if cursor is not None and (self.stream_newest is None or cursor[1] > self.stream_newest):
             self.stream_newest = cursor[1]
         for gap_id, reason, opened_at in result.closed_gaps:

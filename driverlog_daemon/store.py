@@ -197,8 +197,7 @@ class Store:
                cursor: tuple[str, int] | None = None, changes: Iterable[ChangeFact] | ChangeRows = (),
                close: tuple[str, int, int | None] | None = None,
                backfill: tuple[str, BackfillRun] | None = None, kept: Sequence[KeptComment] = (),
-               step: ImportStep | None = None, context: str | None = None,
-               newest_update: int | None = None) -> BatchResult:
+               step: ImportStep | None = None, context: str | None = None) -> BatchResult:
         """Insert a batch in one transaction and advance the cursor; raises when the write fails (nothing of the
         batch is then written, and it may be given again).
 
@@ -214,8 +213,7 @@ class Store:
         ``kept``: the CI comments read, kept in ``ci_comments`` (:mod:`kept`). ``step``: the batch is a step of a
         history import, whose progress is written with it. ``context``: what the batch's new transitions are
         (:func:`marks.update_transitions`): None, ``registry``, or ``import`` (the first start's backfill and
-        import; ``newest_update``: the newest ``lastUpdated`` the first start's backfill read, Gerrit's clock when
-        the daemon started, from which they are news).
+        import: history before the first import's ``news_since``).
         """
         received_at = self._clock()
         merged = (changes if isinstance(changes, ChangeRows) else ChangeRows(changes)).rows
@@ -262,7 +260,7 @@ class Store:
             if step is not None:
                 recovered = inserted["success"] + inserted["failure"]
                 import_ledger.record_step(self.conn, step, recovered, total - recovered, self._clock())
-            news_since = self._news_since(newest_update) if context == "import" else None
+            news_since = self._news_since() if context == "import" else None
             transitions = self._update_transitions(context=context, news_since=news_since)
         return BatchResult(inserted["success"], inserted["failure"],
                            total - inserted["success"] - inserted["failure"], tuple(closed), transitions)
@@ -333,19 +331,11 @@ class Store:
                                         keys={i: k for k, i in self._driver_ids.items()}, now=self._clock(),
                                         context=context, news_since=news_since)
 
-    def _news_since(self, newest_update: int | None) -> int | None:
-        """In the current transaction: Gerrit's time from which the first import's findings are news, fixed by the
-        first batch that asks (the first start's backfill: the newest change it read, a lower bound of Gerrit's
-        clock then; failing that, a day before the import was planned, in ours). None: no first import."""
-        row = self.conn.execute("SELECT id, news_since, started_at FROM imports WHERE kind = 'first' "
-                                "ORDER BY id LIMIT 1").fetchone()
-        if row is None:
-            return None
-        if row[1] is not None:
-            return int(row[1])
-        since = newest_update if newest_update is not None else int(row[2]) - 86400
-        self.conn.execute("UPDATE imports SET news_since = ? WHERE id = ?", (since, row[0]))
-        return since
+    def _news_since(self) -> int | None:
+        """In the current transaction: Gerrit's time from which what the first start's import and backfill find is
+        news (:data:`import_ledger.NEWS_MARGIN` before it was planned). None: no first import."""
+        row = self.conn.execute("SELECT news_since FROM imports WHERE kind = 'first' ORDER BY id LIMIT 1").fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
     # ------------------------------------------------------------------------------------- history
 

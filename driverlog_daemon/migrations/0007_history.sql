@@ -49,7 +49,7 @@ CREATE TABLE imports (
     registry_version   INTEGER REFERENCES registry_versions (id),
     since              INTEGER NOT NULL,   -- Gerrit's time the window starts at ([history] days ago)
     search_floor       INTEGER,            -- the mark search reaches no further back (NULL: no limit)
-    news_since         INTEGER,            -- 'first': Gerrit's time from which what it finds is news, not history
+    news_since         INTEGER,            -- 'first': from when what it finds is news, not history (a day before)
     started_at         REAL NOT NULL,
     finished_at        REAL,
     bindings           INTEGER NOT NULL,   -- CI bindings (drivers with a CI) it imports for
