@@ -185,7 +185,7 @@ class Service:
         overlap = g.backfill_overlap_minutes * 60
         gerrit_now = int(min(now, newest) - overlap) if newest else int(now - 86400)
         return HistorySettings(h.days, h.mark_search_days, first=bool(self.server_name), gerrit_now=gerrit_now,
-                               queries=h.enabled)
+                               queries=h.enabled and bool(self.server_name))  # no Gerrit: judge again, ask nothing
 
     def history(self) -> reads_history.Progress:
         with self.reader.snapshot() as conn:

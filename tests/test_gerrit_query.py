@@ -116,3 +116,19 @@ def test_the_query_budget_delays_a_query_never_drops_it() -> None:
     budget.stop()  # the daemon stops: a query waiting for its turn gives up instead (its gap stays open)
     with pytest.raises(BackfillError, match="stopping"):
         budget.take()
+
+
+def test_the_history_import_leaves_a_quarter_of_the_budget_to_the_gap_backfills() -> None:
+    """At 8 a minute, the import's queries (share 0.75) stop at 6; a gap backfill's go on to 8 at once, and the
+    import's next one waits until it is under its share again — the minute counts everyone's queries."""
+    now = [1000.0]
+
+    def wait(seconds: float) -> None:
+        now[0] += seconds
+
+    budget = QueryBudget(8, clock=lambda: now[0], wait=wait)
+    assert [budget.take(0.75) for _ in range(6)] == [0.0] * 6
+    now[0] += 1
+    assert [budget.take() for _ in range(2)] == [0.0, 0.0]  # the gaps' quarter, at once
+    assert budget.take(0.75) == 59.0  # 8 in the minute: it waits until only 5 are (the first three a minute old)
+    assert now[0] == 1060.0

@@ -467,3 +467,46 @@ def test_while_the_import_runs_it_shows_and_the_stream_and_gaps_go_on(ssh_env: S
             assert h.metric("driverlog_history_import_bindings") == 0
     finally:
         receiver.close()
+
+
+def test_without_a_gerrit_server_a_registry_change_judges_again_and_asks_nothing(tmp_path: Path) -> None:
+    """A daemon that serves what the file holds ([gerrit] host empty) still applies a registry change to it, found
+    at its start against the registry the file last applied: the changed driver is judged again from the kept
+    comments, and no query is planned that could never run."""
+    import json
+
+    from driverlog_daemon import replay
+    from driverlog_daemon.config import Config, DatabaseConfig, RegistryConfig
+    from driverlog_daemon.daemon import Service
+    from driverlog_daemon.pipeline import Pipeline
+    from driverlog_daemon.store import Store
+
+    from .helpers import ci_event, line
+
+    db, path = tmp_path / "d.sqlite", tmp_path / "registry.json"
+    doc = json.loads(DATA.read_text())
+    fc = next(d for d in doc["drivers"] if d["name"] == "Acme Volume Driver (FC)")
+    good, fc["ci"]["success_pattern"] = fc["ci"]["success_pattern"], "never"
+    path.write_text(json.dumps(doc))
+    config = Config(registry=RegistryConfig(str(path)), database=DatabaseConfig(str(db)))
+    service = Service(config, http=False)  # applies the broken registry: the file's record of it
+    service.start()
+    assert service.stop()
+    stream = tmp_path / "stream.jsonl"
+    stream.write_bytes(line(ci_event(4242, int(time.time()) - 60)))
+    with Store(db) as store:  # the comment arrives (as a replay brings it): no verdict under that registry
+        replay.replay(Pipeline(load_registry(path), store), str(stream), jobs=1)
+    assert query(db, "SELECT count(*) FROM verifications") == [(0,)]
+    assert query(db, "SELECT count(*) FROM ci_comments") == [(1,)]
+    fc["ci"]["success_pattern"] = good
+    path.write_text(json.dumps(doc))
+    service = Service(config, http=False)
+    service.start()
+    try:
+        assert wait_until(lambda: query(db, "SELECT count(*) FROM imports WHERE finished_at IS NOT NULL")[0][0] == 1,
+                          timeout=20)
+        assert query(db, "SELECT DISTINCT kind FROM import_work") == [("rejudge",)]
+        assert query(db, "SELECT d.name, v.result FROM verifications v JOIN drivers d ON d.id = v.driver_id") == [
+            ("Acme Volume Driver (FC)", "success")]
+    finally:
+        service.stop()

@@ -198,6 +198,19 @@ def test_serve_alone_reads_a_file_another_process_writes(tmp_path: Path, registr
         assert samples[f"driverlog_driver_pass_ratio_30d{labels}"] == 1.0
         assert samples[f"driverlog_driver_coverage_ratio_30d{labels}"] == 1.0
         assert samples["driverlog_drivers_at_risk"] == 0  # unknown: nothing proves the file complete
+        assert samples[f'driverlog_driver_last_verification_timestamp_seconds{{ci_account="acme-storage-ci",'
+                       f'{labels[1:]}'] == NOW - 60
+        # a history import under way, as the writer would plan it: the header and the gauges say so
+        from driverlog_daemon import import_ledger
+        from driverlog_daemon.import_ledger import WINDOW, Plan, Work
+
+        with store.transaction():
+            import_ledger.plan(store.conn, Plan("first", NOW - 90 * 86400, None, (
+                Work("account", "acme-storage-ci", (1, 2), WINDOW),)), None, time.time())
+        assert wait_until(lambda: b"importing history: 0 of 2 bindings" in get(t.port, "/")[2], timeout=10)
+        samples = scrape(t.port)
+        assert samples["driverlog_history_import_bindings"] == 2
+        assert samples["driverlog_history_import_bindings_done"] == 0
         for method in ("POST", "PUT", "DELETE"):  # and the database is opened read-only underneath
             assert get(t.port, "/api/1.0/drivers", method=method)[0] == 405
         assert store.conn.execute("SELECT count(*) FROM verifications").fetchone()[0] == 1
