@@ -25,9 +25,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from driverlog_daemon import backfill, ssh  # noqa: E402
 from driverlog_daemon.config import GerritConfig  # noqa: E402
-from driverlog_daemon.registry import load_registry  # noqa: E402
+from driverlog_daemon.registry.load import load_registry  # noqa: E402
+from driverlog_daemon.source import backfill, ssh  # noqa: E402
 
 try:
     from driverlog_daemon.testing.gerrit import start_in

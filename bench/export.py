@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from web import SHIPPED, UPSTREAM, build, free_port, serve_ours, wait_http, workers_memory  # noqa: E402
 
-from driverlog_daemon.registry import load_registry  # noqa: E402
+from driverlog_daemon.registry.load import load_registry  # noqa: E402
 
 
 def workers_rss(parent: int) -> dict[int, float]:

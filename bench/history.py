@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from driverlog_daemon.config import Config, DatabaseConfig, GerritConfig, RegistryConfig  # noqa: E402
-from driverlog_daemon.daemon import Service  # noqa: E402
-from driverlog_daemon.registry import Registry, load_registry  # noqa: E402
-from driverlog_daemon.stream import Backoff  # noqa: E402
+from driverlog_daemon.daemon.service import Service  # noqa: E402
+from driverlog_daemon.registry.load import Registry, load_registry  # noqa: E402
+from driverlog_daemon.source.stream import Backoff  # noqa: E402
 from driverlog_daemon.testing.gerrit import start_in  # noqa: E402
 from driverlog_daemon.testing.history import driverlog_marks, history, poll_cost  # noqa: E402
 

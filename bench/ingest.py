@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 if TYPE_CHECKING:
-    from driverlog_daemon.registry import Registry
+    from driverlog_daemon.registry.load import Registry
 
 UPSTREAM = ROOT.parent / "shared" / "driverlog" / "default_data.json"
 
@@ -195,7 +195,7 @@ def main() -> int:
         print(run_naive(*map(Path, args.naive)))
         return 0
 
-    from driverlog_daemon.registry import load_registry
+    from driverlog_daemon.registry.load import load_registry
 
     registry_path = pick_registry()
     registry = load_registry(registry_path)

@@ -42,8 +42,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from driverlog_daemon.model import ChangeFact, Verification  # noqa: E402
-from driverlog_daemon.registry import Registry, load_registry  # noqa: E402
-from driverlog_daemon.store import Store  # noqa: E402
+from driverlog_daemon.registry.load import Registry, load_registry  # noqa: E402
+from driverlog_daemon.store.store import Store  # noqa: E402
 
 UPSTREAM = ROOT.parent / "shared" / "driverlog" / "default_data.json"
 SHIPPED = ROOT / "data" / "default_data.json"
@@ -97,7 +97,7 @@ def serve_ours(work: Path, db: Path, registry_path: Path, port: int) -> subproce
 def serve_hello(port: int, body_bytes: int) -> None:
     """A bare WSGI app on the web tier's own server and settings, answering a body of ``body_bytes``."""
     from driverlog_daemon.config import Config, HttpConfig
-    from driverlog_daemon.web import server
+    from driverlog_daemon.expose.web import server
 
     body = os.urandom(body_bytes)
 
@@ -253,7 +253,7 @@ def main() -> int:
     with Store(db) as s:
         driver_id = s.conn.execute("SELECT driver_id FROM driver_status GROUP BY driver_id "
                                    "ORDER BY sum(verifications) DESC LIMIT 1").fetchone()[0]
-    from driverlog_daemon import reads, schema
+    from driverlog_daemon.store import reads, schema
 
     conn = schema.connect(db, readonly=True)
     timings = []

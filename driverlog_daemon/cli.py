@@ -26,7 +26,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from driverlog_daemon.registry import RegistryError, read_registry
+    from driverlog_daemon.registry.load import RegistryError, read_registry
 
     path = args.path or _config(args).registry.path
     try:
@@ -41,7 +41,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.upgrade:
         import json
 
-        from driverlog_daemon.registry_2014 import upgrade
+        from driverlog_daemon.registry.legacy import upgrade
 
         json.dump(upgrade(json.loads(data)), sys.stdout, indent=4, ensure_ascii=False)
         sys.stdout.write("\n")
@@ -54,10 +54,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from driverlog_daemon import logs
-    from driverlog_daemon.pipeline import UNMEASURED, Pipeline
-    from driverlog_daemon.registry import load_registry
-    from driverlog_daemon.replay import default_jobs, format_report, replay
-    from driverlog_daemon.store import Store
+    from driverlog_daemon.registry.load import load_registry
+    from driverlog_daemon.source.replay import default_jobs, format_report, replay
+    from driverlog_daemon.store.pipeline import UNMEASURED, Pipeline
+    from driverlog_daemon.store.store import Store
 
     config = _config(args)
     logs.configure_on_first_use(config.log.level, config.log.format)
@@ -78,7 +78,7 @@ def _checked_config(args: argparse.Namespace, remember: bool = False) -> tuple[C
     """Configuration, its files and its registry, checked as ``run`` needs them; ConfigError names the key.
     ``remember``: trust a registry already found valid (``run``; ``check-config`` checks it again)."""
     from driverlog_daemon.config import ConfigError, check_files
-    from driverlog_daemon.registry import RegistryError, load_registry
+    from driverlog_daemon.registry.load import RegistryError, load_registry
 
     config = _config(args)
     check_files(config)
@@ -107,7 +107,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from driverlog_daemon import reads, schema
+    from driverlog_daemon.store import reads, schema
 
     config = _config(args)
     database = Path(config.database.path).expanduser()
@@ -144,7 +144,8 @@ def cmd_health(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from driverlog_daemon import export, schema
+    from driverlog_daemon.expose import export
+    from driverlog_daemon.store import schema
 
     database = Path(args.database or _config(args).database.path).expanduser()
     if not database.exists():
@@ -165,7 +166,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from driverlog_daemon import logs, runtime
+    from driverlog_daemon import logs
+    from driverlog_daemon.expose import runtime
 
     config, _ = _checked_config(args, remember=True)
     logs.configure(config.log.level, config.log.format)
@@ -173,10 +175,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     # separate `serve`) meet in the runtime directory, beside the daemon's live state.
     root, fresh = runtime.prepare()
     created = root if fresh else None
-    from driverlog_daemon import daemon
+    from driverlog_daemon.daemon import service
 
     try:
-        return daemon.run(config)
+        return service.run(config)
     finally:
         if created is not None:
             import shutil
@@ -197,7 +199,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # alone: the workers' metrics meet in a folder of its own
         own_metrics = tempfile.mkdtemp(prefix="driverlog-serve-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_metrics  # before prometheus_client is imported
-    from driverlog_daemon.web.server import serve
+    from driverlog_daemon.expose.web.server import serve
 
     arbiter = os.getpid()
     try:
@@ -310,7 +312,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                 "invalid registry exit 2 with the key named.")
         p.set_defaults(func=cmd_check_config)
 
-    # `demo` has its own parser (driverlog_daemon.demo); listed here for --help only
+    # `demo` has its own parser (driverlog_daemon.testing.demo); listed here for --help only
     sub.add_parser("demo", formatter_class=_Formatter,
                    help="run the daemon against a local Gerrit test server (make demo); demo --help")
     return parser
@@ -319,14 +321,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["demo"]:
-        from driverlog_daemon import demo
+        from driverlog_daemon.testing import demo
 
         return demo.main(argv[1:])
     parser = build_parser(only=argv[0] if argv[:1] and argv[0] in COMMANDS else None)
     args = parser.parse_args(argv)
     from driverlog_daemon.config import ConfigError
-    from driverlog_daemon.registry import RegistryError
-    from driverlog_daemon.schema import StoreError
+    from driverlog_daemon.registry.load import RegistryError
+    from driverlog_daemon.store.schema import StoreError
 
     try:
         return int(args.func(args))

@@ -85,6 +85,25 @@ class BackfillRun(NamedTuple):
     history: bool = False  # the first start's backfill: what it finds before the start is history, like the import
 
 
+class KeptComment(NamedTuple):
+    """A registered CI account's comment as ``ci_comments`` keeps it, without when and how it arrived (the store
+    adds those): made by ``match.kept.keep``."""
+
+    ci_account: str
+    change_number: int
+    patch_set: int
+    comment_sha256: str
+    comment_time: int
+    project: str
+    branch: str
+    change_status: str | None
+    review_url: str | None
+    change_id: str | None
+    body: bytes  # zlib of the message's UTF-8, at most match.kept.MAX_BYTES of it
+    approvals: str | None  # JSON, only for a message without its "Patch Set N:" line (the vote rule reads them)
+    truncated: int  # 1: the message was longer than MAX_BYTES
+
+
 #: The event types that carry a change's state (all subscribed by default).
 CHANGE_STATE_EVENTS = frozenset({"patchset-created", "change-merged", "change-abandoned", "change-restored"})
 
@@ -105,3 +124,30 @@ class ChangeFact(NamedTuple):
     patch_set: int | None  # a patch set that exists (the current one is at least this)
     merged_patch_set: int | None  # the patch set that merged (change-merged's patchSet; a merged row's current)
     merged_at: int | None  # the merge time, or an upper bound of it (a merged query row's lastUpdated)
+
+
+# import_work phases (README "History")
+WINDOW, SEARCH, DONE, FIRST, FINAL = "window", "search", "done", "first", "final"
+
+class Work(NamedTuple):
+    """One ``import_work`` row."""
+
+    kind: str  # account, project, rejudge
+    name: str  # the CI account, the review project, or the drivers.id (rejudge)
+    drivers: tuple[int, ...]  # an account's drivers whose marks the search is for; a rejudge row's driver
+    phase: str
+    position: int | None = None  # Gerrit's time the next page reads back from (rows updated at or before it)
+    reread_since: int | None = None  # rows updated since then are read again when the phase ends
+
+
+class ImportStep(NamedTuple):
+    """What one step of an import asked of Gerrit, and the work rows it moved on (written with its results)."""
+
+    import_id: int
+    queries: int = 0
+    commands: int = 0
+    changes_read: int = 0
+    ci_messages: int = 0
+    throttled_seconds: float = 0.0
+    work: tuple[Work, ...] = ()
+    rejudged: int = 0

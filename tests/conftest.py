@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 
-from driverlog_daemon import reads
+from driverlog_daemon.expose.runtime import Live
+from driverlog_daemon.expose.web.app import App
 from driverlog_daemon.metrics import Metrics
-from driverlog_daemon.registry import Registry, load_registry
-from driverlog_daemon.store import Store
+from driverlog_daemon.registry.load import Registry, load_registry
+from driverlog_daemon.store import reads
+from driverlog_daemon.store.store import Store
 from driverlog_daemon.testing.http import ThreadedServer
-from driverlog_daemon.web import App, Live
 
 from .helpers import (
     DATA,

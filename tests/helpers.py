@@ -16,14 +16,14 @@ from typing import Any
 
 import paramiko
 
-from driverlog_daemon import schema
 from driverlog_daemon.config import Config, DatabaseConfig, GerritConfig, HistoryConfig, RegistryConfig, WebhookConfig
-from driverlog_daemon.daemon import Service
+from driverlog_daemon.daemon.service import Service
 from driverlog_daemon.model import ChangeFact, Verification
-from driverlog_daemon.registry import Registry
-from driverlog_daemon.ssh import host_label
-from driverlog_daemon.store import Store
-from driverlog_daemon.stream import Backoff
+from driverlog_daemon.registry.load import Registry
+from driverlog_daemon.source.ssh import host_label
+from driverlog_daemon.source.stream import Backoff
+from driverlog_daemon.store import schema
+from driverlog_daemon.store.store import Store
 from driverlog_daemon.testing.gerrit import GerritTestServer
 from driverlog_daemon.testing.http import ThreadedServer
 

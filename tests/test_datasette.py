@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from driverlog_daemon.registry import load_registry
+from driverlog_daemon.registry.load import load_registry
 from driverlog_daemon.testing.samples import sample_events
 
 from .helpers import DATA, ROOT

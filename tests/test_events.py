@@ -4,8 +4,8 @@ from typing import Any
 
 import pytest
 
-from driverlog_daemon.events import Malformed, OtherEvent, parse_line
 from driverlog_daemon.model import ChangeFact, CommentAdded
+from driverlog_daemon.parse.events import Malformed, OtherEvent, parse_line
 
 from .helpers import PROJECT, T, comment_event, line, other_event, state_event
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from driverlog_daemon.cli import main
-from driverlog_daemon.export import FORMULA_STARTS, parse_time, safe_cell
+from driverlog_daemon.expose.export import FORMULA_STARTS, parse_time, safe_cell
 
 from .helpers import NOW, Site, merged, query, vote
 

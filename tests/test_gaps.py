@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from driverlog_daemon import reads
-from driverlog_daemon.registry import Registry
-from driverlog_daemon.store import Store
+from driverlog_daemon.registry.load import Registry
+from driverlog_daemon.store import reads
+from driverlog_daemon.store.store import Store
 
 from .helpers import Harness, SSHEnv, ci_event, query, wait_until
 

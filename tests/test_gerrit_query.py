@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from driverlog_daemon import ssh
-from driverlog_daemon.gerrit_query import BackfillError, QueryBudget, command, fetch, query_text
+from driverlog_daemon.source import ssh
+from driverlog_daemon.source.query import BackfillError, QueryBudget, command, fetch, query_text
 
 from .helpers import SSHEnv, ci_event, seed_changes
 
@@ -42,7 +42,7 @@ def test_query_text_quotes_time_for_gerrit() -> None:
 def test_backfill_reads_again_the_rows_updated_while_it_pages(ssh_env: SSHEnv) -> None:
     """Gerrit pages by offset over rows newest-updated first: a change updated between two pages jumps to the
     front, past the pages read. Its older CI result must still be found."""
-    from driverlog_daemon import gerrit_query, ssh
+    from driverlog_daemon.source import query, ssh
 
     server = ssh_env.server
     t0 = 1_780_000_000
@@ -61,7 +61,7 @@ def test_backfill_reads_again_the_rows_updated_while_it_pages(ssh_env: SSHEnv) -
         return out.stdout
 
     try:
-        report = gerrit_query.fetch(execute, ["acme-storage-ci"], t0 - 10, page_size=200)
+        report = query.fetch(execute, ["acme-storage-ci"], t0 - 10, page_size=200)
     finally:
         client.close()
     assert {c.change.number for c in report.comments} == set(range(20000, 20450))

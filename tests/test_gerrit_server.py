@@ -7,8 +7,8 @@ import time
 
 import paramiko
 
-from driverlog_daemon import ssh
-from driverlog_daemon.gerrit_query import command
+from driverlog_daemon.source import ssh
+from driverlog_daemon.source.query import command
 
 from .helpers import SSHEnv, seed_changes
 

@@ -12,10 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from driverlog_daemon import cli, reads, schema
+from driverlog_daemon import cli
 from driverlog_daemon.model import BackfillRun, Verification
-from driverlog_daemon.registry import Registry
-from driverlog_daemon.store import Store
+from driverlog_daemon.registry.load import Registry
+from driverlog_daemon.store import reads, schema
+from driverlog_daemon.store.store import Store
 
 from .helpers import DATA, NOW, Site, driver, merged, released_file, vote, write_merged_history
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from driverlog_daemon import reads
-from driverlog_daemon.registry import Registry, load_registry
+from driverlog_daemon.registry.load import Registry, load_registry
+from driverlog_daemon.store import reads
 from driverlog_daemon.testing.history import Mark, driverlog_marks, history, poll_cost
 
 from .helpers import DATA, Harness, SSHEnv, query, wait_until
@@ -278,7 +278,7 @@ def _write(path: Path, doc: dict[str, Any]) -> Path:
 
 
 def _changes(old: Registry, new: Registry) -> Any:
-    from driverlog_daemon.registry_changes import compare
+    from driverlog_daemon.registry.changes import compare
 
     return compare(old, new).bindings
 
@@ -475,11 +475,11 @@ def test_without_a_gerrit_server_a_registry_change_judges_again_and_asks_nothing
     comments, and no query is planned that could never run."""
     import json
 
-    from driverlog_daemon import replay
     from driverlog_daemon.config import Config, DatabaseConfig, RegistryConfig
-    from driverlog_daemon.daemon import Service
-    from driverlog_daemon.pipeline import Pipeline
-    from driverlog_daemon.store import Store
+    from driverlog_daemon.daemon.service import Service
+    from driverlog_daemon.source import replay
+    from driverlog_daemon.store.pipeline import Pipeline
+    from driverlog_daemon.store.store import Store
 
     from .helpers import ci_event, line
 

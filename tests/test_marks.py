@@ -17,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from driverlog_daemon.changes import ChangeRows
 from driverlog_daemon.model import ChangeFact, Verification
-from driverlog_daemon.registry import Registry
-from driverlog_daemon.store import Store
+from driverlog_daemon.parse.changes import ChangeRows
+from driverlog_daemon.registry.load import Registry
+from driverlog_daemon.store.store import Store
 
 from .helpers import (
     PROJECT,

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from driverlog_daemon.match import (
+from driverlog_daemon.match.rules import (
     comment_lines,
     comment_sha256,
     match_comment,
@@ -16,7 +16,7 @@ from driverlog_daemon.match import (
     release_for,
 )
 from driverlog_daemon.model import Account, Change, CommentAdded
-from driverlog_daemon.registry import Registry, RegistryError, parse_registry
+from driverlog_daemon.registry.load import Registry, RegistryError, parse_registry
 
 
 def make_registry(*drivers: dict[str, object], releases: list[dict[str, object]] | None = None) -> Registry:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
-from driverlog_daemon.events import parse_line
-from driverlog_daemon.match import examine, examine_messages, new_scanner
+from driverlog_daemon.match.rules import examine, examine_messages, new_scanner
 from driverlog_daemon.model import ChangeFact, CommentAdded
-from driverlog_daemon.pipeline import Pending, Pipeline
-from driverlog_daemon.registry import Registry
-from driverlog_daemon.store import Store
+from driverlog_daemon.parse.events import parse_line
+from driverlog_daemon.registry.load import Registry
+from driverlog_daemon.store.pipeline import Pending, Pipeline
+from driverlog_daemon.store.store import Store
 
 from .helpers import T, ci_line, comment_event, line, other_event, query, state_event
 

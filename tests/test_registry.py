@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from driverlog_daemon.cli import main
-from driverlog_daemon.registry import Registry, RegistryError, load_registry, parse_registry
+from driverlog_daemon.registry.load import Registry, RegistryError, load_registry, parse_registry
 
 from .helpers import DATA, UPSTREAM
 

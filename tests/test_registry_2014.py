@@ -13,13 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from driverlog_daemon.cli import main
-from driverlog_daemon.gerrit_query import comments_from_row
-from driverlog_daemon.match import examine, examine_messages, judge_vote, new_scanner
+from driverlog_daemon.match.rules import examine, examine_messages, judge_vote, new_scanner
 from driverlog_daemon.model import Approval
-from driverlog_daemon.pipeline import UNMEASURED, Pipeline
-from driverlog_daemon.registry import RegistryError, parse_registry
-from driverlog_daemon.replay import replay
-from driverlog_daemon.store import Store
+from driverlog_daemon.registry.load import RegistryError, parse_registry
+from driverlog_daemon.source.query import comments_from_row
+from driverlog_daemon.source.replay import replay
+from driverlog_daemon.store.pipeline import UNMEASURED, Pipeline
+from driverlog_daemon.store.store import Store
 from driverlog_daemon.testing.faults import reference
 from driverlog_daemon.testing.gerrit.index import ChangeIndex
 
@@ -248,10 +248,10 @@ def test_stream_backfill_and_replay_record_the_same_vote_judged_verifications(re
 
 
 def test_a_mixed_registry_works_on_the_page_the_api_and_the_metrics(tmp_path: Path) -> None:
-    from driverlog_daemon import reads
+    from driverlog_daemon.expose.web.app import App
     from driverlog_daemon.metrics import WebMetrics
+    from driverlog_daemon.store import reads
     from driverlog_daemon.testing.http import ThreadedServer
-    from driverlog_daemon.web import App
 
     registry = parse_registry(json.dumps(mixed_registry()))
     db = tmp_path / "d.sqlite"
@@ -314,7 +314,7 @@ def test_the_daemon_says_how_many_2014_keys_it_loaded(tmp_path: Path) -> None:
     from structlog.testing import capture_logs
 
     from driverlog_daemon.config import Config, DatabaseConfig, RegistryConfig
-    from driverlog_daemon.daemon import Service
+    from driverlog_daemon.daemon.service import Service
 
     config = Config(registry=RegistryConfig(str(write(tmp_path, mixed_registry()))),
                     database=DatabaseConfig(str(tmp_path / "d.sqlite")))

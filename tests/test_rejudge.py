@@ -13,17 +13,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from driverlog_daemon import replay
-from driverlog_daemon.kept import MAX_BYTES, keep, restore
-from driverlog_daemon.match import comment_sha256, match_comment
+from driverlog_daemon.match.kept import MAX_BYTES, keep, restore
+from driverlog_daemon.match.rules import comment_sha256, match_comment
 from driverlog_daemon.model import Account, Approval, Change, CommentAdded
-from driverlog_daemon.pipeline import Pipeline
-from driverlog_daemon.reads import Reader
-from driverlog_daemon.registry import load_registry
-from driverlog_daemon.registry_apply import HistorySettings
-from driverlog_daemon.store import Store
+from driverlog_daemon.registry.load import load_registry
+from driverlog_daemon.source import replay
+from driverlog_daemon.store.pipeline import Pipeline
+from driverlog_daemon.store.reads import Reader
+from driverlog_daemon.store.registry_apply import HistorySettings
+from driverlog_daemon.store.store import Store
+from driverlog_daemon.store.writer import Writer
 from driverlog_daemon.testing.history import history
-from driverlog_daemon.writer import Writer
 
 from .helpers import DATA, line, query
 
@@ -120,7 +120,7 @@ def test_judging_again_equals_judging_afresh(tmp_path: Path) -> None:
     good_registry = load_registry(tmp_path / "good.json")
     applied = pipeline.swap_registry(good_registry, (tmp_path / "good.json").read_bytes(), NO_QUERIES)
     assert applied is not None and applied.import_id is not None
-    from driverlog_daemon.history import Importer
+    from driverlog_daemon.source.history import Importer
 
     writer = Writer(pipeline)
     writer.start()

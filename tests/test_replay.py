@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from driverlog_daemon import replay as replay_mod
-from driverlog_daemon.pipeline import Pipeline
-from driverlog_daemon.registry import load_registry
-from driverlog_daemon.store import Store
+from driverlog_daemon.registry.load import load_registry
+from driverlog_daemon.source import replay as replay_mod
+from driverlog_daemon.store.pipeline import Pipeline
+from driverlog_daemon.store.store import Store
 
 from .helpers import DATA, comment_event, count, line, other_event, query
 

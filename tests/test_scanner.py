@@ -10,13 +10,13 @@ from typing import Any
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from driverlog_daemon import events
-from driverlog_daemon.changes import ChangeRows
-from driverlog_daemon.events import Malformed, parse_line
-from driverlog_daemon.match import match_comment
+from driverlog_daemon.match.rules import match_comment
 from driverlog_daemon.model import ChangeFact, CommentAdded
-from driverlog_daemon.registry import Registry
-from driverlog_daemon.scanner import Scanner
+from driverlog_daemon.parse import events
+from driverlog_daemon.parse.changes import ChangeRows
+from driverlog_daemon.parse.events import Malformed, parse_line
+from driverlog_daemon.parse.scanner import Scanner
+from driverlog_daemon.registry.load import Registry
 
 from .helpers import PROJECT, comment_event, line, other_event, state_event
 
@@ -102,7 +102,7 @@ def direct_results(raw_lines: list[bytes], registry: Registry) -> list[tuple[Any
 
 
 def property_registry() -> Registry:
-    from driverlog_daemon.registry import parse_registry
+    from driverlog_daemon.registry.load import parse_registry
 
     drivers = [
         {"project_id": "openstack/cinder", "vendor": "V", "name": f"D-{a}",

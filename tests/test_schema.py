@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from driverlog_daemon import reads, schema
 from driverlog_daemon.model import ChangeFact
-from driverlog_daemon.registry import Registry
-from driverlog_daemon.schema import MIGRATIONS, SCHEMA_VERSION, StoreError, schema_version
-from driverlog_daemon.store import Store
+from driverlog_daemon.registry.load import Registry
+from driverlog_daemon.store import reads, schema
+from driverlog_daemon.store.schema import MIGRATIONS, SCHEMA_VERSION, StoreError, schema_version
+from driverlog_daemon.store.store import Store
 
 from .helpers import PROJECT, T, released_file, verification
 

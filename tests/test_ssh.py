@@ -7,8 +7,8 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from driverlog_daemon import ssh
-from driverlog_daemon.ssh import fingerprint
+from driverlog_daemon.source import ssh
+from driverlog_daemon.source.ssh import fingerprint
 from driverlog_daemon.testing.gerrit import GerritTestServer
 
 from .helpers import SSHEnv, make_env, new_key

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from driverlog_daemon.registry import Registry, parse_registry
-from driverlog_daemon.schema import connect
-from driverlog_daemon.store import Store
+from driverlog_daemon.registry.load import Registry, parse_registry
+from driverlog_daemon.store.schema import connect
+from driverlog_daemon.store.store import Store
 
 from .helpers import DATA, verification
 

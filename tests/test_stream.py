@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from driverlog_daemon.stream import Backoff
+from driverlog_daemon.source.stream import Backoff
 
 from .helpers import Harness, SSHEnv, ci_event, comment_event, line, other_event, wait_until
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from driverlog_daemon.expose.web.app import App
 from driverlog_daemon.metrics import Metrics
 from driverlog_daemon.model import BackfillRun
-from driverlog_daemon.registry import Registry
-from driverlog_daemon.web import App
+from driverlog_daemon.registry.load import Registry
 
 from .helpers import EMAIL, EVIL_URL, NOW, XSS_SCRIPT, Site, driver, merged, vote, wait_until
 
@@ -283,7 +283,7 @@ def test_answers_never_wait_on_a_rebuild_within_the_staleness_bound(site: Site, 
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """After a commit the records are rebuilt by a background thread; meanwhile requests get the previous answer
     at once — unless it is older than max_staleness behind the database, then they wait for the new one."""
-    from driverlog_daemon import reads as reads_mod
+    from driverlog_daemon.store import reads as reads_mod
 
     fc = "Acme Volume Driver (FC)"
     app = App(site.db, lambda: registry, Metrics(), lambda: (True, {}), max_staleness=60)

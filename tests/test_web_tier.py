@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from driverlog_daemon.registry import Registry
-from driverlog_daemon.store import Store
+from driverlog_daemon.registry.load import Registry
+from driverlog_daemon.store.store import Store
 
 from .helpers import DATA, NOW, http_get, merged, vote, wait_until
 
@@ -201,8 +201,9 @@ def test_serve_alone_reads_a_file_another_process_writes(tmp_path: Path, registr
         assert samples[f'driverlog_driver_last_verification_timestamp_seconds{{ci_account="acme-storage-ci",'
                        f'{labels[1:]}'] == NOW - 60
         # a history import under way, as the writer would plan it: the header and the gauges say so
-        from driverlog_daemon import import_ledger
-        from driverlog_daemon.import_ledger import WINDOW, Plan, Work
+        from driverlog_daemon.store import import_ledger
+        from driverlog_daemon.model import WINDOW, Work
+        from driverlog_daemon.store.import_ledger import Plan
 
         with store.transaction():
             import_ledger.plan(store.conn, Plan("first", NOW - 90 * 86400, None, (

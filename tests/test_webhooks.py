@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from driverlog_daemon import reads
 from driverlog_daemon.cli import main
 from driverlog_daemon.config import ConfigError, WebhookConfig, build_config, load_config
-from driverlog_daemon.registry import Registry
-from driverlog_daemon.store import Store
+from driverlog_daemon.expose.webhooks import Deliverer, slack_body
+from driverlog_daemon.registry.load import Registry
+from driverlog_daemon.store import reads
+from driverlog_daemon.store.store import Store
 from driverlog_daemon.testing.receiver import Receiver, check
-from driverlog_daemon.webhooks import Deliverer, slack_body
 
 from .helpers import driver, merged, query, released_file, vote, wait_until, write_merged_history
 
@@ -208,7 +208,7 @@ def test_redirects_are_not_followed(store: Store, registry: Registry, tmp_path: 
         flips(registry, store, FC, 10, ["success"])
         row = query(store.path, "SELECT id, kind, transition_id, body, attempts, queued_at, next_attempt_at "
                                 "FROM webhook_outbox")[0]
-        from driverlog_daemon.webhooks import Delivery
+        from driverlog_daemon.expose.webhooks import Delivery
 
         answer = d.post(Delivery(*row))
     finally:
@@ -277,7 +277,7 @@ def test_check_config_never_shows_the_secret_or_the_urls_path(tmp_path: Path,
 
 
 def test_a_version_4_file_gains_the_outbox_and_keeps_its_rows(tmp_path: Path, registry: Registry) -> None:
-    from driverlog_daemon import schema
+    from driverlog_daemon.store import schema
 
     path = tmp_path / "v4.sqlite"
     conn = released_file(path, 4)

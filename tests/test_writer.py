@@ -5,10 +5,10 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from driverlog_daemon.pipeline import Pipeline
-from driverlog_daemon.registry import Registry
-from driverlog_daemon.store import Store
-from driverlog_daemon.writer import Retry, Writer, retrying
+from driverlog_daemon.registry.load import Registry
+from driverlog_daemon.store.pipeline import Pipeline
+from driverlog_daemon.store.store import Store
+from driverlog_daemon.store.writer import Retry, Writer, retrying
 
 from .helpers import ci_line, count, verification, wait_until
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from driverlog_daemon.registry import Registry, load_registry
+from driverlog_daemon.registry.load import Registry, load_registry
 from driverlog_daemon.testing import wait_for
 from driverlog_daemon.testing.gerrit import daemon_config, start_in
 from driverlog_daemon.testing.receiver import Receiver, check

@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from driverlog_daemon.registry import Registry
+from driverlog_daemon.registry.load import Registry
 from driverlog_daemon.testing.faults import judge_event
 from driverlog_daemon.testing.samples import PEOPLE, _ci_comment
 

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from driverlog_daemon.registry import Driver, Registry
+from driverlog_daemon.registry.load import Driver, Registry
 
 PEOPLE = [(f"dev{i}", f"Developer {i}", f"dev{i}@example.org") for i in range(400)]
 WORDS = (

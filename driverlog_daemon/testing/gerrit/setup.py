@@ -6,7 +6,7 @@ from pathlib import Path
 
 import paramiko
 
-from driverlog_daemon.ssh import host_label
+from driverlog_daemon.source.ssh import host_label
 from driverlog_daemon.testing.gerrit.server import GerritTestServer
 
 

@@ -1,0 +1,1 @@
+"""The daemon: wires the stages and owns the lifecycle (threads, signals, systemd)."""

@@ -1,0 +1,392 @@
+"""The daemon: wires the stages and owns the lifecycle (threads, signals, systemd notification).
+
+    stream reader --blocks--> bounded queue --> writer (parse, match, group-commit) --> SQLite --> web tier
+    backfill worker --comments--^                                                                (own processes)
+
+The web tier (``web/tier.py``) runs apart; the daemon shares its live state and metrics with it through the
+runtime directory (``runtime.py``).
+
+Nothing here parses, matches, stores, reads the database or renders text: each of those is its own module.
+"""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import paramiko
+import structlog
+
+from driverlog_daemon.config import Config, webhook_secret
+from driverlog_daemon.daemon.systemd import Notifier, gap_text, status_line, watchdog_interval
+from driverlog_daemon.expose import runtime
+from driverlog_daemon.expose.runtime import Live
+from driverlog_daemon.expose.web.tier import WebTier
+from driverlog_daemon.expose.webhooks import Deliverer
+from driverlog_daemon.metrics import Metrics
+from driverlog_daemon.registry.load import Registry, RegistryError, read_registry
+from driverlog_daemon.source.backfill import Backfiller
+from driverlog_daemon.source.history import Importer
+from driverlog_daemon.source.stream import Backoff, StreamHooks, StreamListener
+from driverlog_daemon.store import reads, reads_history
+from driverlog_daemon.store.pipeline import Pipeline
+from driverlog_daemon.store.registry_apply import HistorySettings
+from driverlog_daemon.store.store import Store
+from driverlog_daemon.store.writer import Writer
+
+log = structlog.get_logger("driverlog.daemon")
+
+STOP_TIMEOUT = 4.0
+#: The part of max_queries_per_minute the history import may use: the rest stays for the gap backfills.
+IMPORT_BUDGET_SHARE = 0.75
+WRITER_STALE_SECONDS = 30.0
+
+
+class Service:
+    """Everything the daemon runs, startable and stoppable in-process (tests use it directly)."""
+
+    def __init__(self, config: Config, *, metrics: Metrics | None = None, backoff: Backoff | None = None,
+                 poll_interval: float = 0.5, notifier: Notifier | None = None, http: bool = True,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.notifier = notifier or Notifier("")
+        self.stop_event = threading.Event()
+        self.runtime_dir = runtime.current()
+        registry, raw = read_registry(config.registry.path, remember=True)
+        self._hand_over_registry(raw)
+        self._count_2014_keys(registry)
+        g = config.gerrit
+        self.server_name = f"{g.host}:{g.port}" if g.host else ""
+        self.clock = clock
+        self.store = Store(Path(config.database.path).expanduser())
+        self.store.webhooks = config.webhooks
+        first_start = bool(self.server_name) and reads.cursor(self.store.conn, self.server_name) is None
+        self.pipeline = Pipeline(registry, self.store, metrics=self.metrics, server=self.server_name or None)
+        # The registry in force against the one the file last applied: the history import it calls for
+        applied = self.pipeline.apply_registry(registry, raw, self._history_settings())
+        self.pipeline.warm_up()
+        self.writer = Writer(self.pipeline, on_dropped_output=self._dropped_output)
+        self.reader = reads.Reader(self.store.path)  # the hooks' reads, on read-only connections
+        self.backfiller = Backfiller(g, lambda: self.pipeline.registry.ci_accounts, self.writer, self.metrics,
+                                     self._cursor, projects=lambda: self.pipeline.registry.review_projects,
+                                     unknown_merges=self._unknown_merges, gaps=self.open_gaps,
+                                     client=self._current_client, clock=clock,
+                                     retry_cap=max(g.reconnect_max_delay_seconds, 0.1), first_start=first_start,
+                                     on_idle=lambda: self.importer.wake())
+        self.importer = Importer(self.reader, lambda: self.pipeline.registry, self.writer,
+                                 executor=self._history_executor, quiet=self.backfiller.quiet, clock=clock,
+                                 retry_cap=max(g.reconnect_max_delay_seconds, 0.1))
+        if applied.import_id is not None:
+            log.info("history_import_planned", import_id=applied.import_id, first=first_start)
+        self.listener: StreamListener | None = None
+        if g.host:
+            hooks = StreamHooks(deliver=self.writer.put_block, connected=self._connected,
+                                quiet_window=self._quiet_window, resumed=self._resumed)
+            self.listener = StreamListener(g, hooks, self.metrics, self.stop_event, backoff=backoff,
+                                           poll_interval=poll_interval)
+        self._client: paramiko.SSHClient | None = None
+        self._listener_thread: threading.Thread | None = None
+        self.metrics.watch_releases(self._release_times)
+        self.metrics.watch_drivers(self._driver_times)
+        self.metrics.watch_gaps(self._gap_state)
+        self.metrics.watch_history(self._history_state)
+        self.web: WebTier | None = None
+        if http and config.http.enabled:
+            source = config.source if config.source and not config.source.startswith("(") else None
+            self.web = WebTier(config.http.listen, config.http.port,
+                               config_path=source if source and Path(source).is_file() else None)
+        self.deliverers = [Deliverer(hook, webhook_secret(hook), self.store.path,
+                                     counted=lambda hook, outcome: self.metrics.webhook_deliveries.labels(
+                                         hook, outcome).inc()) for hook in config.webhooks]
+        self.started_at = time.monotonic()
+
+    # ------------------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        self.writer.start()
+        for deliverer in self.deliverers:
+            deliverer.start()
+        self.backfiller.start()
+        self.importer.start()
+        self.publish_state()
+        if self.web is not None:
+            self.web.start()
+            log.info("http_listening", listen=self.config.http.listen, port=self.web.port)
+        if self.listener is not None:
+            self._listener_thread = threading.Thread(target=self.listener.run, name="driverlog-stream", daemon=True)
+            self._listener_thread.start()
+        else:
+            log.warning("gerrit_not_configured", hint="set [gerrit] host to listen to a Gerrit server")
+
+    def stop(self) -> bool:
+        """Stop reading, commit what is queued, close the database. True when everything finished in time."""
+        deadline = time.monotonic() + STOP_TIMEOUT
+        if self.web is not None:
+            self.web.terminate()  # it finishes its answers while the writer commits
+        self.stop_event.set()
+        self.importer.stop()
+        self.backfiller.stop()
+        if self._listener_thread is not None:
+            self._listener_thread.join(max(0.1, min(1.5, deadline - time.monotonic())))
+        finished = self.writer.stop(max(0.1, deadline - time.monotonic()))
+        for deliverer in self.deliverers:  # an answer awaited is abandoned: that delivery is sent again next time
+            deliverer.stop(max(0.1, min(2.0, deadline - time.monotonic())))
+        if self.web is not None:
+            self.web.stop(max(0.5, deadline - time.monotonic()))
+        self.reader.close()
+        if finished:
+            self.store.close()
+        return finished
+
+    def reload(self) -> bool:
+        """SIGHUP: validate the registry file; on success sync drivers and swap, else keep the old one."""
+        path = self.config.registry.path
+        try:
+            registry, raw = read_registry(path, remember=True)
+            applied = self.writer.reload(registry, raw, self._history_settings()).result(timeout=30)
+            self._hand_over_registry(raw)
+        except RegistryError as exc:
+            self.metrics.registry_reloads.labels("error").inc()
+            log.error("registry_reload_failed", path=path, errors=exc.errors[:20], error_count=len(exc.errors),
+                      kept=self.pipeline.registry.summary())
+            return False
+        except Exception as exc:
+            self.metrics.registry_reloads.labels("error").inc()
+            log.error("registry_reload_failed", path=path, error=f"{type(exc).__name__}: {exc}")
+            return False
+        self.metrics.registry_reloads.labels("ok").inc()
+        log.info("registry_reloaded", path=path, summary=registry.summary(),
+                 history_import=applied.import_id if applied else None)
+        if applied is not None and applied.import_id is not None:
+            self.importer.wake()
+        self._count_2014_keys(registry)
+        return True
+
+    # -------------------------------------------------------------------------------------- hooks
+
+    def _history_executor(self) -> Any:
+        """The history import's command runner on the current connection (None: not connected), within its share
+        of the query budget: the rest stays for the gap backfills."""
+        client = self._current_client()
+        return None if client is None else self.backfiller.executor(client, "history", share=IMPORT_BUDGET_SHARE)
+
+    def _history_settings(self) -> HistorySettings:
+        """What this daemon imports ([history]); Gerrit's clock as the stream last told it (rows updated since are
+        read again when a search ends), with a day's margin when it has not spoken yet."""
+        h, g = self.config.history, self.config.gerrit
+        now = self.clock()
+        newest = self.pipeline.stream_newest
+        overlap = g.backfill_overlap_minutes * 60
+        gerrit_now = int(min(now, newest) - overlap) if newest else int(now - 86400)
+        return HistorySettings(h.days, h.mark_search_days, first=bool(self.server_name), gerrit_now=gerrit_now,
+                               queries=h.enabled and bool(self.server_name))  # no Gerrit: judge again, ask nothing
+
+    def history(self) -> reads_history.Progress:
+        with self.reader.snapshot() as conn:
+            return reads_history.progress(conn)
+
+    def _history_state(self) -> tuple[int, int]:
+        progress = self.history()
+        return progress.done, progress.total
+
+    def _cursor(self) -> int | None:
+        if not self.server_name:
+            return None
+        with self.reader.snapshot() as conn:
+            return reads.cursor(conn, self.server_name)
+
+    def _driver_times(self) -> list[tuple[str, str, str, str, int]]:
+        with self.reader.snapshot() as conn:
+            return reads.driver_last_times(conn)
+
+    def _release_times(self) -> list[tuple[str, str, str, str, int, int | None]]:
+        with self.reader.snapshot() as conn:
+            return reads.release_times(conn)
+
+    def live(self) -> Live:
+        """What the status page's header shows beside the database: the stream's state."""
+        return Live(gerrit=self.listener.state if self.listener else "not configured",
+                    newest_event_time=self.pipeline.stats.newest_event_time, open_gap=gap_text(self.open_gaps()),
+                    importing=self.history().text())
+
+    def _unknown_merges(self) -> list[int]:
+        with self.reader.snapshot() as conn:
+            return reads.unknown_merges(conn)
+
+    def _initial_since(self) -> int:
+        """Where a first start's gap begins: as far back as a backfill may reach (the initial import)."""
+        return int(self.clock()) - int(self.config.gerrit.backfill_max_age_hours * 3600)
+
+    def _connected(self, client: paramiko.SSHClient, first: bool) -> None:
+        self._client = client
+        # What happened before this connection is not proven: a gap from the newest event committed (or the
+        # stored cursor after a restart), recorded after every block already read, then a backfill covers it.
+        self._backfill_gap(client, "start" if first else "reconnect")
+        self.importer.wake()  # it steps once the gap's backfill is done: that goes first
+
+    def _resumed(self, client: paramiko.SSHClient) -> None:
+        """The stream speaks again after a quiet window judged alive: what it may have dropped since that window's
+        backfill is a gap from the newest event committed (recorded before the block about to be delivered)."""
+        self._backfill_gap(client, "resumed")
+
+    def _backfill_gap(self, client: paramiko.SSHClient, trigger: str) -> None:
+        gap = self.writer.open_gap(trigger, self._initial_since())
+        self.backfiller.request(client, trigger, after=gap)
+
+    def _current_client(self) -> paramiko.SSHClient | None:
+        connected = self.listener is not None and self.listener.state == "connected"
+        return self._client if connected else None
+
+    def _dropped_output(self, since: int | None) -> None:
+        log.warning("dropped_output", gap_since=since)  # the writer has recorded the gap
+        if self._client is not None:
+            self.backfiller.request(self._client, "dropped-output")
+
+    def _quiet_window(self, client: paramiko.SSHClient, quiet_since: float) -> int:
+        """A stall: the quiet window is a gap from the newest event committed (Gerrit's clock, not ours)."""
+        self.writer.open_gap("stall", self._initial_since()).result(timeout=60)
+        return self.backfiller.run_now(client, "stall").inserted
+
+    def open_gaps(self) -> list[reads.Gap]:
+        if not self.server_name:
+            return []
+        with self.reader.snapshot() as conn:
+            return reads.open_gaps(conn, self.server_name)
+
+    def _gap_state(self) -> tuple[list[reads.Gap], int | None, int | None]:
+        """(open gaps, proven cursor, newest event seen) for the metrics."""
+        if not self.server_name:
+            return [], None, None
+        with self.reader.snapshot() as conn:
+            return (reads.open_gaps(conn, self.server_name), reads.cursor(conn, self.server_name),
+                    reads.newest_event_time(conn, self.server_name))
+
+    # -------------------------------------------------------------------------------------- health
+
+    def healthy(self) -> bool:
+        """The writer thread is alive, went round its loop lately (it does at least once a second, idle or
+        not) and its last commit did not fail."""
+        w = self.writer
+        return w.alive and not w.failing and time.monotonic() - w.last_progress < WRITER_STALE_SECONDS
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        stats = self.pipeline.stats
+        detail: dict[str, Any] = {
+            "writer": "ok" if self.healthy() else "stuck",
+            "gerrit": self.listener.state if self.listener else "not configured",
+            "events": stats.lines,
+            "verifications_recorded": stats.recorded,
+            "queue_depth": self.writer.queue.qsize(),
+            "drivers": len(self.pipeline.registry.drivers),
+            "open_gaps": [{"since": g.since, "reason": g.reason, "attempts": g.attempts, "last_error": g.last_error}
+                          for g in self.open_gaps()],
+            "cursor": self._cursor(),
+        }
+        progress = self.history()
+        detail["history"] = {"importing": progress.imports > 0, "bindings": progress.total,
+                             "bindings_done": progress.done}
+        if self.deliverers:
+            try:
+                with self.reader.snapshot() as conn:
+                    detail["webhooks"] = reads.webhook_outbox(conn, time.time())
+            except sqlite3.Error as exc:
+                detail["webhooks"] = f"cannot be read: {exc}"
+        if self.writer.failing:
+            detail["writer"] = "failing: database writes fail and are retried (see db_write_failed in the log)"
+        return self.healthy(), detail
+
+    @staticmethod
+    def _count_2014_keys(registry: Registry) -> None:
+        if registry.legacy:  # accepted, but a maintainer should know: `validate` lists them, `--upgrade` fixes them
+            log.warning("registry_2014_keys", count=len(registry.legacy),
+                        hint="driverlog-daemon validate --upgrade prints the registry in today's form")
+
+    def _hand_over_registry(self, raw: bytes) -> None:
+        """The web tier shows the registry in force, not whatever the file holds now (it may be a broken edit)."""
+        if self.runtime_dir is not None:
+            runtime.write_registry(self.runtime_dir, raw)
+
+    def publish_state(self) -> None:
+        """Write the live state the web tier shows (health, the stream, the open gap) into the runtime directory."""
+        if self.runtime_dir is None:
+            return
+        ok, detail = self.health()
+        live = self.live()
+        if self.web is not None:
+            detail["web_tier_restarts"] = self.web.restarts
+        runtime.write_state(self.runtime_dir, {
+            "server": self.server_name, "healthy": ok, "health": detail,
+            "live": {"gerrit": live.gerrit, "newest_event_time": live.newest_event_time, "open_gap": live.open_gap},
+        })
+
+    def status_line(self) -> str:
+        stats, listener = self.pipeline.stats, self.listener
+        line = status_line(self.server_name, listener.state if listener else None,
+                           listener.last_error if listener else None, stats.lines, stats.recorded,
+                           stats.last_verification_time, self.open_gaps())
+        importing = self.history().text()
+        return f"{line}; {importing}" if importing else line
+
+
+# ------------------------------------------------------------------------------------------------- run
+
+
+def run(config: Config) -> int:
+    """``driverlog-daemon run``: start, notify systemd, serve until SIGTERM/SIGINT; SIGHUP reloads."""
+    notifier = Notifier()
+    try:
+        service = Service(config, notifier=notifier)
+    except (OSError, sqlite3.Error) as exc:
+        log.error("startup_failed", error=f"{type(exc).__name__}: {exc}")
+        return 1
+    stop = threading.Event()
+    reload_requested = threading.Event()
+    wakeup = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        (reload_requested if signum == signal.SIGHUP else stop).set()
+        wakeup.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+
+    service.start()
+    notifier.send("READY=1", f"STATUS={service.status_line()}")
+    log.info("daemon_ready", database=service.store.path, registry=config.registry.path,
+             drivers=len(service.pipeline.registry.drivers), gerrit=service.server_name or None,
+             watchdog_seconds=watchdog_interval())
+    interval = watchdog_interval()
+    tick = min(interval, 1.0) if interval else 1.0  # the web tier's view of the daemon is at most this old
+    last_status = ""
+    while not stop.is_set():
+        wakeup.wait(tick)
+        wakeup.clear()
+        if reload_requested.is_set():
+            reload_requested.clear()
+            service.reload()
+        if stop.is_set():
+            break
+        if interval and service.healthy():
+            notifier.send("WATCHDOG=1")
+        try:
+            service.publish_state()
+        except OSError as exc:  # the web tier then reports the daemon silent: unhealthy, as it should
+            log.error("state_not_published", error=str(exc))
+        status = service.status_line()
+        if status != last_status:
+            notifier.send(f"STATUS={status}")
+            last_status = status
+    notifier.send("STOPPING=1", "STATUS=stopping: committing queued events")
+    log.info("daemon_stopping")
+    finished = service.stop()
+    log.info("daemon_stopped", clean=finished, events=service.pipeline.stats.lines,
+             verifications_recorded=service.pipeline.stats.recorded)
+    notifier.close()
+    return 0 if finished else 1

@@ -1,0 +1,1 @@
+"""Expose: what the daemon shows and sends — the web tier, CSV exports, webhook deliveries."""

@@ -1,0 +1,65 @@
+"""What the HTML pages show, computed from the records and the database's rows (the templates only lay it out)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from driverlog_daemon.expose.web import api
+from driverlog_daemon.registry.load import Registry
+
+CHART_WIDTH, CHART_HEIGHT = 540, 90
+
+
+def percent(ratio: float | None) -> str:
+    return "—" if ratio is None else f"{ratio:.0%}"
+
+
+def index(records: list[dict[str, Any]], registry: Registry, query: Mapping[str, str], now: float,
+          stale_after_days: float) -> dict[str, Any]:
+    """The status page: drivers by project after the filters (project, vendor, release, ``q`` in vendor, driver
+    or CI account, ``at_risk``), the releases shown, and the header's counts."""
+    filters = api.Filters.parse(query)
+    shown_releases = [r for r in reversed(registry.releases)  # newest first
+                      if (r.id.lower() in filters.release_ids if filters.release_ids is not None else r.active)]
+    chosen = [r for r in records if api.passes(r, filters, registry, release=filters.release_ids is not None)]
+    words = query.get("q", "").strip().lower()
+    if words:
+        chosen = [r for r in chosen
+                  if words in " ".join((r["vendor"], r["name"], r.get("ci", {}).get("id", ""))).lower()]
+    if query.get("at_risk"):
+        chosen = [r for r in chosen if r["health"] and r["health"]["at_risk"] is True]
+    by_project: dict[str, list[dict[str, Any]]] = {}
+    for r in sorted(chosen, key=lambda r: (r["project_name"], r["vendor"].lower(), r["name"].lower())):
+        by_project.setdefault(r["project_name"], []).append(r)
+    stale = now - stale_after_days * 86400
+    accounts: dict[str, int] = {}
+    for r in records:
+        if "ci" in r:
+            last = r["latest"]["timestamp"] if r["latest"] else 0
+            accounts[r["ci"]["id"]] = max(accounts.get(r["ci"]["id"], 0), last)
+    counts = {"drivers": len(records),
+              "with_mark": sum(1 for r in records if any(v["ci_tested"] for v in r["releases"].values())),
+              "silent": sum(1 for t in accounts.values() if t < stale), "ci_accounts": len(accounts),
+              "at_risk": sum(1 for r in records if r["health"] and r["health"]["at_risk"] is True)}
+    return {"by_project": by_project, "releases": shown_releases, "filters": filters, "counts": counts,
+            "vendors": sorted({r["vendor"] for r in records}, key=str.lower)}
+
+
+def chart(days: Sequence[tuple[int, int, int]]) -> dict[str, Any]:
+    """A bar a day of passes (below) and failures (stacked above), scaled to the busiest day: the driver page's
+    90-day chart, drawn as SVG by the template (no script), with its text alternative."""
+    top = max((p + f for _, p, f in days), default=0) or 1
+    step = CHART_WIDTH / max(len(days), 1)
+    bars = []
+    for i, (day, passes, failures) in enumerate(days):
+        hp, hf = passes * CHART_HEIGHT / top, failures * CHART_HEIGHT / top
+        bars.append({"x": round(i * step, 1), "w": round(max(step - 1, 1), 1), "day": day, "passes": passes,
+                     "failures": failures, "pass_y": round(CHART_HEIGHT - hp, 1), "pass_h": round(hp, 1),
+                     "fail_y": round(CHART_HEIGHT - hp - hf, 1), "fail_h": round(hf, 1)})
+    passes, failures = sum(p for _, p, _ in days), sum(f for _, _, f in days)
+    busiest = max(days, key=lambda d: d[1] + d[2], default=None)
+    summary = f"{passes} passes and {failures} failures over the last {len(days)} days"
+    if busiest is not None and busiest[1] + busiest[2]:
+        summary += f"; the busiest day had {busiest[1] + busiest[2]} runs"
+    return {"bars": bars, "width": CHART_WIDTH, "height": CHART_HEIGHT, "summary": summary, "top": top}

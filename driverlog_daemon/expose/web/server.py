@@ -1,0 +1,306 @@
+"""``driverlog-daemon serve``: the web side in its own processes, a pre-fork gunicorn.
+
+Workers (``[http] workers``, default the CPUs) each run the read-only :class:`~driverlog_daemon.expose.web.app.App` on
+threads (``[http] threads``). Under ``run`` the daemon binds the listening socket and hands it over (``fd``), so a
+restarted web tier keeps the port; the daemon's live state (health, the stream, the open gap) and every metric of
+both sides come through the runtime directory (:mod:`driverlog_daemon.expose.runtime`). Alone, ``serve`` binds the
+address itself and serves what the database holds.
+
+A client gets ``[http] client_timeout_seconds`` to send its request and take its answer, in all (a streamed export:
+to take each part of it): one that trickles its request or never reads its answer loses its connection then,
+instead of holding a thread. A public site still
+belongs behind a buffering proxy (``deploy/nginx/driverlog.conf``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+from gunicorn.workers.gthread import TConn, ThreadWorker
+
+from driverlog_daemon.config import Config
+from driverlog_daemon.expose import runtime
+from driverlog_daemon.logs import get_logger
+from driverlog_daemon.registry.load import Registry, RegistryError, load_registry
+from driverlog_daemon.store import reads, reads_history
+
+log = get_logger("driverlog.web")
+
+
+class _DeadlineSocket(socket.socket):
+    """A client connection whose blocking reads and writes share one deadline per request, set when a worker
+    thread takes the request (gunicorn makes the socket blocking then): a trickle of bytes cannot stretch it.
+    Once the answer is sent and the connection is being closed, draining what the client still sends waits a
+    moment at most: gunicorn does that on the worker's main loop, which a client that never closes would stall."""
+
+    timeout_seconds = 10.0
+    linger_seconds = 0.1
+    _deadline = 0.0
+    _closing = False
+
+    def setblocking(self, flag: bool) -> None:
+        if flag:
+            self._deadline = time.monotonic() + self.timeout_seconds
+            self.settimeout(self.timeout_seconds)
+        else:
+            super().setblocking(False)
+
+    def shutdown(self, how: int) -> None:
+        self._closing = True
+        super().shutdown(how)
+
+    def _remaining(self) -> None:
+        current = self.gettimeout()
+        if current is None or current == 0:  # non-blocking (the poller's), or no deadline: as it is
+            return
+        left = self._deadline - time.monotonic()
+        if self._closing:
+            left = min(left, self.linger_seconds)
+        if left <= 0:
+            raise TimeoutError("client too slow")
+        if left < current:
+            self.settimeout(left)
+
+    def recv(self, *args: Any) -> bytes:
+        self._remaining()
+        return super().recv(*args)
+
+    def recv_into(self, *args: Any) -> int:
+        self._remaining()
+        return super().recv_into(*args)
+
+    def send(self, *args: Any) -> int:
+        self._remaining()
+        return super().send(*args)
+
+    def sendall(self, *args: Any) -> None:
+        self._remaining()
+        super().sendall(*args)
+        if not self._closing:  # a streamed answer (an export) gets the time again for each part the client took
+            self._deadline = max(self._deadline, time.monotonic() + self.timeout_seconds)
+
+
+class Worker(ThreadWorker):  # type: ignore[misc]
+    """gunicorn's threaded worker, with each client connection on a :class:`_DeadlineSocket`; and it ends with
+    its parent (the arbiter), which itself ends with the daemon that started it."""
+
+    def accept(self, listener: Any) -> None:
+        import errno
+
+        try:
+            client, address = listener.accept()
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        conn_sock = _DeadlineSocket(client.family, client.type, client.proto, fileno=client.detach())
+        conn_sock.setblocking(True)
+        self.enqueue_req(TConn(self.cfg, conn_sock, address, listener.getsockname()))
+
+
+class _Gunicorn(BaseApplication):  # type: ignore[misc]
+    def __init__(self, options: dict[str, Any], make_app: Callable[[], Any]) -> None:
+        self.options, self.make_app = options, make_app
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            if key in self.cfg.settings:
+                self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        return self.make_app()
+
+
+def _die_with_parent(expected_parent: int | None = None) -> None:
+    """Linux's parent-death signal: this process gets SIGTERM when the process that started it ends, even by
+    ``kill -9`` (the arbiter's own workers end when it does). ``expected_parent``: the parent may have ended
+    before the signal was asked for; then end now."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the supervisor's own stop is all there is
+        pass
+    if expected_parent is not None and os.getppid() != expected_parent:
+        raise SystemExit("driverlog-daemon serve: the daemon that started it is gone")
+
+
+class _Registry:
+    """The registry the web tier shows: read again when its file changes (the daemon's copy after a reload); a
+    file that fails the checks leaves the one in use."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._seen: tuple[int, int] | None = None
+        self._registry: Registry | None = None
+        self._lock = threading.Lock()
+
+    def current(self) -> Registry:
+        try:
+            st = self.path.stat()
+            seen: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            seen = self._seen
+        if seen != self._seen or self._registry is None:
+            with self._lock:
+                if seen != self._seen or self._registry is None:
+                    try:
+                        self._registry = load_registry(self.path, remember=True)
+                    except RegistryError as exc:
+                        if self._registry is None:
+                            raise
+                        log.error("registry_reload_failed", path=str(self.path), errors=exc.errors[:20])
+                    self._seen = seen
+        return self._registry
+
+
+def build_app(config: Config) -> Any:
+    """The WSGI app of one worker: the registry, the database read-only, and the daemon's state when there is
+    one."""
+    from driverlog_daemon.expose.runtime import Live
+    from driverlog_daemon.expose.web.app import App
+    from driverlog_daemon.metrics import WebMetrics
+
+    database = os.path.expanduser(config.database.path)
+    root = runtime.current()
+    registry = _Registry(Path(config.registry.path))  # under `run`: the daemon's copy of the one in force
+    state: Callable[[], dict[str, Any] | None] = (lambda: runtime.read_state(root)) if root else (lambda: None)
+
+    def daemon_pid() -> int | None:
+        s = state()
+        return int(s["pid"]) if s and isinstance(s.get("pid"), int) else None
+
+    metrics = WebMetrics(multiprocess=True, daemon_pid=daemon_pid)
+    reader = reads.Reader(database)
+
+    def read_gaps() -> tuple[list[reads.Gap], int | None, int | None]:
+        s = state() or {}
+        server = s.get("server") or ""
+        if not server:
+            return [], None, None
+        with reader.snapshot() as conn:
+            return (reads.open_gaps(conn, server), reads.cursor(conn, server),
+                    reads.newest_event_time(conn, server))
+
+    def read_releases() -> list[tuple[str, str, str, str, int, int | None]]:
+        with reader.snapshot() as conn:
+            return reads.release_times(conn)
+
+    metrics.watch_releases(read_releases)
+
+    def read_drivers() -> list[tuple[str, str, str, str, int]]:
+        with reader.snapshot() as conn:
+            return reads.driver_last_times(conn)
+
+    metrics.watch_drivers(read_drivers)
+
+    def read_health() -> list[tuple[str, str, str, float | None, float | None, bool | None]]:
+        with reader.snapshot() as conn:
+            return [(p, v, n, h["pass_rate"]["30"], h["coverage"]["ratio"], h["at_risk"])
+                    for (p, v, n, _), h in reads.registered_health(conn, time.time(), config.health.silence_days)]
+
+    metrics.watch_health(read_health)
+
+    def read_outbox() -> dict[str, dict[str, Any]]:
+        with reader.snapshot() as conn:
+            return reads.webhook_outbox(conn, time.time())
+
+    metrics.watch_outbox(read_outbox)
+
+    def read_history() -> tuple[int, int]:
+        with reader.snapshot() as conn:
+            progress = reads_history.progress(conn)
+        return progress.done, progress.total
+
+    metrics.watch_history(read_history)
+    if root is not None:
+        metrics.watch_gaps(read_gaps)
+    else:  # alone, no daemon writes the registry's gauges
+        metrics.registry_size(len(registry.current().drivers), len(registry.current().by_account))
+
+    def health() -> tuple[bool, dict[str, Any]]:
+        if root is None:  # serve alone: healthy while the database can be read
+            try:
+                with reader.snapshot() as conn:
+                    verifications = reads.verification_count(conn)
+            except sqlite3.Error as exc:
+                return False, {"writer": "none (serve only)", "database": f"cannot be read: {exc}"}
+            return True, {"writer": "none (serve only: the database is read as it is)",
+                          "verifications": verifications}
+        s = state()
+        if s is None:
+            return False, {"writer": "the ingest daemon has not reported yet"}
+        age = time.time() - float(s.get("written_at", 0))
+        detail = dict(s.get("health") or {})
+        if age > runtime.STATE_FRESH_SECONDS:
+            return False, {**detail, "writer": f"the ingest daemon has not reported for {age:.0f} s"}
+        return bool(s.get("healthy")), detail
+
+    def live() -> Live:
+        s = (state() or {}).get("live") or {}
+        try:  # from the file: `serve` alone shows an import under way too
+            with reader.snapshot() as conn:
+                importing = reads_history.progress(conn).text()
+        except sqlite3.Error:
+            importing = None
+        return Live(gerrit=str(s.get("gerrit", "not configured" if root is None else "unknown")),
+                    newest_event_time=s.get("newest_event_time"), open_gap=s.get("open_gap"), importing=importing)
+
+    h = config.http
+    return App(database, registry.current, metrics, health, live=live, stale_after_days=config.status.stale_after_days,
+               silence_days=config.health.silence_days,
+               max_age=h.max_age_seconds, stale_while_revalidate=h.stale_while_revalidate_seconds,
+               max_staleness=h.max_staleness_seconds)
+
+
+def options(config: Config, *, fd: int | None = None) -> dict[str, Any]:
+    h = config.http
+    workers = h.workers or len(os.sched_getaffinity(0))
+    return {
+        "bind": [f"fd://{fd}"] if fd is not None else [f"[{h.listen}]:{h.port}" if ":" in h.listen
+                                                        else f"{h.listen}:{h.port}"],
+        "workers": workers,
+        "worker_class": "driverlog_daemon.expose.web.server.Worker",
+        "threads": h.threads,
+        # A worker stops accepting while all its threads are busy, so that a connection goes to a worker that
+        # can take it (the other workers keep accepting).
+        "worker_connections": h.threads * 4,
+        # gunicorn's timeout is the workers' heartbeat (a stuck worker is replaced): well above a client's time,
+        # so that a slow client is cut before its worker looks stuck.
+        "timeout": int(max(3 * h.client_timeout_seconds, 30)),
+        "graceful_timeout": 5,
+        "keepalive": 5,
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": config.log.level if config.log.level != "debug" else "info",
+        "proc_name": "driverlog-web",
+        "control_socket_disable": True,  # no control socket: nothing to write
+        "forwarded_allow_ips": "127.0.0.1,::1",
+        "post_fork": lambda server, worker: _die_with_parent(),
+        "when_ready": lambda server: log.info("http_listening", listen=h.listen,
+                                              port=server.LISTENERS[0].sock.getsockname()[1],
+                                              workers=workers, threads=h.threads),
+    }
+
+
+def serve(config: Config, *, fd: int | None = None) -> int:
+    """Run the web tier until SIGTERM/SIGINT (gunicorn's arbiter in this process). ``fd``: a listening socket
+    inherited from the daemon."""
+    parent = os.environ.pop("DRIVERLOG_PARENT_PID", None)
+    if parent:  # started by the daemon (web.tier): end with it
+        _die_with_parent(int(parent))
+    _DeadlineSocket.timeout_seconds = config.http.client_timeout_seconds  # the workers inherit it
+    _Gunicorn(options(config, fd=fd), lambda: build_app(config)).run()
+    return 0

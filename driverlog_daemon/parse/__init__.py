@@ -1,0 +1,1 @@
+"""Parse: lines of ``gerrit stream-events`` (or query rows) -> typed events and change facts."""

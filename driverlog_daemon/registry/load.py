@@ -1,0 +1,412 @@
+"""The driver registry: DriverLog's ``default_data.json``, validated and indexed by CI account.
+
+Loading goes, in order: bytes -> JSON (duplicate keys rejected) -> JSON Schema -> semantic checks. Every
+error found is reported at once, each as ``<json path>: <reason>``. The result is an immutable
+:class:`Registry` whose main index maps a CI account (a Gerrit username) to the drivers it reports for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+from driverlog_daemon.registry import legacy
+
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent  # driverlog_daemon/
+_REPO_DIR = _PACKAGE_DIR.parent
+
+
+def _shipped(*candidates: Path) -> Path:
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    return candidates[-1]
+
+
+#: The registry shipped with the project (inside the wheel, or at the top of a source checkout).
+DEFAULT_REGISTRY_PATH = _shipped(_PACKAGE_DIR / "_data" / "default_data.json", _REPO_DIR / "data" / "default_data.json")
+SCHEMA_PATH = _shipped(
+    _PACKAGE_DIR / "_data" / "default_data.schema.json", _REPO_DIR / "schema" / "default_data.schema.json"
+)
+
+
+class RegistryError(Exception):
+    """The registry cannot be used. ``errors`` holds every problem found, one ``path: reason`` string each."""
+
+    def __init__(self, source: str, errors: list[str]) -> None:
+        self.source = source
+        self.errors = errors
+        super().__init__(f"{source}: " + "; ".join(errors))
+
+
+#: OpenStack's published series numbers by release name (https://releases.openstack.org): stable branches are
+#: named after them since 2023 (``stable/2024.1``). Used for a registry release without a ``series`` key.
+OPENSTACK_SERIES: Mapping[str, str] = MappingProxyType({
+    "Antelope": "2023.1", "Bobcat": "2023.2", "Caracal": "2024.1", "Dalmatian": "2024.2", "Epoxy": "2025.1",
+    "Flamingo": "2025.2", "Gazpacho": "2026.1", "Hibiscus": "2026.2",
+})
+
+
+class Release(NamedTuple):
+    id: str
+    wiki: str
+    start: datetime  # midnight UTC of the release's start date
+    active: bool = False
+    series: str | None = None  # the registry's ``series`` key, else OpenStack's published number, else None
+    start_epoch: int = 0  # ``start`` in seconds since the epoch (set by the loader)
+
+
+@cache
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+class CIBinding(NamedTuple):
+    """A driver's ``ci`` block: the Gerrit username that reports for it and its two patterns, or none (a 2014
+    ``ci_id``, or a ``ci`` without patterns): then the CI's Verified vote decides (README "Matching").
+
+    The patterns are compiled when first used: a start-up that matches nothing compiles none.
+    """
+
+    account: str
+    success_pattern: str | None = None
+    failure_pattern: str | None = None
+
+    @property
+    def by_vote(self) -> bool:
+        """Judged by its Verified vote rather than by patterns."""
+        return self.success_pattern is None or self.failure_pattern is None
+
+    @property
+    def success(self) -> re.Pattern[str]:
+        return _compiled(self.success_pattern or "")
+
+    @property
+    def failure(self) -> re.Pattern[str]:
+        return _compiled(self.failure_pattern or "")
+
+
+class Driver(NamedTuple):
+    project_id: str
+    vendor: str
+    name: str
+    description: str = ""
+    wiki: str = ""
+    repo: str | None = None
+    releases: tuple[str, ...] = ()
+    maintainers: tuple[Mapping[str, str], ...] = ()
+    ci: CIBinding | None = None
+    verification: str | None = None  # DriverLog 2014's level: self_verification, 3rd_party_verification, …
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """DriverLog's natural key: (project_id, vendor, name)."""
+        return (self.project_id, self.vendor, self.name)
+
+    @property
+    def review_project(self) -> str:
+        """The Gerrit project whose changes this driver's CI reports on: ``repo`` if set, else ``project_id``."""
+        return self.repo or self.project_id
+
+
+class Registry(NamedTuple):
+    projects: Mapping[str, str]  # project id -> name
+    releases: tuple[Release, ...]
+    drivers: tuple[Driver, ...]
+    by_account: Mapping[str, tuple[Driver, ...]]  # CI account -> the drivers it reports for
+    releases_by_lower_id: Mapping[str, Release]  # release id in lower case -> release
+    source: str = ""
+    #: what may follow ``stable/`` or ``unmaintained/`` in a branch name -> release: the id in lower case, and
+    #: the series number (``2024.1``)
+    releases_by_branch_name: Mapping[str, Release] = MappingProxyType({})
+    #: the Gerrit projects the CI-bound drivers report on (whose change state is kept)
+    review_projects: frozenset[str] = frozenset()
+    #: one note per driver and DriverLog 2014 key it uses (legacy.legacy_notes): ``validate`` warns
+    legacy: tuple[str, ...] = ()
+
+    @property
+    def ci_accounts(self) -> frozenset[str]:
+        return frozenset(self.by_account)
+
+    @property
+    def ci_bindings(self) -> int:
+        return sum(len(drivers) for drivers in self.by_account.values())
+
+    def compile_patterns(self) -> None:
+        """Compile every CI pattern now (they are otherwise compiled when first used)."""
+        for driver in self.drivers:
+            if driver.ci is not None and not driver.ci.by_vote:
+                _ = driver.ci.success, driver.ci.failure
+
+    def summary(self) -> str:
+        return f"{len(self.drivers)} drivers, {self.ci_bindings} CI bindings, {len(self.by_account)} CI accounts"
+
+
+# --------------------------------------------------------------------------------------------------- loading
+
+
+def load_registry(path: str | Path, *, remember: bool = False, strict: bool = False) -> Registry:
+    """Read, validate and index the registry at ``path``; raise :class:`RegistryError` with every problem.
+
+    ``remember``: skip the checks of a registry already found valid (the same bytes, schema and version),
+    and remember one found valid now (see :func:`validated_cache_dir`). ``strict``: DriverLog's 2014 keys are
+    errors, not warnings.
+    """
+    return read_registry(path, remember=remember, strict=strict)[0]
+
+
+def read_registry(path: str | Path, *, remember: bool = False, strict: bool = False) -> tuple[Registry, bytes]:
+    """:func:`load_registry`, and the bytes it was read from (the daemon hands exactly those to its web tier)."""
+    source = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise RegistryError(source, ["file not found"]) from None
+    except IsADirectoryError:
+        raise RegistryError(source, ["is a directory, not a file"]) from None
+    except OSError as exc:
+        raise RegistryError(source, [f"cannot read: {exc.strerror or exc}"]) from None
+    if not remember or strict:
+        return parse_registry(data, source=source, strict=strict), data
+    marker = _validated_marker(data)
+    if marker is not None and marker.exists():
+        return _build(json.loads(data), source), data
+    registry = parse_registry(data, source=source)
+    if marker is not None:
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        except OSError:
+            pass  # a cache that cannot be written only costs the checks next time
+    return registry, data
+
+
+def registry_from_valid_bytes(data: bytes, source: str) -> Registry:
+    """A registry from bytes known to have passed every check (one the file recorded as applied), unchecked."""
+    return _build(json.loads(data), source)
+
+
+def validated_cache_dir() -> Path | None:
+    """Where the digests of registries found valid are remembered: ``$DRIVERLOG_CACHE_DIR``, systemd's
+    ``$CACHE_DIRECTORY`` (``CacheDirectory=``), else ``$XDG_CACHE_HOME/driverlog-daemon`` or
+    ``~/.cache/driverlog-daemon``. ``DRIVERLOG_CACHE_DIR=`` (empty) turns the cache off."""
+    explicit = os.environ.get("DRIVERLOG_CACHE_DIR")
+    if explicit is not None:
+        return Path(explicit) if explicit else None
+    systemd = os.environ.get("CACHE_DIRECTORY")
+    if systemd:
+        return Path(systemd.split(":")[0])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "driverlog-daemon"
+
+
+def _validated_marker(data: bytes) -> Path | None:
+    """The file whose existence says that these registry bytes passed every check of this code and schema."""
+    directory = validated_cache_dir()
+    if directory is None:
+        return None
+    from driverlog_daemon import __version__
+
+    checks = __version__.encode() + Path(__file__).read_bytes() + SCHEMA_PATH.read_bytes()  # what decides
+    digest = hashlib.sha256(hashlib.sha256(checks).digest() + data).hexdigest()
+    return directory / f"registry-valid-{digest}"
+
+
+def parse_registry(data: bytes | str, source: str = "<registry>", *, strict: bool = False) -> Registry:
+    errors: list[str] = []
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+    except UnicodeDecodeError as exc:
+        raise RegistryError(source, [f"$: not UTF-8 ({exc.reason} at byte {exc.start})"]) from None
+    try:
+        document = json.loads(text, object_pairs_hook=_DuplicateCheckingDict.from_pairs)
+    except json.JSONDecodeError as exc:
+        raise RegistryError(source, [f"$: invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"]) from None
+    errors.extend(_duplicate_key_errors(document, ""))
+    errors.extend(_schema_errors(document))
+    errors.extend(_semantic_errors(document))
+    if strict:
+        errors.extend(legacy.legacy_notes(document))
+    if errors:
+        raise RegistryError(source, errors)
+    return _build(document, source)
+
+
+class _DuplicateCheckingDict(dict[str, Any]):
+    duplicates: list[str]
+
+    @classmethod
+    def from_pairs(cls, pairs: list[tuple[str, Any]]) -> _DuplicateCheckingDict:
+        obj = cls()
+        obj.duplicates = []
+        for key, value in pairs:
+            if key in obj:
+                obj.duplicates.append(key)
+            obj[key] = value
+        return obj
+
+
+def _duplicate_key_errors(node: Any, path: str) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key in getattr(node, "duplicates", ()):
+            yield f"{_join(path, key)}: duplicate key {key!r}"
+        for key, value in node.items():
+            yield from _duplicate_key_errors(value, _join(path, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _duplicate_key_errors(value, f"{path}[{index}]")
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def format_path(parts: Iterator[str | int] | list[str | int] | tuple[str | int, ...]) -> str:
+    """``['drivers', 17, 'ci']`` -> ``drivers[17].ci`` (``$`` for the document itself)."""
+    out = ""
+    for part in parts:
+        out = f"{out}[{part}]" if isinstance(part, int) else _join(out, part)
+    return out or "$"
+
+
+@cache
+def _validator() -> Any:
+    import jsonschema  # only when a registry is validated: a short command need not pay for its imports
+
+    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def _schema_errors(document: Any) -> Iterator[str]:
+    errors = sorted(_validator().iter_errors(document), key=lambda e: [str(p) for p in e.absolute_path])
+    for error in errors:
+        yield f"{format_path(list(error.absolute_path))}: {error.message}"
+
+
+_DATE_SHAPE = re.compile(r"^\d{4}-[A-Z][a-z]{2}-\d{2}$")
+_MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTHS = {m: i for i, m in enumerate(_MONTH_NAMES, start=1)}
+
+
+def parse_start_date(value: str) -> datetime:
+    """DriverLog's release start date (``2018-Aug-29``) as midnight UTC."""
+    year, month, day = value.split("-")
+    return datetime(int(year), _MONTHS[month], int(day), tzinfo=UTC)
+
+
+def _regex_error(pattern: str) -> str | None:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        return str(exc)
+    return None
+
+
+def _items(document: Any, key: str) -> list[tuple[int, dict[str, Any]]]:
+    """The objects of a top-level list, by index; anything the schema already rejected is left out."""
+    items = document.get(key) if isinstance(document, dict) else None
+    return [(i, x) for i, x in enumerate(items) if isinstance(x, dict)] if isinstance(items, list) else []
+
+
+def _str(obj: dict[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _semantic_errors(document: Any) -> Iterator[str]:
+    """Checks JSON Schema cannot express. They run even when the schema found errors, on what is usable."""
+    releases = _items(document, "releases")
+    release_ids = {_str(r, "id") for _, r in releases}
+    project_ids = {_str(p, "id") for _, p in _items(document, "projects")}
+    series_seen: dict[str, int] = {}
+    for index, release in releases:
+        series = _str(release, "series")
+        if series is not None:
+            if series in series_seen:
+                yield f"releases[{index}].series: {series!r} is already the series of releases[{series_seen[series]}]"
+            series_seen.setdefault(series, index)
+        start = _str(release, "start")
+        if start is None or not _DATE_SHAPE.match(start):
+            continue  # the schema reports it
+        try:
+            parse_start_date(start)
+        except (ValueError, KeyError):
+            yield f"releases[{index}].start: unparsable date {start!r}"
+    yield from legacy.twin_errors(document)
+    seen: dict[tuple[str, str, str], int] = {}
+    for index, driver in _items(document, "drivers"):
+        where = f"drivers[{index}]"
+        project_id, vendor, name = _str(driver, "project_id"), _str(driver, "vendor"), _str(driver, "name")
+        if project_id is not None and vendor is not None and name is not None:
+            key = (project_id, vendor, name)
+            if key in seen:
+                yield f"{where}: duplicate driver {key!r} (project_id, vendor, name), first at drivers[{seen[key]}]"
+            else:
+                seen[key] = index
+        if project_id is not None and project_id not in project_ids:
+            yield f"{where}.project_id: {project_id!r} is not among projects"
+        driver_releases = driver.get("releases")
+        for r_index, release_id in enumerate(driver_releases if isinstance(driver_releases, list) else []):
+            if isinstance(release_id, str) and release_id not in release_ids:
+                yield f"{where}.releases[{r_index}]: {release_id!r} is not among releases"
+        ci = driver.get("ci")
+        if isinstance(ci, dict):
+            for pattern_key in ("success_pattern", "failure_pattern"):
+                pattern = _str(ci, pattern_key)
+                problem = _regex_error(pattern) if pattern is not None else None
+                if problem:
+                    yield f"{where}.ci.{pattern_key}: {problem}"
+
+
+def _build(document: Mapping[str, Any], source: str) -> Registry:
+    releases = tuple(
+        Release(id=r["id"], wiki=r["wiki"], start=start, active=bool(r.get("active", False)),
+                series=r.get("series") or OPENSTACK_SERIES.get(r["id"]), start_epoch=int(start.timestamp()))
+        for r in document.get("releases", []) for start in [parse_start_date(r["start"])]
+    )
+    by_branch_name = {r.series: r for r in releases if r.series}
+    by_branch_name.update({r.id.lower(): r for r in releases})
+    drivers: list[Driver] = []
+    by_account: dict[str, list[Driver]] = {}
+    for raw in map(legacy.modern, document["drivers"]):
+        ci = None
+        if "ci" in raw:
+            c = raw["ci"]
+            ci = CIBinding(account=c["id"], success_pattern=c.get("success_pattern"),
+                           failure_pattern=c.get("failure_pattern"))
+        driver = Driver(
+            project_id=raw["project_id"],
+            vendor=raw["vendor"],
+            name=raw["name"],
+            description=raw.get("description", ""),
+            wiki=raw.get("wiki", ""),
+            repo=raw.get("repo"),
+            releases=tuple(raw.get("releases", ())),
+            maintainers=tuple(MappingProxyType(dict(m)) for m in raw.get("maintainers", ())),
+            ci=ci,
+            verification=raw.get("verification"),
+        )
+        drivers.append(driver)
+        if ci is not None:
+            by_account.setdefault(ci.account, []).append(driver)
+    return Registry(
+        projects=MappingProxyType({p["id"]: p["name"] for p in document["projects"]}),
+        releases=releases,
+        drivers=tuple(drivers),
+        by_account=MappingProxyType({k: tuple(v) for k, v in by_account.items()}),
+        releases_by_lower_id=MappingProxyType({r.id.lower(): r for r in releases}),
+        source=source,
+        releases_by_branch_name=MappingProxyType(by_branch_name),
+        review_projects=frozenset(d.review_project for ds in by_account.values() for d in ds),
+        legacy=tuple(legacy.legacy_notes(document)),
+    )

@@ -1,0 +1,1 @@
+"""Store: the one writer thread, the database's schema, the writes and every read."""

@@ -1,0 +1,371 @@
+"""The one thread that writes: a bounded queue of blocks and backfills, group commits, the one retry loop.
+
+    stream reader --blocks of lines--> bounded queue --> Writer: examine -> count -> group commit --> SQLite
+    backfill worker --review messages--^
+
+The reader never waits on processing (the queue absorbs bursts; only a full queue makes it wait, so nothing is
+dropped). Gaps are opened through the queue too, so a gap always starts after every block read before the fault.
+Every write goes through :func:`retrying`: a failing write is retried with a growing delay and its batch kept.
+"""
+
+from __future__ import annotations
+
+import functools
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
+
+from driverlog_daemon.logs import get_logger
+from driverlog_daemon.model import BackfillRun, ChangeFact, CommentAdded, Source
+from driverlog_daemon.registry.load import Registry
+from driverlog_daemon.store.pipeline import Pending, Pipeline
+from driverlog_daemon.store.store import BatchResult
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+    from driverlog_daemon.model import ImportStep
+    from driverlog_daemon.store.registry_apply import Applied, HistorySettings
+
+log = get_logger("driverlog.writer")
+_T = TypeVar("_T")
+
+
+class Retry(NamedTuple):
+    """How a failing write is retried: the first failures wait ``quiet`` delays (the database busy a moment: another
+    process's transaction), after which each failure is an error that is reported, then waited on with a delay
+    doubling from ``first`` to ``cap``; a write is never dropped."""
+
+    quiet: tuple[float, ...] = (0.05, 0.2, 0.5, 1.0, 2.0)
+    first: float = 0.1
+    cap: float = 5.0
+
+    def delay(self, failures: int) -> float:
+        """The wait after the ``failures``-th failure (1-based)."""
+        if failures <= len(self.quiet):
+            return self.quiet[failures - 1]
+        return float(min(self.first * 2 ** (failures - len(self.quiet) - 1), self.cap))
+
+    def quietly(self, failures: int, error: sqlite3.Error) -> bool:
+        """Whether the ``failures``-th failure is still a moment's wait rather than an error to report."""
+        return failures <= len(self.quiet) and isinstance(error, sqlite3.OperationalError)
+
+
+DEFAULT_RETRY = Retry()
+
+
+def retrying(write: Callable[[], _T], policy: Retry, *,
+             failed: Callable[[sqlite3.Error, int, float], None] = lambda error, failures, delay: None,
+             give_up_after: int | None = None) -> _T:
+    """Run ``write`` until it succeeds; after each ``sqlite3.Error``, ``failed(error, failures, delay)`` and wait.
+    With ``give_up_after``, the error after that many failures is raised instead."""
+    failures = 0
+    while True:
+        try:
+            return write()
+        except sqlite3.Error as error:
+            failures += 1
+            if give_up_after is not None and failures > give_up_after:
+                raise
+            delay = policy.delay(failures)
+            failed(error, failures, delay)
+            time.sleep(delay)
+
+
+# What the queue carries besides blocks of stream lines (plain classes: a block is a tuple).
+
+class _Backfilled:
+    __slots__ = ("changes", "close_gaps_up_to", "comments", "done", "run")
+
+    def __init__(self, comments: list[CommentAdded], changes: list[ChangeFact], done: Future[BatchResult],
+                 close_gaps_up_to: int | None = None, run: BackfillRun | None = None) -> None:
+        self.comments, self.changes, self.done, self.close_gaps_up_to = comments, changes, done, close_gaps_up_to
+        self.run = run
+
+
+class _Reload:
+    __slots__ = ("done", "history", "raw", "registry")
+
+    def __init__(self, registry: Registry, done: Future[Applied | None], raw: bytes | None = None,
+                 history: HistorySettings | None = None) -> None:
+        self.registry, self.done, self.raw, self.history = registry, done, raw, history
+
+
+class _Imported:
+    """A step of a history import: review messages and change facts read, and the step's progress."""
+
+    __slots__ = ("changes", "comments", "context", "done", "step")
+
+    def __init__(self, comments: list[CommentAdded], changes: list[ChangeFact], step: ImportStep, context: str,
+                 done: Future[BatchResult]) -> None:
+        self.comments, self.changes, self.step, self.context, self.done = comments, changes, step, context, done
+
+
+class _Rejudge:
+    __slots__ = ("done", "driver_id", "step")
+
+    def __init__(self, driver_id: int, step: ImportStep, done: Future[int]) -> None:
+        self.driver_id, self.step, self.done = driver_id, step, done
+
+
+class _OpenGap:
+    __slots__ = ("done", "fallback_since", "reason")
+
+    def __init__(self, reason: str, fallback_since: int, done: Future[tuple[int, int]]) -> None:
+        self.reason = reason
+        self.fallback_since = fallback_since  # when nothing was ever committed from the stream: the initial import
+        self.done = done  # (gap id, since)
+
+
+class _ImportFailed:
+    __slots__ = ("error", "import_id")
+
+    def __init__(self, import_id: int, error: str) -> None:
+        self.import_id, self.error = import_id, error
+
+
+class _GapFailed:
+    __slots__ = ("error", "up_to")
+
+    def __init__(self, up_to: int, error: str) -> None:
+        self.up_to, self.error = up_to, error
+
+
+class Writer:
+    """The one thread that writes: takes blocks and backfilled comments from a bounded queue, group-commits.
+
+    A stream batch is committed when it holds ``batch_rows`` results or its oldest result has waited
+    ``flush_seconds``, whichever comes first. When the queue is full, producers wait: nothing is dropped.
+    A failing commit is retried with a growing delay and the batch kept, never dropped.
+    """
+
+    def __init__(self, pipeline: Pipeline, *, max_queue: int = 4096, batch_rows: int = 500,
+                 flush_seconds: float = 0.05, on_dropped_output: Callable[[int | None], None] | None = None,
+                 retry: Retry = DEFAULT_RETRY, clock: Callable[[], float] = time.monotonic) -> None:
+        self.pipeline = pipeline
+        self.retry = retry
+        self.queue: queue.Queue[tuple[bytes, float] | bytes | _Backfilled | _Reload | _OpenGap | _GapFailed
+                                | _Imported | _Rejudge | _ImportFailed | None] = queue.Queue(maxsize=max_queue)
+        self.batch_rows = batch_rows
+        self.flush_seconds = flush_seconds
+        self.on_dropped_output = on_dropped_output
+        self.clock = clock
+        self.last_progress = clock()
+        self.failing = False  # the last commit attempt failed
+        self._pending = Pending()
+        self._pending_since: float | None = None
+        self._thread = threading.Thread(target=self._run, name="driverlog-writer", daemon=True)
+
+    # ------------------------------------------------------------------------------------ producers
+
+    def put_block(self, block: bytes) -> None:
+        self.queue.put((block, time.monotonic()))
+        self.pipeline.metrics.queue_depth.set(self.queue.qsize())
+
+    def put_backfill(self, comments: list[CommentAdded], changes: list[ChangeFact] | None = None,
+                     close_gaps_up_to: int | None = None, run: BackfillRun | None = None) -> Future[BatchResult]:
+        """Commit a backfill's messages and change facts; close the gaps up to ``close_gaps_up_to`` and record
+        ``run`` (what it asked of Gerrit) in the same transaction."""
+        from concurrent.futures import Future
+
+        done: Future[BatchResult] = Future()
+        self.queue.put(_Backfilled(comments, changes or [], done, close_gaps_up_to, run))
+        return done
+
+    def open_gap(self, reason: str, fallback_since: int) -> Future[tuple[int, int]]:
+        """Open a gap after everything already queued (so after the blocks read before the fault): (id, since)."""
+        from concurrent.futures import Future
+
+        done: Future[tuple[int, int]] = Future()
+        self.queue.put(_OpenGap(reason, fallback_since, done))
+        return done
+
+    def gap_failed(self, up_to: int, error: str) -> None:
+        self.queue.put(_GapFailed(up_to, error))
+
+    def import_failed(self, import_id: int, error: str) -> None:
+        self.queue.put(_ImportFailed(import_id, error))
+
+    def reload(self, registry: Registry, raw: bytes | None = None,
+               history: HistorySettings | None = None) -> Future[Applied | None]:
+        """Use ``registry`` from the next block on; with its bytes, apply it to the file (version, import)."""
+        from concurrent.futures import Future
+
+        done: Future[Applied | None] = Future()
+        self.queue.put(_Reload(registry, done, raw, history))
+        return done
+
+    def put_import(self, comments: list[CommentAdded], changes: list[ChangeFact], step: ImportStep, *,
+                   context: str) -> Future[BatchResult]:
+        """Commit a history import's step: its messages and facts, with its progress (``context``: ``import``
+        for the first start's, ``registry`` for a registry change's: see ``Store.record``)."""
+        from concurrent.futures import Future
+
+        done: Future[BatchResult] = Future()
+        self.queue.put(_Imported(comments, changes, step, context, done))
+        return done
+
+    def rejudge(self, driver_id: int, step: ImportStep) -> Future[int]:
+        """Judge a driver's kept comments again under the registry in force (a registry change): how many of its
+        verifications changed."""
+        from concurrent.futures import Future
+
+        done: Future[int] = Future()
+        self.queue.put(_Rejudge(driver_id, step, done))
+        return done
+
+    # ---------------------------------------------------------------------------------------- thread
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 4.0) -> bool:
+        """Commit everything queued, then end the thread. False if it did not finish within ``timeout``."""
+        self.queue.put(None)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            wait = self.flush_seconds if self._pending_since is not None else 1.0
+            try:
+                item = self.queue.get(timeout=wait)
+            except queue.Empty:
+                item = _TICK
+            self.pipeline.metrics.queue_depth.set(self.queue.qsize())
+            if item is None:
+                self._commit_stream(final=True)
+                return
+            if isinstance(item, tuple):  # a block of stream lines and when it was read
+                block, read_at = item
+                newest_before = max(self.pipeline.stream_newest or 0, self._pending.newest_event_time or 0) or None
+                before = len(self._pending.verifications)
+                findings = self.pipeline.examine(block)
+                self.pipeline.absorb(findings, self._pending)
+                dropped = findings.dropped_output
+                if len(self._pending.verifications) > before:
+                    self._pending.read_at.append((read_at, len(self._pending.verifications) - before))
+                for v in self._pending.verifications[before:]:
+                    log.info("ci_result", ci_account=v.ci_account, change=v.change_number, patch_set=v.patch_set,
+                             driver="/".join(v.driver_key), result=v.result, release=v.release or None)
+                if self._pending.verifications and self._pending_since is None:
+                    self._pending_since = self.clock()
+                if dropped:
+                    self._commit_stream()
+                    # Gerrit discarded events before the marker: what came before this block is all we know
+                    gap = self._open_gap("dropped-output", newest_before)
+                    if self.on_dropped_output is not None:
+                        self.on_dropped_output(gap[1] if gap else newest_before)
+            elif isinstance(item, _Backfilled):
+                self._commit_stream()
+                batch = Pending()
+                self.pipeline.absorb(self.pipeline.examine_messages(item.comments, item.changes), batch)
+                result = self._commit(batch, "backfill", item.close_gaps_up_to, run=item.run)
+                item.done.set_result(result)
+            elif isinstance(item, _OpenGap):
+                self._commit_stream()
+                try:
+                    opened = self._open_gap(item.reason, self.pipeline.stream_newest or item.fallback_since)
+                except sqlite3.Error as exc:
+                    item.done.set_exception(exc)
+                else:
+                    if opened is None:
+                        item.done.set_exception(RuntimeError("no Gerrit server: no gap to open"))
+                    else:
+                        item.done.set_result(opened)
+            elif isinstance(item, _GapFailed):
+                if self.pipeline.server is not None:
+                    self._retrying(functools.partial(self.pipeline.store.gap_failed, self.pipeline.server,
+                                                     item.up_to, item.error))
+            elif isinstance(item, _ImportFailed):
+                self._retrying(functools.partial(self.pipeline.store.import_failed, item.import_id, item.error))
+            elif isinstance(item, _Reload):
+                self._commit_stream()
+                try:
+                    applied = self.pipeline.swap_registry(item.registry, item.raw, item.history)
+                except Exception as exc:  # keep the old registry; the caller reports it
+                    item.done.set_exception(exc)
+                else:
+                    item.done.set_result(applied)
+            elif isinstance(item, _Imported):
+                self._commit_stream()
+                batch = Pending()
+                self.pipeline.absorb(self.pipeline.examine_messages(item.comments, item.changes), batch)
+                item.done.set_result(self._commit(batch, "backfill", step=item.step, context=item.context))
+            elif isinstance(item, _Rejudge):
+                self._commit_stream()
+                registry = self.pipeline.registry
+                try:
+                    changed = self._retrying(functools.partial(self._rejudge, item, registry))
+                except Exception as exc:  # a bug, not the database: reported by the import, which retries
+                    item.done.set_exception(exc)
+                else:
+                    item.done.set_result(changed)
+            due = self._pending_since is not None and self.clock() - self._pending_since >= self.flush_seconds
+            if len(self._pending.verifications) + len(self._pending.changes) >= self.batch_rows or due or (
+                    self._pending.newest_event_time is not None and self.queue.empty()):
+                self._commit_stream()
+            self.last_progress = self.clock()
+
+    def _commit_stream(self, final: bool = False) -> None:
+        if self._pending.verifications or self._pending.newest_event_time is not None:
+            self._commit(self._pending, "stream", final=final)
+        self._pending_since = None
+
+    def _rejudge(self, item: _Rejudge, registry: Registry) -> int:
+        changed = self.pipeline.store.rejudge(item.driver_id, registry, item.step)
+        return changed.total
+
+    def _open_gap(self, reason: str, since: int | None) -> tuple[int, int] | None:
+        """Record a gap (retried like any write); None without a server or a time to start it from."""
+        server = self.pipeline.server
+        if server is None or since is None:
+            return None
+        gap_id = self._retrying(lambda: self.pipeline.store.open_gap(server, since, reason))
+        log.warning("gap_opened", server=server, gap=gap_id, reason=reason, since=since)
+        return gap_id, since
+
+    def _retrying(self, write: Callable[[], _T], *, rows: int | None = None,
+                  give_up: Callable[[], _T] | None = None) -> _T:
+        """Run a write until it succeeds (:func:`retrying`), reporting the failures past the quiet ones; with
+        ``give_up`` (shutdown), stop after five of those and return what it gives."""
+        metrics = self.pipeline.metrics
+
+        def failed(error: sqlite3.Error, failures: int, delay: float) -> None:
+            if self.retry.quietly(failures, error):
+                metrics.db_write_retries.inc()
+                return
+            self.failing = True
+            metrics.db_write_errors.inc()
+            log.error("db_write_failed", error=str(error), rows=rows, retry_in=delay)
+
+        try:
+            result = retrying(write, self.retry, failed=failed,
+                              give_up_after=None if give_up is None else len(self.retry.quiet) + 5)
+        except sqlite3.Error:
+            assert give_up is not None
+            return give_up()
+        self.failing = False
+        return result
+
+    def _commit(self, pending: Pending, source: Source, close_gaps_up_to: int | None = None,
+                final: bool = False, run: BackfillRun | None = None, step: ImportStep | None = None,
+                context: str | None = None) -> BatchResult:
+        rows = len(pending.verifications)
+
+        def abandon() -> BatchResult:
+            log.error("db_write_abandoned_at_shutdown", rows=rows)
+            return BatchResult(0, 0, 0)
+
+        return self._retrying(functools.partial(self.pipeline.commit, pending, source, close_gaps_up_to, run,
+                                                step=step, context=context),
+                              rows=rows, give_up=abandon if final else None)
+
+_TICK = b""
