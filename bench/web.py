@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from driverlog_daemon.model import ChangeFact, Verification  # noqa: E402
 from driverlog_daemon.registry.load import Registry, load_registry  # noqa: E402
-from driverlog_daemon.store.store import Store  # noqa: E402
+from driverlog_daemon.store.store import Batch, Store  # noqa: E402
 
 UPSTREAM = ROOT.parent / "shared" / "driverlog" / "default_data.json"
 SHIPPED = ROOT / "data" / "default_data.json"
@@ -73,9 +73,9 @@ def build(db: Path, registry: Registry, n: int, seed: int = 1) -> None:
             if ps == 3 and rng.random() < 0.5:
                 facts.append(ChangeFact(number, d.review_project, "master", "MERGED", t + 60, ps, ps, t + 60))
             if len(batch) >= 20_000:
-                store.record(batch, "replay", changes=facts)
+                store.commit(Batch("replay", batch, changes=facts))
                 batch, facts = [], []
-        store.record(batch, "replay", changes=facts)
+        store.commit(Batch("replay", batch, changes=facts))
         store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 

@@ -14,7 +14,7 @@ from driverlog_daemon.expose.web.app import App
 from driverlog_daemon.metrics import Metrics
 from driverlog_daemon.registry.load import Registry, load_registry
 from driverlog_daemon.store import reads
-from driverlog_daemon.store.store import Store
+from driverlog_daemon.store.store import Batch, Store
 from driverlog_daemon.testing.http import ThreadedServer
 
 from .helpers import (
@@ -84,12 +84,12 @@ def site(tmp_path: Path, registry: Registry) -> Iterator[Site]:
     store = Store(db)
     store.sync_drivers(registry)
     fc, iscsi, nova = "Acme Volume Driver (FC)", "Acme Volume Driver (iSCSI)", "Hooli Hypervisor Driver"
-    store.record([
+    store.commit(Batch("stream", [
         vote(registry, fc, 100, 2, NOW - 3600, "success", "Gazpacho", evidence=XSS_SCRIPT, url=EVIL_URL),
         vote(registry, iscsi, 100, 2, NOW - 3600, "failure", "Gazpacho", evidence=XSS_ATTR),
         vote(registry, fc, 101, 1, NOW - 60, "failure", "Gazpacho"),  # latest activity, not merged: no mark
         vote(registry, nova, 300, 1, NOW - 30 * 86400, "success", "Flamingo"),  # stale
-    ], "stream", changes=[merged(100, 2, NOW - 1800), merged(300, 1, NOW - 30 * 86400, "openstack/nova")])
+    ], changes=[merged(100, 2, NOW - 1800), merged(300, 1, NOW - 30 * 86400, "openstack/nova")]))
     health: dict[str, Any] = {"ok": True}
     metrics = Metrics()
     metrics.watch_releases(lambda: reads.release_times(store.conn))

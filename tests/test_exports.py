@@ -10,6 +10,7 @@ import pytest
 
 from driverlog_daemon.cli import main
 from driverlog_daemon.expose.export import FORMULA_STARTS, parse_time, safe_cell
+from driverlog_daemon.store.store import Batch
 
 from .helpers import NOW, Site, merged, query, vote
 
@@ -25,10 +26,11 @@ def table(body: bytes) -> list[list[str]]:
 
 @pytest.fixture
 def hostile_site(site: Site) -> Site:
-    site.store.record([vote(site.registry, FC, 600 + i, 1, NOW - 500 + i, "failure" if i % 2 else "success",
-                            "Gazpacho", evidence=text, url=f"=cmd{i}", sha=chr(98 + i))
-                       for i, text in enumerate(HOSTILE)], "stream",
-                      changes=[merged(600 + i, 1, NOW - 400 + i) for i in range(len(HOSTILE))])
+    site.store.commit(Batch("stream", [vote(site.registry, FC, 600 + i, 1, NOW - 500 + i,
+                                            "failure" if i % 2 else "success", "Gazpacho", evidence=text,
+                                            url=f"=cmd{i}", sha=chr(98 + i))
+                                       for i, text in enumerate(HOSTILE)],
+                            changes=[merged(600 + i, 1, NOW - 400 + i) for i in range(len(HOSTILE))]))
     return site
 
 

@@ -8,6 +8,8 @@ from typing import Any
 import feedparser
 import pytest
 
+from driverlog_daemon.store.store import Batch
+
 from .helpers import EMAIL, NOW, XSS_ATTR, XSS_SCRIPT, Site, merged, vote
 
 FC, ISCSI, NOVA = "Acme Volume Driver (FC)", "Acme Volume Driver (iSCSI)", "Hooli Hypervisor Driver"
@@ -22,8 +24,8 @@ def parse(site: Site, path: str) -> Any:
 
 
 def test_the_feed_of_every_driver_is_valid_atom_newest_first(site: Site) -> None:
-    site.store.record([vote(site.registry, FC, 400, 1, NOW - 100, "failure", "Gazpacho")], "stream",
-                      changes=[merged(400, 1, NOW - 50)])
+    site.store.commit(Batch("stream", [vote(site.registry, FC, 400, 1, NOW - 100, "failure", "Gazpacho")],
+                            changes=[merged(400, 1, NOW - 50)]))
     feed, body = parse(site, "/feed.atom")
     assert feed.version == "atom10"
     titles = [e.title for e in feed.entries]
@@ -83,11 +85,11 @@ def test_a_drivers_feed_and_its_links_from_the_pages(site: Site) -> None:
 def test_the_feed_changes_only_when_its_entries_do(site: Site) -> None:
     status, headers, first = site.get("/feed.atom")
     assert status == 200 and b"<entry>" in first
-    site.store.record([vote(site.registry, FC, 500, 1, NOW - 30, "success", "Gazpacho")], "stream")  # no merge
+    site.store.commit(Batch("stream", [vote(site.registry, FC, 500, 1, NOW - 30, "success", "Gazpacho")]))  # no merge
     again = site.get("/feed.atom", headers={"If-None-Match": headers["etag"]})
     assert again[0] == 304  # the database changed, the feed did not
-    site.store.record([], "stream", changes=[merged(401, 1, NOW - 20)])
-    site.store.record([vote(site.registry, ISCSI, 401, 1, NOW - 25, "success", "Gazpacho")], "stream")
+    site.store.commit(Batch("stream", [], changes=[merged(401, 1, NOW - 20)]))
+    site.store.commit(Batch("stream", [vote(site.registry, ISCSI, 401, 1, NOW - 25, "success", "Gazpacho")]))
     changed = site.get("/feed.atom", headers={"If-None-Match": headers["etag"]})
     assert changed[0] == 200 and changed[1]["etag"] != headers["etag"]
     assert feedparser.parse(changed[2]).entries[0].title == f"{ISCSI}, Gazpacho: failing → passing"

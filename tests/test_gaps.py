@@ -8,7 +8,7 @@ from typing import Any
 
 from driverlog_daemon.registry.load import Registry
 from driverlog_daemon.store import reads
-from driverlog_daemon.store.store import Store
+from driverlog_daemon.store.store import Batch, Store
 
 from .helpers import Harness, SSHEnv, ci_event, query, wait_until
 
@@ -18,19 +18,20 @@ SERVER = "gerrit:29418"
 def test_live_events_never_move_the_cursor_across_an_open_gap(tmp_path: Path, registry: Registry) -> None:
     with Store(tmp_path / "d.sqlite") as s:
         s.sync_drivers(registry)
-        s.record([], "stream", cursor=(SERVER, 100))
+        s.commit(Batch("stream", [], cursor=(SERVER, 100)))
         assert s.cursor(SERVER) == 100
         gap = s.open_gap(SERVER, 100, "reconnect")
         for t in (150, 200, 250):  # the new connection delivers newer events
-            s.record([], "stream", cursor=(SERVER, t))
+            s.commit(Batch("stream", [], cursor=(SERVER, t)))
         assert (s.cursor(SERVER), reads.newest_event_time(s.conn, SERVER)) == (100, 250)
         later = s.open_gap(SERVER, 250, "dropped-output")
-        result = s.record([], "backfill", close=(SERVER, gap, 250))  # a backfill that started before `later`
+        # a backfill that started before `later`
+        result = s.commit(Batch("backfill", close_gaps=(SERVER, gap, 250)))
         assert [g[0] for g in result.closed_gaps] == [gap]
         assert s.cursor(SERVER) == 250 and [g.id for g in reads.open_gaps(s.conn, SERVER)] == [later]
-        s.record([], "stream", cursor=(SERVER, 300))
+        s.commit(Batch("stream", [], cursor=(SERVER, 300)))
         assert s.cursor(SERVER) == 250
-        s.record([], "backfill", close=(SERVER, later, 300))
+        s.commit(Batch("backfill", [], close_gaps=(SERVER, later, 300)))
         assert s.cursor(SERVER) == 300 and reads.open_gaps(s.conn, SERVER) == []
 
 

@@ -16,7 +16,7 @@ from driverlog_daemon import cli
 from driverlog_daemon.model import BackfillRun, Verification
 from driverlog_daemon.registry.load import Registry
 from driverlog_daemon.store import reads, schema
-from driverlog_daemon.store.store import Store
+from driverlog_daemon.store.store import Batch, Store
 
 from .helpers import DATA, NOW, Site, driver, merged, released_file, vote, write_merged_history
 
@@ -54,8 +54,8 @@ def test_health_numbers_equal_the_definitions(tmp_path_factory: pytest.TempPathF
         merged_at: dict[int, tuple[int, int]] = {}
         for change, ps, dt in merges:
             merged_at.setdefault(change, (ps, now + dt))
-        store.record(list(vs.values()), "replay",
-                     changes=[merged(c, ps, t) for c, (ps, t) in merged_at.items()])
+        store.commit(Batch("replay", list(vs.values()),
+                           changes=[merged(c, ps, t) for c, (ps, t) in merged_at.items()]))
         ids = dict(store.conn.execute("SELECT name, id FROM drivers").fetchall())
         got = reads.health_of_drivers(store.conn, now, 14)
     for name in (FC, ISCSI):
@@ -91,17 +91,17 @@ def history(store: Store) -> list[tuple[Any, ...]]:
 
 def test_a_change_merged_after_its_comment_makes_the_mark_at_the_merge(tmp_path: Path, registry: Registry) -> None:
     with store_with(tmp_path, registry) as s:
-        s.record([ci_vote(registry, FC, 1, 2, NOW - 500, "success")], "stream")
+        s.commit(Batch("stream", [ci_vote(registry, FC, 1, 2, NOW - 500, "success")]))
         assert history(s) == []  # not merged: no mark
-        s.record([], "stream", changes=[merged(1, 2, NOW - 100)])
+        s.commit(Batch("stream", [], changes=[merged(1, 2, NOW - 100)]))
         assert history(s) == [("Gazpacho", None, "success", NOW - 100, 1, 2)]
 
 
 def test_ties_are_decided_by_change_patch_set_and_comment_as_marks(tmp_path: Path, registry: Registry) -> None:
     with store_with(tmp_path, registry) as s:
-        s.record([ci_vote(registry, FC, 2, 1, NOW - 50, "failure", sha="b"),
-                  ci_vote(registry, FC, 1, 1, NOW - 50, "success", sha="c")], "stream",
-                 changes=[merged(1, 1, NOW - 60), merged(2, 1, NOW - 60)])
+        s.commit(Batch("stream", [ci_vote(registry, FC, 2, 1, NOW - 50, "failure", sha="b"),
+                        ci_vote(registry, FC, 1, 1, NOW - 50, "success", sha="c")],
+                       changes=[merged(1, 1, NOW - 60), merged(2, 1, NOW - 60)]))
         # equal comment times and effective times: change 2 ranks higher, so the one transition is to failure
         assert history(s) == [("Gazpacho", None, "failure", NOW - 50, 2, 1)]
         mark = s.conn.execute("SELECT result, change_number FROM driver_marks").fetchone()
@@ -110,39 +110,40 @@ def test_ties_are_decided_by_change_patch_set_and_comment_as_marks(tmp_path: Pat
 
 def test_a_late_backfill_moves_a_transition_and_removes_one(tmp_path: Path, registry: Registry) -> None:
     with store_with(tmp_path, registry) as s:
-        s.record([ci_vote(registry, FC, 1, 1, NOW - 900, "success"),
-                  ci_vote(registry, FC, 2, 1, NOW - 500, "failure")], "stream",
-                 changes=[merged(1, 1, NOW - 800), merged(2, 1, NOW - 400)])
+        s.commit(Batch("stream", [ci_vote(registry, FC, 1, 1, NOW - 900, "success"),
+                        ci_vote(registry, FC, 2, 1, NOW - 500, "failure")],
+                       changes=[merged(1, 1, NOW - 800), merged(2, 1, NOW - 400)]))
         first = s.conn.execute("SELECT id FROM mark_transitions ORDER BY at").fetchall()
         assert history(s) == [("Gazpacho", None, "success", NOW - 800, 1, 1),
                               ("Gazpacho", "success", "failure", NOW - 400, 2, 1)]
         # a backfill learns an older merge time of change 1, and a success on change 3, commented before change 2's
-        s.record([ci_vote(registry, FC, 3, 1, NOW - 600, "success")], "backfill",
-                 changes=[merged(1, 1, NOW - 850), merged(3, 1, NOW - 300)])
+        s.commit(Batch("backfill", [ci_vote(registry, FC, 3, 1, NOW - 600, "success")],
+                       changes=[merged(1, 1, NOW - 850), merged(3, 1, NOW - 300)]))
         assert history(s) == [("Gazpacho", None, "success", NOW - 850, 1, 1),
                               ("Gazpacho", "success", "failure", NOW - 400, 2, 1)]  # change 3's is the older
         assert s.conn.execute("SELECT id FROM mark_transitions ORDER BY at").fetchall()[1] == first[1]
-        s.record([ci_vote(registry, FC, 4, 1, NOW - 350, "success")], "backfill", changes=[merged(4, 1, NOW - 320)])
+        s.commit(Batch("backfill", [ci_vote(registry, FC, 4, 1, NOW - 350, "success")],
+                       changes=[merged(4, 1, NOW - 320)]))
         assert history(s)[-1] == ("Gazpacho", "failure", "success", NOW - 320, 4, 1)
 
 
 def test_at_risk_is_unknown_until_the_file_is_proven_that_far_back(tmp_path: Path, registry: Registry) -> None:
     server = "gerrit:29418"
     with store_with(tmp_path, registry) as s:
-        s.record([ci_vote(registry, FC, 1, 1, NOW - 20 * DAY, "success")], "replay")
+        s.commit(Batch("replay", [ci_vote(registry, FC, 1, 1, NOW - 20 * DAY, "success")]))
         fc = s.conn.execute("SELECT id FROM drivers WHERE name = ?", (FC,)).fetchone()[0]
         assert reads.health_of_drivers(s.conn, NOW, 14)[fc]["at_risk"] is None  # replay proves nothing
         gap = s.open_gap(server, NOW - 7 * DAY, "start")
         run = BackfillRun("start", NOW - 7 * DAY, NOW, 1, 1, 0, 0, 0, 0.0)
-        s.record([], "backfill", close=(server, gap, None), backfill=(server, run))
+        s.commit(Batch("backfill", [], close_gaps=(server, gap, None), backfill=(server, run)))
         assert reads.horizon(s.conn) == NOW - 7 * DAY
         assert reads.health_of_drivers(s.conn, NOW, 14)[fc]["at_risk"] is None  # 7 days known, 14 asked
         assert reads.health_of_drivers(s.conn, NOW, 5)[fc]["at_risk"] is True  # 5 days known: none in them
-        s.record([ci_vote(registry, FC, 2, 1, NOW - DAY, "success")], "stream")
+        s.commit(Batch("stream", [ci_vote(registry, FC, 2, 1, NOW - DAY, "success")]))
         assert reads.health_of_drivers(s.conn, NOW, 5)[fc]["at_risk"] is False
         gap = s.open_gap(server, NOW - 30 * DAY, "reconnect")  # a gap older than a backfill may reach
-        s.record([], "backfill", close=(server, gap, None),
-                 backfill=(server, run._replace(since=NOW - 2 * DAY, capped=True)))
+        s.commit(Batch("backfill", [], close_gaps=(server, gap, None),
+                       backfill=(server, run._replace(since=NOW - 2 * DAY, capped=True))))
         assert reads.horizon(s.conn) == NOW - 2 * DAY  # what is older than the capped window is not known
 
 
@@ -159,7 +160,7 @@ def test_a_version_3_file_gets_its_history(tmp_path: Path, registry: Registry) -
                               ("Gazpacho", "success", "failure", NOW - 400, 2, 1)]
         assert s.conn.execute("SELECT sum(runs) FROM driver_days").fetchone()[0] == 2
         assert s.conn.execute("SELECT result, change_number FROM driver_marks").fetchall() == [("failure", 2)]
-        s.record([ci_vote(registry, FC, 3, 1, NOW - 100, "success")], "stream", changes=[merged(3, 1, NOW - 50)])
+        s.commit(Batch("stream", [ci_vote(registry, FC, 3, 1, NOW - 100, "success")], changes=[merged(3, 1, NOW - 50)]))
         assert s.conn.execute("SELECT result, change_number FROM driver_marks").fetchall() == [("success", 3)]
 
 
@@ -167,12 +168,12 @@ def test_the_health_command_reads_the_file_as_the_api_does(tmp_path: Path, regis
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     server = "gerrit:29418"
     with store_with(tmp_path, registry) as s:
-        s.record([ci_vote(registry, FC, 1, 1, NOW - 20 * DAY, "success"),
-                  ci_vote(registry, FC, 2, 1, NOW - DAY, "failure"),
-                  ci_vote(registry, ISCSI, 3, 1, NOW - DAY, "success")], "replay", changes=[merged(2, 1, NOW - DAY)])
+        s.commit(Batch("replay", [ci_vote(registry, FC, 1, 1, NOW - 20 * DAY, "success"),
+                        ci_vote(registry, FC, 2, 1, NOW - DAY, "failure"),
+                        ci_vote(registry, ISCSI, 3, 1, NOW - DAY, "success")], changes=[merged(2, 1, NOW - DAY)]))
         gap = s.open_gap(server, NOW - 30 * DAY, "start")
-        s.record([], "backfill", close=(server, gap, None),
-                 backfill=(server, BackfillRun("start", NOW - 30 * DAY, NOW, 1, 1, 0, 0, 0, 0.0)))
+        s.commit(Batch("backfill", [], close_gaps=(server, gap, None),
+                       backfill=(server, BackfillRun("start", NOW - 30 * DAY, NOW, 1, 1, 0, 0, 0, 0.0))))
         expected = reads.health_of_drivers(s.conn, time.time(), 14)
         ids = dict(s.conn.execute("SELECT name, id FROM drivers").fetchall())
     config = tmp_path / "driverlog.toml"
@@ -210,7 +211,7 @@ def test_every_record_has_health_and_history_and_missed_answer(site: Site) -> No
     # the site's change 100 merged (NOW - 1800) after the CI's success on it (NOW - 3600): the merge made the mark
     assert body["transitions"][0]["cause"] == "merge"
     iscsi = site.driver_id(ISCSI)
-    site.store.record([], "stream", changes=[merged(400, 3, NOW - 10)])  # merged, and nobody verified it
+    site.store.commit(Batch("stream", [], changes=[merged(400, 3, NOW - 10)]))  # merged, and nobody verified it
     missed = site.json(f"/api/1.0/drivers/{iscsi}/missed?days=7")
     assert missed == {"days": 7, "missed": [{"change_number": 400, "branch": "master", "merged_time": NOW - 10,
                                              "review_url": None}]}

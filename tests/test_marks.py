@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from driverlog_daemon.model import ChangeFact, Verification
 from driverlog_daemon.parse.changes import ChangeRows
 from driverlog_daemon.registry.load import Registry
-from driverlog_daemon.store.store import Store
+from driverlog_daemon.store.store import Batch, Store
 
 from .helpers import (
     PROJECT,
@@ -156,9 +156,9 @@ def marks(conn: sqlite3.Connection, registry: Registry) -> dict[tuple[int, str],
 def apply(store: Store, registry: Registry, items: list[Vote | State]) -> None:
     for item in items:
         if isinstance(item, Vote):
-            store.record([as_verification(item, registry)], "stream")
+            store.commit(Batch("stream", [as_verification(item, registry)]))
         else:
-            store.record([], "stream", changes=[as_fact(item)])
+            store.commit(Batch("stream", [], changes=[as_fact(item)]))
 
 
 def status(store: Store) -> dict[int, str]:
@@ -274,15 +274,15 @@ def test_any_order_and_batching_of_the_same_facts_gives_the_same_marks(
         bounds = [0, *cuts, len(order)]
         for a, b in itertools.pairwise(bounds):  # batches as the writer would commit them
             chunk = order[a:b]
-            s.record([as_verification(v, registry) for v in chunk if isinstance(v, Vote)], "backfill",
-                     changes=[as_fact(x) for x in chunk if isinstance(x, State)])
+            s.commit(Batch("backfill", [as_verification(v, registry) for v in chunk if isinstance(v, Vote)],
+                           changes=[as_fact(x) for x in chunk if isinstance(x, State)]))
         assert marks(s.conn, registry) == reference_marks(votes, states)
         assert status(s) == reference_status(states)
         # A batch's facts are merged in Python first (ChangeRows), then by SQLite: the same rows as SQLite alone
         one.sync_drivers(registry)
         for item in order:
-            one.record(*(([as_verification(item, registry)], "backfill") if isinstance(item, Vote)
-                         else ([], "backfill", None, [as_fact(item)])))
+            one.commit(Batch("backfill", [as_verification(item, registry)]) if isinstance(item, Vote)
+                       else Batch("backfill", changes=[as_fact(item)]))
         every_column = "SELECT * FROM changes ORDER BY change_number"
         assert s.conn.execute(every_column).fetchall() == one.conn.execute(every_column).fetchall()
         # Each mark's history, whatever the order and batching: the definition's, with the same ids

@@ -19,7 +19,7 @@ from driverlog_daemon.registry.load import RegistryError, parse_registry
 from driverlog_daemon.source.query import comments_from_row
 from driverlog_daemon.source.replay import replay
 from driverlog_daemon.store.pipeline import UNMEASURED, Pipeline
-from driverlog_daemon.store.store import Store
+from driverlog_daemon.store.store import Batch, Store
 from driverlog_daemon.testing.faults import reference
 from driverlog_daemon.testing.gerrit.index import ChangeIndex
 
@@ -267,7 +267,7 @@ def test_a_mixed_registry_works_on_the_page_the_api_and_the_metrics(tmp_path: Pa
                "patchSet": {"number": 2}, "eventCreatedOn": merged_at}]
     findings = examine(new_scanner(registry), registry, "".join(json.dumps(e) + "\n" for e in events).encode())
     assert len(findings.verifications) == 4  # two drivers on ceph-ci, two reviews
-    store.record(findings.verifications, "stream", changes=findings.changes)
+    store.commit(Batch("stream", findings.verifications, changes=findings.changes))
     metrics = WebMetrics(multiprocess=False)
     metrics.watch_releases(lambda: reads.release_times(store.conn))
     metrics.watch_health(lambda: [(p, v, n, h["pass_rate"]["30"], h["coverage"]["ratio"], h["at_risk"])

@@ -11,7 +11,7 @@ from driverlog_daemon.model import ChangeFact
 from driverlog_daemon.registry.load import Registry
 from driverlog_daemon.store import reads, schema
 from driverlog_daemon.store.schema import MIGRATIONS, SCHEMA_VERSION, StoreError, schema_version
-from driverlog_daemon.store.store import Store
+from driverlog_daemon.store.store import Batch, Store
 
 from .helpers import PROJECT, T, released_file, verification
 
@@ -30,7 +30,7 @@ def test_reopening_does_not_migrate_again(tmp_path: Path, registry: Registry) ->
     path = tmp_path / "d.sqlite"
     with Store(path) as s:
         s.sync_drivers(registry)
-        s.record([verification(registry)], "stream")
+        s.commit(Batch("stream", [verification(registry)]))
     with Store(path) as s:
         assert s.conn.execute("SELECT count(*) FROM verifications").fetchone()[0] == 1
 
@@ -70,7 +70,7 @@ def test_a_version_1_file_upgrades_in_place_and_derives_change_state(tmp_path: P
         assert reads.unknown_merges(s.conn) == [1]  # the next backfill asks Gerrit which patch set merged
         assert s.conn.execute("SELECT count(*) FROM driver_marks").fetchone()[0] == 0
         # what that backfill learns: a merged row whose current patch set is 2
-        s.record([], "backfill", changes=[ChangeFact(1, PROJECT, "master", "MERGED", T + 60, 2, 2, T + 60)])
+        s.commit(Batch("backfill", [], changes=[ChangeFact(1, PROJECT, "master", "MERGED", T + 60, 2, 2, T + 60)]))
         assert reads.unknown_merges(s.conn) == []
         assert s.conn.execute("SELECT release, result, change_number, patch_set, merged_at FROM driverlog_marks"
                               ).fetchall() == [("Caracal", "failure", 1, 2, "2026-05-28 20:27:30")]

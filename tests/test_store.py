@@ -11,7 +11,7 @@ import pytest
 
 from driverlog_daemon.registry.load import Registry, parse_registry
 from driverlog_daemon.store.schema import connect
-from driverlog_daemon.store.store import Store
+from driverlog_daemon.store.store import Batch, Store
 
 from .helpers import DATA, verification
 
@@ -31,10 +31,10 @@ def test_a_bulk_import_checkpoints_less_often_and_then_as_before(store: Store) -
 
 def test_same_comment_from_every_source_is_one_row(store: Store, registry: Registry) -> None:
     v = verification(registry)
-    first = store.record([v], "stream")
+    first = store.commit(Batch("stream", [v]))
     # the backfilled copy of the same message has a timestamp a second later: same natural key
-    again = store.record([v._replace(comment_time=v.comment_time + 1)], "backfill")
-    third = store.record([v, v], "replay")
+    again = store.commit(Batch("backfill", [v._replace(comment_time=v.comment_time + 1)]))
+    third = store.commit(Batch("replay", [v, v]))
     assert (first.inserted, again.inserted, third.inserted) == (1, 0, 0)
     assert (again.already_present, third.already_present) == (1, 2)
     rows = store.conn.execute("SELECT source, comment_time FROM verifications").fetchall()
@@ -43,24 +43,24 @@ def test_same_comment_from_every_source_is_one_row(store: Store, registry: Regis
 
 def test_different_patch_set_or_comment_is_a_new_row(store: Store, registry: Registry) -> None:
     v = verification(registry)
-    res = store.record([v, v._replace(patch_set=2), v._replace(comment_sha256="b" * 64),
-                        verification(registry, driver=1)], "stream")
+    res = store.commit(Batch("stream", [v, v._replace(patch_set=2), v._replace(comment_sha256="b" * 64),
+                              verification(registry, driver=1)]))
     assert res.inserted == 4
 
 
 def test_driver_status_newest_by_comment_time_even_out_of_order(store: Store, registry: Registry) -> None:
     t = 1_750_000_000
     # arrival order: newest success, then an older failure, then an older success, then an even older failure
-    store.record([verification(registry, ps=3, t=t + 300, result="success", sha="3" * 64)], "stream")
-    store.record([verification(registry, ps=2, t=t + 200, result="failure", sha="2" * 64)], "backfill")
-    store.record([verification(registry, ps=1, t=t + 100, result="success", sha="1" * 64),
-                  verification(registry, ps=0, t=t, result="failure", sha="0" * 64)], "backfill")
+    store.commit(Batch("stream", [verification(registry, ps=3, t=t + 300, result="success", sha="3" * 64)]))
+    store.commit(Batch("backfill", [verification(registry, ps=2, t=t + 200, result="failure", sha="2" * 64)]))
+    store.commit(Batch("backfill", [verification(registry, ps=1, t=t + 100, result="success", sha="1" * 64),
+                        verification(registry, ps=0, t=t, result="failure", sha="0" * 64)]))
     row = store.conn.execute(
         "SELECT last_result, last_comment_time, last_success_time, verifications, successes FROM driver_status"
     ).fetchone()
     assert row == ("success", t + 300, t + 300, 4, 2)
     # a newer failure takes over last result, keeps last success
-    store.record([verification(registry, ps=4, t=t + 400, result="failure", sha="4" * 64)], "stream")
+    store.commit(Batch("stream", [verification(registry, ps=4, t=t + 400, result="failure", sha="4" * 64)]))
     row = store.conn.execute(
         "SELECT s.last_result, s.last_comment_time, s.last_success_time, v.patch_set, vs.patch_set "
         "FROM driver_status s JOIN verifications v ON v.id = s.last_verification_id "
@@ -69,13 +69,13 @@ def test_driver_status_newest_by_comment_time_even_out_of_order(store: Store, re
 
 
 def test_driver_status_is_per_release(store: Store, registry: Registry) -> None:
-    store.record([verification(registry, release="Gazpacho"), verification(registry, release="", sha="b" * 64)],
-                 "stream")
+    store.commit(Batch("stream", [verification(registry, release="Gazpacho"),
+                                  verification(registry, release="", sha="b" * 64)]))
     assert store.conn.execute("SELECT release FROM driver_status ORDER BY release").fetchall() == [("",), ("Gazpacho",)]
 
 
 def test_view_for_people(store: Store, registry: Registry) -> None:
-    store.record([verification(registry, t=1_750_000_000)], "stream")
+    store.commit(Batch("stream", [verification(registry, t=1_750_000_000)]))
     row = dict(zip(["vendor", "release", "last_result", "last_result_at", "removed"],
                    store.conn.execute("SELECT vendor, release, last_result, last_result_at, removed "
                                       "FROM driver_ci_status").fetchone(), strict=True))
@@ -84,14 +84,14 @@ def test_view_for_people(store: Store, registry: Registry) -> None:
 
 
 def test_cursor_moves_only_forward(store: Store, registry: Registry) -> None:
-    store.record([], "stream", ("gerrit:29418", 100))
-    store.record([], "stream", ("gerrit:29418", 90))
+    store.commit(Batch("stream", cursor=("gerrit:29418", 100)))
+    store.commit(Batch("stream", cursor=("gerrit:29418", 90)))
     assert store.cursor("gerrit:29418") == 100
     assert store.cursor("other") is None
 
 
 def test_removed_driver_is_marked_and_keeps_history(tmp_path: Path, store: Store, registry: Registry) -> None:
-    store.record([verification(registry)], "stream")
+    store.commit(Batch("stream", [verification(registry)]))
     ids_before = dict(store.conn.execute("SELECT name, id FROM drivers").fetchall())
     doc = json.loads(DATA.read_text())
     gone = doc["drivers"].pop(0)
@@ -154,7 +154,7 @@ def test_another_process_reads_while_the_writer_commits(store: Store, registry: 
     reader = subprocess.Popen([sys.executable, "-c", READER, store.path, str(batch), str(batches)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for b in range(batches):
-        store.record([verification(registry, number=b * batch + i) for i in range(batch)], "stream")
+        store.commit(Batch("stream", [verification(registry, number=b * batch + i) for i in range(batch)]))
     out, err = reader.communicate(timeout=60)
     assert reader.returncode == 0, err
     assert int(out) >= 1
@@ -164,6 +164,6 @@ def test_batches_of_any_size_go_in_whole(store: Store, registry: Registry) -> No
     """Rows go in as VALUES statements of 256, 128, …, 1 rows: every size of batch lands completely."""
     for size in (1, 255, 256, 257, 777):
         batch = [verification(registry, number=100_000 * size + i) for i in range(size)]
-        assert store.record(batch, "replay").inserted == size
-        assert store.record(batch, "replay").already_present == size
+        assert store.commit(Batch("replay", batch)).inserted == size
+        assert store.commit(Batch("replay", batch)).already_present == size
     assert store.conn.execute("SELECT count(*) FROM verifications").fetchone()[0] == 1 + 255 + 256 + 257 + 777

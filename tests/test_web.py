@@ -15,6 +15,7 @@ from driverlog_daemon.expose.web.app import App
 from driverlog_daemon.metrics import Metrics
 from driverlog_daemon.model import BackfillRun
 from driverlog_daemon.registry.load import Registry
+from driverlog_daemon.store.store import Batch
 
 from .helpers import EMAIL, EVIL_URL, NOW, XSS_SCRIPT, Site, driver, merged, vote, wait_until
 
@@ -66,8 +67,8 @@ def test_cached_answers_follow_the_database(site: Site) -> None:
     before = site.get("/api/1.0/drivers?release_id=epoxy")
     fc = next(d for d in json.loads(before[2])["drivers"] if d["name"] == "Acme Volume Driver (FC)")
     assert fc["releases"]["epoxy"] == {"ci_tested": False}
-    site.store.record([vote(site.registry, "Acme Volume Driver (FC)", 200, 1, NOW - 10, "success", "Epoxy")],
-                      "stream", changes=[merged(200, 1, NOW)])
+    site.store.commit(Batch("stream", [vote(site.registry, "Acme Volume Driver (FC)", 200, 1, NOW - 10, "success",
+                                            "Epoxy")], changes=[merged(200, 1, NOW)]))
     after = site.get("/api/1.0/drivers?release_id=epoxy")
     assert after[1]["etag"] != before[1]["etag"]
     fc = next(d for d in json.loads(after[2])["drivers"] if d["name"] == "Acme Volume Driver (FC)")
@@ -168,8 +169,8 @@ def test_list_endpoints(site: Site) -> None:
 
 def test_verifications_api_pages_through_everything_once(site: Site) -> None:
     fc = "Acme Volume Driver (FC)"
-    site.store.record([vote(site.registry, fc, 1000 + i, 1, NOW - i, "success", "Gazpacho") for i in range(25)],
-                      "replay")
+    site.store.commit(Batch("replay", [vote(site.registry, fc, 1000 + i, 1, NOW - i, "success", "Gazpacho")
+                                       for i in range(25)]))
     seen: list[int] = []
     url: str | None = f"/api/1.0/verifications?driver={site.driver_id(fc)}&limit=10"
     while url:
@@ -178,7 +179,8 @@ def test_verifications_api_pages_through_everything_once(site: Site) -> None:
         assert all(v["driver"] == fc for v in page["verifications"])
         url = page["next"]
     assert sorted(seen) == sorted([100, 101, *range(1000, 1025)]) and len(seen) == len(set(seen))
-    site.store.record([vote(site.registry, fc, 5000 + i, 1, NOW - i, "success", "") for i in range(1100)], "replay")
+    site.store.commit(Batch("replay", [vote(site.registry, fc, 5000 + i, 1, NOW - i, "success", "")
+                                       for i in range(1100)]))
     capped = site.json("/api/1.0/verifications?limit=5000")
     assert len(capped["verifications"]) == 1000 and "limit=1000" in capped["next"]
     assert len(site.json("/api/1.0/verifications")["verifications"]) == 100
@@ -203,8 +205,8 @@ def test_page_shows_marks_latest_activity_and_header(site: Site) -> None:
 
 def test_driver_page_has_facts_and_paginated_history(site: Site) -> None:
     fc = "Acme Volume Driver (FC)"
-    site.store.record([vote(site.registry, fc, 2000 + i, 1, NOW - 100 - i, "success", "Gazpacho")
-                       for i in range(60)], "replay")
+    site.store.commit(Batch("replay", [vote(site.registry, fc, 2000 + i, 1, NOW - 100 - i, "success", "Gazpacho")
+                             for i in range(60)]))
     did = site.driver_id(fc)
     first = site.get(f"/drivers/{did}")[2].decode()
     assert "Fibre Channel volume driver" in first and "Jane Dev" in first
@@ -257,8 +259,8 @@ def test_the_ingestion_ledger_page_and_api(site: Site) -> None:
     store = site.store
     server = "review.example.org:29418"
     first = store.open_gap(server, NOW - 7200, "start")
-    store.record([], "backfill", close=(server, first, None),
-                 backfill=(server, BackfillRun("start", NOW - 7800, NOW - 100.0, 11, 14, 1, 420, 37, 0.0)))
+    store.commit(Batch("backfill", [], close_gaps=(server, first, None),
+                       backfill=(server, BackfillRun("start", NOW - 7800, NOW - 100.0, 11, 14, 1, 420, 37, 0.0))))
     second = store.open_gap(server, NOW - 600, "reconnect")
     store.gap_failed(server, second, "CommandError: <script>alert(1)</script>")
     data = site.json("/api/1.0/ingestion")
@@ -297,7 +299,7 @@ def test_answers_never_wait_on_a_rebuild_within_the_staleness_bound(site: Site, 
         return real(conn)
 
     monkeypatch.setattr(reads_mod, "drivers", slow_drivers)
-    site.store.record([vote(registry, fc, 102, 1, NOW - 30, "success", "Gazpacho")], "stream")
+    site.store.commit(Batch("stream", [vote(registry, fc, 102, 1, NOW - 30, "success", "Gazpacho")]))
     assert latest() == 101  # the previous records, while the rebuild (which would say 102) is held back
     slow.set()
     assert wait_until(lambda: latest() == 102)  # rebuilt in the background: no request had to wait for it

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from driverlog_daemon.registry.load import Registry
-from driverlog_daemon.store.store import Store
+from driverlog_daemon.store.store import Batch, Store
 
 from .helpers import DATA, NOW, http_get, merged, vote, wait_until
 
@@ -189,8 +189,8 @@ def test_serve_alone_reads_a_file_another_process_writes(tmp_path: Path, registr
         driver_id = next(r["id"] for r in json.loads(get(t.port, "/api/1.0/drivers?release_id=gazpacho")[2])[
             "drivers"] if r["name"] == fc)
         assert json.loads(get(t.port, f"/api/1.0/drivers/{driver_id}")[2])["driver"]["latest"] is None
-        store.record([vote(registry, fc, 100, 2, NOW - 60, "success", "Gazpacho")], "stream",
-                     changes=[merged(100, 2, NOW - 30)])
+        store.commit(Batch("stream", [vote(registry, fc, 100, 2, NOW - 60, "success", "Gazpacho")],
+                           changes=[merged(100, 2, NOW - 30)]))
         assert wait_until(lambda: json.loads(get(t.port, f"/api/1.0/drivers/{driver_id}")[2])["driver"][
             "releases"]["gazpacho"].get("ci_result") is True, timeout=10)
         labels = '{driver="Acme Volume Driver (FC)",project="openstack/cinder",vendor="Acme Storage"}'
@@ -201,8 +201,8 @@ def test_serve_alone_reads_a_file_another_process_writes(tmp_path: Path, registr
         assert samples[f'driverlog_driver_last_verification_timestamp_seconds{{ci_account="acme-storage-ci",'
                        f'{labels[1:]}'] == NOW - 60
         # a history import under way, as the writer would plan it: the header and the gauges say so
-        from driverlog_daemon.store import import_ledger
         from driverlog_daemon.model import WINDOW, Work
+        from driverlog_daemon.store import import_ledger
         from driverlog_daemon.store.import_ledger import Plan
 
         with store.transaction():

@@ -19,7 +19,7 @@ from driverlog_daemon.config import ConfigError, WebhookConfig, build_config, lo
 from driverlog_daemon.expose.webhooks import Deliverer, slack_body
 from driverlog_daemon.registry.load import Registry
 from driverlog_daemon.store import reads
-from driverlog_daemon.store.store import Store
+from driverlog_daemon.store.store import Batch, Store
 from driverlog_daemon.testing.receiver import Receiver, check
 
 from .helpers import driver, merged, query, released_file, vote, wait_until, write_merged_history
@@ -62,8 +62,8 @@ def flips(registry: Registry, store: Store, name: str, number: int, results: lis
     """One merged change a result, in time order: each flip of the result is a transition."""
     for i, result in enumerate(results):
         t = T0 + 1000 * (number + i)
-        store.record([vote(registry, name, number + i, 1, t, result, release)], "stream",
-                     changes=[merged(number + i, 1, t + 10, project)])
+        store.commit(Batch("stream", [vote(registry, name, number + i, 1, t, result, release)],
+                           changes=[merged(number + i, 1, t + 10, project)]))
 
 
 def outbox(store: Store) -> list[tuple[Any, ...]]:
@@ -99,8 +99,8 @@ def test_a_transition_later_data_removes_is_queued_as_a_retraction(store: Store,
     flips(registry, store, FC, 30, ["failure"])
     (flip,) = [i for i, t in history(store).items() if t[3] == "success"]  # success → failure
     # late: a success after that failure, on a change that merged before the failing one: no flip at that time
-    store.record([vote(registry, FC, 50, 1, T0 + 1000 * 30 + 5, "success", "Gazpacho")], "backfill",
-                 changes=[merged(50, 1, T0 + 1000 * 30 + 6)])
+    store.commit(Batch("backfill", [vote(registry, FC, 50, 1, T0 + 1000 * 30 + 5, "success", "Gazpacho")],
+                       changes=[merged(50, 1, T0 + 1000 * 30 + 6)]))
     assert flip not in history(store)
     assert [r[1:3] for r in outbox(store)][-1] == ("retraction", flip)
 

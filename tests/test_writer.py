@@ -7,7 +7,7 @@ from pathlib import Path
 
 from driverlog_daemon.registry.load import Registry
 from driverlog_daemon.store.pipeline import Pipeline
-from driverlog_daemon.store.store import Store
+from driverlog_daemon.store.store import Batch, Store
 from driverlog_daemon.store.writer import Retry, Writer, retrying
 
 from .helpers import ci_line, count, verification, wait_until
@@ -61,8 +61,8 @@ def test_write_is_retried_while_another_process_holds_the_lock(store: Store, reg
     failures: list[int] = []
     release = threading.Timer(0.05, lambda: other.execute("COMMIT"))
     release.start()
-    res = retrying(lambda: store.record([verification(registry)], "stream"), Retry(quiet=(0.01, 0.01, 0.01, 5.0)),
-                   failed=lambda error, n, delay: failures.append(n))
+    res = retrying(lambda: store.commit(Batch("stream", [verification(registry)])),
+                   Retry(quiet=(0.01, 0.01, 0.01, 5.0)), failed=lambda error, n, delay: failures.append(n))
     release.join()
     assert res.inserted == 1 and len(failures) >= 1
 

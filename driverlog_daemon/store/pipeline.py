@@ -22,7 +22,7 @@ from driverlog_daemon.parse.changes import ChangeRows
 from driverlog_daemon.parse.scanner import Findings, Scanner
 from driverlog_daemon.registry.load import Registry
 from driverlog_daemon.store import reads
-from driverlog_daemon.store.store import BatchResult, Store
+from driverlog_daemon.store.store import Batch, BatchResult, Store
 
 if TYPE_CHECKING:  # imported when used: replay's start-up need not pay for it
     from driverlog_daemon.metrics import Metrics
@@ -183,7 +183,7 @@ class Pipeline:
         """Write a batch in one transaction, with the cursor when this pipeline has a server; a backfill batch
         closes the gaps it covered (ids up to ``close_gaps_up_to``) and records what it asked of Gerrit
         (``backfill``) in the same transaction; a history import's batch its ``step``. ``context``: see
-        ``Store.record`` (the first start's backfill is history, like the import)."""
+        ``store.Batch`` (the first start's backfill is history, like the import)."""
         if backfill is not None and backfill.history:
             context = "import"
         cursor = close = None
@@ -192,8 +192,8 @@ class Pipeline:
         if self.server is not None and close_gaps_up_to is not None:
             close = (self.server, close_gaps_up_to, self.stream_newest)
         ran = (self.server, backfill) if self.server is not None and backfill is not None else None
-        result = self.store.record(pending.verifications, source, cursor, changes=pending.changes, close=close,
-                                   backfill=ran, kept=pending.kept, step=step, context=context)
+        result = self.store.commit(Batch(source, pending.verifications, pending.kept, pending.changes, cursor, close,
+                                         ran, step, context))
         if cursor is not None and (self.stream_newest is None or cursor[1] > self.stream_newest):
             self.stream_newest = cursor[1]
         for gap_id, reason, opened_at in result.closed_gaps:
