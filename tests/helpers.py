@@ -232,14 +232,15 @@ class Harness:
     """The daemon's service in this process (no HTTP) against the test server, with quick backoff."""
 
     def __init__(self, env: SSHEnv, tmp: Path, *, registry: Path = DATA, history: HistoryConfig | None = None,
-                 webhooks: tuple[WebhookConfig, ...] = (), **gerrit: Any) -> None:
+                 webhooks: tuple[WebhookConfig, ...] = (), probe_timeout: float | None = None,
+                 stall_check_seconds: float | None = None, **gerrit: Any) -> None:
         self.env = env
         self.db = tmp / "d.sqlite"
         cfg = Config(gerrit=env.config(**gerrit), registry=RegistryConfig(str(registry)),
                      database=DatabaseConfig(str(self.db)), history=history or HistoryConfig(), webhooks=webhooks)
         self.backoff = Backoff(base=0.01, cap=0.08, rng=lambda: 1.0)
-        self.service = Service(cfg, backoff=self.backoff, poll_interval=0.05, http=False)
-        self.service.backfiller.command_timeout = 5
+        self.service = Service(cfg, backoff=self.backoff, poll_interval=0.05, http=False, command_timeout=5,
+                               probe_timeout=probe_timeout, stall_check_seconds=stall_check_seconds)
 
     def __enter__(self) -> Harness:
         self.service.start()

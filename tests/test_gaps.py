@@ -76,8 +76,7 @@ def test_a_failed_backfill_keeps_its_window_and_is_retried(ssh_env: SSHEnv, tmp_
 def test_the_quiet_window_is_read_in_gerrits_clock(ssh_env: SSHEnv, tmp_path: Path) -> None:
     """Gerrit's clock three hours behind ours (more than the overlap): a silently dead stream is still found."""
     skew = -3 * 3600
-    h = Harness(ssh_env, tmp_path, stall_timeout_seconds=0.4)
-    h.service.listener.probe_timeout = 2  # type: ignore[union-attr]
+    h = Harness(ssh_env, tmp_path, stall_timeout_seconds=0.4, probe_timeout=2)
     with h:
         assert wait_until(h.settled)
         t = int(time.time()) + skew

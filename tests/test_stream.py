@@ -98,8 +98,7 @@ def test_dropped_output_triggers_a_backfill(harness: Harness) -> None:
 
 
 def test_stall_probe_fails_then_reconnect(ssh_env: SSHEnv, tmp_path: Path) -> None:
-    h = Harness(ssh_env, tmp_path, stall_timeout_seconds=0.3)
-    h.service.listener.probe_timeout = 0.3  # type: ignore[union-attr]
+    h = Harness(ssh_env, tmp_path, stall_timeout_seconds=0.3, probe_timeout=0.3)
     with h:
         assert wait_until(h.settled)
         ssh_env.server.stall(True)
@@ -194,3 +193,19 @@ def test_backoff_full_jitter_cap_and_reset() -> None:
     assert b.attempt == 9
     b.connected_for(300)
     assert b.attempt == 0 and b.next_delay() == pytest.approx(0.999)
+
+
+def test_a_stall_check_behind_a_stuck_backfill_replaces_the_connection(ssh_env: SSHEnv, tmp_path: Path) -> None:
+    """One backfill at a time: the reconnect's backfill hangs on the wire, the stream goes quiet, the probe answers;
+    the stall check's backfill waits behind the stuck one only so long, then the connection is replaced — which
+    frees the stuck query — and once Gerrit answers again every gap closes and the result is there."""
+    h = Harness(ssh_env, tmp_path, stall_timeout_seconds=0.3, probe_timeout=1, stall_check_seconds=0.5)
+    with h:
+        assert wait_until(h.settled)
+        ssh_env.server.hold_queries(True)
+        ssh_env.server.drop_connections()  # the reconnect's backfill hangs; the new stream says nothing
+        ssh_env.server.record_only(ci_event(9100))
+        assert wait_until(lambda: h.metric("driverlog_gerrit_reconnects_total", {"reason": "stall"}) >= 1)
+        assert h.open_gaps() >= 1  # nothing was proven meanwhile
+        ssh_env.server.hold_queries(False)
+        assert wait_until(lambda: h.open_gaps() == 0 and 9100 in h.numbers(), timeout=20)

@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,9 @@ from driverlog_daemon.config import ConfigError, WebhookConfig, build_config, lo
 from driverlog_daemon.expose.webhooks import Deliverer, slack_body
 from driverlog_daemon.registry.load import Registry
 from driverlog_daemon.store import reads
-from driverlog_daemon.store.store import Batch, Store
+from driverlog_daemon.store.pipeline import Pipeline
+from driverlog_daemon.store.store import Batch, BatchResult, Store
+from driverlog_daemon.store.writer import Writer
 from driverlog_daemon.testing.receiver import Receiver, check
 
 from .helpers import driver, merged, query, released_file, vote, wait_until, write_merged_history
@@ -35,13 +37,48 @@ def hook(url: str, **more: Any) -> WebhookConfig:
     return WebhookConfig(**values)
 
 
+class Hooked:
+    """A fresh database on the real clock (deliveries are due by the delivery thread's clock), built with its hooks,
+    and the writer thread that alone writes it, as in the daemon: the tests' batches and the deliveries' outcomes
+    both go through it."""
+
+    def __init__(self, path: Path, registry: Registry, hooks: tuple[WebhookConfig, ...]) -> None:
+        self.store = Store(path, webhooks=hooks)
+        self.webhooks = hooks
+        self.path = self.store.path
+        self.writer = Writer(Pipeline(registry, self.store))
+        self.writer.start()
+
+    def commit(self, batch: Batch) -> BatchResult:
+        return self.writer.put_batch(batch).result(timeout=10)
+
+    def deliverer(self, h: WebhookConfig, *, start: bool = True, **more: Any) -> Deliverer:
+        d = Deliverer(h, SECRET, self.path, self.writer.record_delivery, poll_seconds=0.02, **more)
+        if start:
+            d.start()
+        return d
+
+    @property
+    def ids(self) -> dict[tuple[str, str, str], int]:
+        return dict(self.store.driver_ids)
+
+    def close(self) -> None:
+        self.writer.stop()
+        self.store.close()
+
+
 @pytest.fixture
-def store(tmp_path: Path, registry: Registry) -> Iterator[Store]:
-    """A fresh database on the real clock (deliveries are due by the delivery thread's clock)."""
-    s = Store(tmp_path / "d.sqlite")
-    s.sync_drivers(registry)
-    yield s
-    s.close()
+def hooked(tmp_path: Path, registry: Registry) -> Iterator[Callable[..., Hooked]]:
+    """``hooked(*hooks)``: a :class:`Hooked` database with these webhooks."""
+    made: list[Hooked] = []
+
+    def make(*hooks: WebhookConfig) -> Hooked:
+        made.append(Hooked(tmp_path / f"d{len(made)}.sqlite", registry, hooks))
+        return made[-1]
+
+    yield make
+    for h in made:
+        h.close()
 
 
 @pytest.fixture
@@ -51,14 +88,8 @@ def receiver() -> Iterator[Receiver]:
     r.close()
 
 
-def deliverer(store: Store, h: WebhookConfig) -> Deliverer:
-    d = Deliverer(h, SECRET, store.path, poll_seconds=0.02)
-    d.start()
-    return d
-
-
-def flips(registry: Registry, store: Store, name: str, number: int, results: list[str], release: str = "Gazpacho",
-          project: str = "openstack/cinder") -> None:
+def flips(registry: Registry, store: Hooked | Store, name: str, number: int, results: list[str],
+          release: str = "Gazpacho", project: str = "openstack/cinder") -> None:
     """One merged change a result, in time order: each flip of the result is a transition."""
     for i, result in enumerate(results):
         t = T0 + 1000 * (number + i)
@@ -66,21 +97,22 @@ def flips(registry: Registry, store: Store, name: str, number: int, results: lis
                            changes=[merged(number + i, 1, t + 10, project)]))
 
 
-def outbox(store: Store) -> list[tuple[Any, ...]]:
+def outbox(store: Hooked | Store) -> list[tuple[Any, ...]]:
     return query(store.path, "SELECT hook, kind, transition_id, delivered_at IS NOT NULL, dead_at IS NOT NULL "
                              "FROM webhook_outbox ORDER BY id")
 
 
-def history(store: Store) -> dict[str, tuple[Any, ...]]:
+def history(store: Hooked | Store) -> dict[str, tuple[Any, ...]]:
     return {r[0]: r for r in query(store.path, "SELECT * FROM mark_transitions")}
 
 
 # -------------------------------------------------------------------------------------------- the outbox
 
 
-def test_each_transition_is_queued_in_the_transaction_that_records_it(store: Store, registry: Registry) -> None:
-    store.webhooks = (hook("http://127.0.0.1:9/", name="all"), hook("http://127.0.0.1:9/", name="hooli",
-                                                                    vendor=("Hooli",)))
+def test_each_transition_is_queued_in_the_transaction_that_records_it(hooked: Callable[..., Hooked],
+                                                                      registry: Registry) -> None:
+    store = hooked(hook("http://127.0.0.1:9/", name="all"), hook("http://127.0.0.1:9/", name="hooli",
+                                                                 vendor=("Hooli",)))
     flips(registry, store, FC, 10, ["success", "success", "failure"])
     flips(registry, store, NOVA, 20, ["failure"], project="openstack/nova")
     queued = outbox(store)
@@ -88,13 +120,13 @@ def test_each_transition_is_queued_in_the_transaction_that_records_it(store: Sto
     assert len(transitions) == 3  # FC: none → passing → failing; Hooli: none → failing
     assert sorted(r[2] for r in queued if r[0] == "all") == sorted(transitions)
     assert [r[2] for r in queued if r[0] == "hooli"] == [
-        i for i, t in transitions.items() if t[1] == store.sync_drivers(registry)[("openstack/nova", "Hooli",
-                                                                                   NOVA)]]
+        i for i, t in transitions.items() if t[1] == store.ids[("openstack/nova", "Hooli", NOVA)]]
     assert {r[1] for r in queued} == {"transition"}
 
 
-def test_a_transition_later_data_removes_is_queued_as_a_retraction(store: Store, registry: Registry) -> None:
-    store.webhooks = (hook("http://127.0.0.1:9/"),)
+def test_a_transition_later_data_removes_is_queued_as_a_retraction(hooked: Callable[..., Hooked],
+                                                                   registry: Registry) -> None:
+    store = hooked(hook("http://127.0.0.1:9/"))
     flips(registry, store, FC, 10, ["success"])
     flips(registry, store, FC, 30, ["failure"])
     (flip,) = [i for i, t in history(store).items() if t[3] == "success"]  # success → failure
@@ -109,11 +141,11 @@ def test_a_transition_later_data_removes_is_queued_as_a_retraction(store: Store,
 
 
 def test_every_transition_arrives_signed_and_in_order_while_the_receiver_misbehaves(
-        store: Store, registry: Registry, receiver: Receiver) -> None:
+        hooked: Callable[..., Hooked], registry: Registry, receiver: Receiver) -> None:
     h = hook(receiver.url)
-    store.webhooks = (h,)
+    store = hooked(h)
     receiver.down()  # down for a while: connection refused
-    d = deliverer(store, h)
+    d = store.deliverer(h)
     try:
         flips(registry, store, FC, 10, ["success", "failure", "success"])
         flips(registry, store, ISCSI, 10, ["failure", "success"])
@@ -148,11 +180,12 @@ def test_every_transition_arrives_signed_and_in_order_while_the_receiver_misbeha
     assert all(r.signature_ok for r in got) and sample.signature_ok and wanted  # verified as the README shows
 
 
-def test_a_failing_hook_only_delays_itself(store: Store, registry: Registry, receiver: Receiver) -> None:
+def test_a_failing_hook_only_delays_itself(hooked: Callable[..., Hooked], registry: Registry,
+                                           receiver: Receiver) -> None:
     stuck = Receiver(SECRET, mode="hang", hang_seconds=30.0)
     try:
-        store.webhooks = (hook(stuck.url, name="stuck"), hook(receiver.url, name="fine"))
-        ds = [deliverer(store, h) for h in store.webhooks]
+        store = hooked(hook(stuck.url, name="stuck"), hook(receiver.url, name="fine"))
+        ds = [store.deliverer(h) for h in store.webhooks]
         flips(registry, store, FC, 10, ["success", "failure"])
         assert wait_until(lambda: len(receiver.deliveries()) == 2, timeout=5)
         assert wait_until(lambda: stuck.holding >= 1)  # (its thread may look a moment later than the other's)
@@ -164,13 +197,12 @@ def test_a_failing_hook_only_delays_itself(store: Store, registry: Registry, rec
 
 
 def test_a_delivery_is_dead_after_its_retry_time_and_the_next_one_goes(
-        store: Store, registry: Registry, receiver: Receiver) -> None:
+        hooked: Callable[..., Hooked], registry: Registry, receiver: Receiver) -> None:
     counted: list[tuple[str, str]] = []
     h = hook(receiver.url, retry_for_hours=0.5 / 3600)
-    store.webhooks = (h,)
+    store = hooked(h)
     receiver.mode = "error"
-    d = Deliverer(h, SECRET, store.path, poll_seconds=0.02, counted=lambda hook, outcome: counted.append(
-        (hook, outcome)))
+    d = store.deliverer(h, start=False, counted=lambda hook, outcome: counted.append((hook, outcome)))
     with capture_logs() as logs:
         d.start()
         try:
@@ -190,7 +222,7 @@ def test_a_delivery_is_dead_after_its_retry_time_and_the_next_one_goes(
     assert not any(SECRET.decode() in repr(e) or "token=x" in repr(e) for e in logs)
 
 
-def test_redirects_are_not_followed(store: Store, registry: Registry, tmp_path: Path) -> None:
+def test_redirects_are_not_followed(hooked: Callable[..., Hooked], registry: Registry, tmp_path: Path) -> None:
     from driverlog_daemon.testing.http import ThreadedServer
 
     hits: list[str] = []
@@ -203,8 +235,9 @@ def test_redirects_are_not_followed(store: Store, registry: Registry, tmp_path: 
     web = ThreadedServer(redirecting)
     web.start()
     try:
-        d = Deliverer(hook(f"http://127.0.0.1:{web.port}/in"), SECRET, store.path)
-        store.webhooks = (d.hook,)
+        h = hook(f"http://127.0.0.1:{web.port}/in")
+        store = hooked(h)
+        d = store.deliverer(h, start=False)
         flips(registry, store, FC, 10, ["success"])
         row = query(store.path, "SELECT id, kind, transition_id, body, attempts, queued_at, next_attempt_at "
                                 "FROM webhook_outbox")[0]
@@ -216,11 +249,12 @@ def test_redirects_are_not_followed(store: Store, registry: Registry, tmp_path: 
     assert answer.status == 307 and answer.error == "a redirect (not followed)" and hits == ["/in"]
 
 
-def test_the_slack_format_is_one_escaped_line(store: Store, registry: Registry, receiver: Receiver) -> None:
+def test_the_slack_format_is_one_escaped_line(hooked: Callable[..., Hooked], registry: Registry,
+                                             receiver: Receiver) -> None:
     h = hook(receiver.url, format="slack")
-    store.webhooks = (h,)
+    store = hooked(h)
     flips(registry, store, FC, 10, ["success"])
-    d = deliverer(store, h)
+    d = store.deliverer(h)
     try:
         assert wait_until(lambda: receiver.deliveries())
     finally:
@@ -285,13 +319,12 @@ def test_a_version_4_file_gains_the_outbox_and_keeps_its_rows(tmp_path: Path, re
     before = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
               for t in ("verifications", "changes", "mark_candidates", "drivers")}
     conn.close()
-    with Store(path) as s:
+    with Store(path, webhooks=(hook("http://127.0.0.1:9/"),)) as s:  # hooks from the start: the upgrade sends none
         assert schema.schema_version(s.conn) == schema.SCHEMA_VERSION
         assert [n for v, n, _ in schema.applied(s.conn) if v >= 5] == ["webhook_outbox", "merge_candidates_per_batch",
                                                                        "history"]
         assert {t: s.conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in before} == before
         assert before["mark_candidates"] == 2 and len(history(s)) == 2  # success, then failure
         assert s.conn.execute("SELECT count(*) FROM webhook_outbox").fetchone()[0] == 0  # history is not news
-        s.webhooks = (hook("http://127.0.0.1:9/"),)
         flips(registry, s, FC, 30, ["success"])
         assert [r[1] for r in outbox(s)] == ["transition"]

@@ -53,7 +53,8 @@ class Service:
 
     def __init__(self, config: Config, *, metrics: Metrics | None = None, backoff: Backoff | None = None,
                  poll_interval: float = 0.5, notifier: Notifier | None = None, http: bool = True,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, command_timeout: float = 120.0,
+                 stall_check_seconds: float | None = None, probe_timeout: float | None = None) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
         self.notifier = notifier or Notifier("")
@@ -65,8 +66,10 @@ class Service:
         g = config.gerrit
         self.server_name = f"{g.host}:{g.port}" if g.host else ""
         self.clock = clock
-        self.store = Store(Path(config.database.path).expanduser())
-        self.store.webhooks = config.webhooks
+        # a worker's command this long on the wire is stuck, for the stall check (5 s to a minute: the stall's scale)
+        self._stall_check_seconds = stall_check_seconds if stall_check_seconds is not None else max(
+            5.0, min(60.0, config.gerrit.stall_timeout_seconds))
+        self.store = Store(Path(config.database.path).expanduser(), webhooks=config.webhooks)
         first_start = bool(self.server_name) and reads.cursor(self.store.conn, self.server_name) is None
         self.pipeline = Pipeline(registry, self.store, metrics=self.metrics, server=self.server_name or None)
         # The registry in force against the one the file last applied: the history import it calls for
@@ -79,6 +82,7 @@ class Service:
                                      unknown_merges=self._unknown_merges, gaps=self.open_gaps,
                                      client=self._current_client, clock=clock,
                                      retry_cap=max(g.reconnect_max_delay_seconds, 0.1), first_start=first_start,
+                                     command_timeout=command_timeout,
                                      on_idle=lambda: self.importer.wake())
         self.importer = Importer(self.reader, lambda: self.pipeline.registry, self.writer,
                                  executor=self._history_executor, quiet=self.backfiller.quiet, clock=clock,
@@ -90,7 +94,7 @@ class Service:
             hooks = StreamHooks(deliver=self.writer.put_block, connected=self._connected,
                                 quiet_window=self._quiet_window, resumed=self._resumed)
             self.listener = StreamListener(g, hooks, self.metrics, self.stop_event, backoff=backoff,
-                                           poll_interval=poll_interval)
+                                           poll_interval=poll_interval, probe_timeout=probe_timeout)
         self._client: paramiko.SSHClient | None = None
         self._listener_thread: threading.Thread | None = None
         self.metrics.watch_releases(self._release_times)
@@ -102,7 +106,7 @@ class Service:
             source = config.source if config.source and not config.source.startswith("(") else None
             self.web = WebTier(config.http.listen, config.http.port,
                                config_path=source if source and Path(source).is_file() else None)
-        self.deliverers = [Deliverer(hook, webhook_secret(hook), self.store.path,
+        self.deliverers = [Deliverer(hook, webhook_secret(hook), self.store.path, self.writer.record_delivery,
                                      counted=lambda hook, outcome: self.metrics.webhook_deliveries.labels(
                                          hook, outcome).inc()) for hook in config.webhooks]
         self.started_at = time.monotonic()
@@ -249,10 +253,15 @@ class Service:
         if self._client is not None:
             self.backfiller.request(self._client, "dropped-output")
 
-    def _quiet_window(self, client: paramiko.SSHClient, quiet_since: float) -> int:
-        """A stall: the quiet window is a gap from the newest event committed (Gerrit's clock, not ours)."""
+    def _quiet_window(self, client: paramiko.SSHClient, quiet_since: float) -> int | None:
+        """A stall: the quiet window is a gap from the newest event committed (Gerrit's clock, not ours), backfilled
+        by the backfill worker (one backfill at a time); None when the worker is stuck (a command of its on the wire
+        for ``stall_check_seconds`` without an answer): the connection is then replaced rather than waited for."""
         self.writer.open_gap("stall", self._initial_since()).result(timeout=60)
-        return self.backfiller.run_now(client, "stall").inserted
+        try:
+            return self.backfiller.backfill_and_wait(client, "stall", stuck_after=self._stall_check_seconds).inserted
+        except TimeoutError:
+            return None
 
     def open_gaps(self) -> list[reads.Gap]:
         if not self.server_name:

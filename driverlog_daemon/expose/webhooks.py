@@ -2,11 +2,12 @@
 once, in order per driver and release.
 
 The store queues a delivery in ``webhook_outbox`` in the same transaction that records (or, for late data, removes)
-the transition, so that nothing recorded can be missed by a crash. Here one thread per hook takes the oldest pending
-delivery of each driver × release whose time has come, POSTs it, and marks it delivered (a 2xx answer) or schedules
-the next attempt with exponential backoff and jitter, until ``retry_for_hours`` have passed: then it is dead (logged,
-counted, shown in ``/healthz``) and the next one of that driver × release goes. A receiver that hangs or fails delays
-only its own hook; the ingesting writer never waits for a delivery.
+the transition (``store.outbox``), so that nothing recorded can be missed by a crash. Here one thread per hook takes
+the oldest pending delivery of each driver × release whose time has come, POSTs it, and reports it delivered (a 2xx
+answer) or due again after an exponential backoff with jitter, until ``retry_for_hours`` have passed: then it is
+dead (logged, counted, shown in ``/healthz``) and the next one of that driver × release goes. The outcome is written
+by the writer thread, the only one that writes; the delivery threads only read the outbox. A receiver that hangs or
+fails delays only its own hook; the writer never waits for a receiver.
 
 A daemon killed between a receiver's answer and the mark sends that delivery again after its restart, with the same
 ``X-DriverLog-Delivery`` id: receivers should treat the id as an idempotency key.
@@ -26,9 +27,11 @@ from urllib.parse import urlsplit
 
 from driverlog_daemon.logs import get_logger
 from driverlog_daemon.store import schema
-from driverlog_daemon.store.outbox import headline
+from driverlog_daemon.store.outbox import DeliveryOutcome, headline
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from driverlog_daemon.config import WebhookConfig
 
 log = get_logger("driverlog.webhooks")
@@ -97,15 +100,17 @@ _NEXT = """
 class Deliverer:
     """One hook's delivery thread."""
 
-    def __init__(self, hook: WebhookConfig, secret: bytes, database: str, *,
+    def __init__(self, hook: WebhookConfig, secret: bytes, database: str,
+                 report: Callable[[DeliveryOutcome], Future[None]], *,
                  counted: Callable[[str, str], None] = lambda hook, outcome: None,
                  clock: Callable[[], float] = time.time, rng: Callable[[], float] | None = None,
-                 poll_seconds: float = 0.5) -> None:
+                 poll_seconds: float = 0.5, report_timeout: float = 30.0) -> None:
         if rng is None:
             import random  # here: the writer (and replay) import this module for the outbox, never for sending
 
             rng = random.random
         self.hook, self._secret, self.database = hook, secret, database
+        self.report, self.report_timeout = report, report_timeout
         self.counted, self.clock, self.rng, self.poll_seconds = counted, clock, rng, poll_seconds
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -126,7 +131,7 @@ class Deliverer:
             self._thread.join(self.hook.timeout_seconds + 2 if timeout is None else timeout)
 
     def _run(self) -> None:
-        conn = schema.connect(self.database)
+        conn = schema.connect(self.database, readonly=True)  # it reads; the writer writes what it reports
         try:
             while not self._stop.is_set():
                 try:
@@ -186,28 +191,28 @@ class Deliverer:
         return Answer(response.status, f"HTTP {response.status}: {excerpt.strip()}"[:EXCERPT])
 
     def _record(self, conn: sqlite3.Connection, delivery: Delivery, answer: Answer) -> None:
+        """Report the attempt's outcome to the writer and wait until it is committed: the next look at the outbox
+        must see it (a delivery reported but not committed, in a crash, is sent again: at least once)."""
         now = self.clock()
         attempts = delivery.attempts + 1
         where = {"hook": self.hook.name, "delivery": delivery.delivery_id, "kind": delivery.kind,
                  "attempts": attempts}
         if not answer.error:
-            conn.execute("UPDATE webhook_outbox SET delivered_at = ?, attempts = ?, last_status = ?, last_error = NULL"
-                         " WHERE id = ?", (now, attempts, answer.status, delivery.id))
-            self.counted(self.hook.name, "delivered")
+            outcome = DeliveryOutcome(delivery.id, attempts, answer.status, None, delivered_at=now)
+            kind = "delivered"
             log.info("webhook_delivered", status=answer.status, **where)
-            return
-        if now - delivery.queued_at >= self.hook.retry_for_hours * 3600:
-            conn.execute("UPDATE webhook_outbox SET dead_at = ?, attempts = ?, last_status = ?, last_error = ? "
-                         "WHERE id = ?", (now, attempts, answer.status, answer.error, delivery.id))
-            self.counted(self.hook.name, "dead")
+        elif now - delivery.queued_at >= self.hook.retry_for_hours * 3600:
+            outcome = DeliveryOutcome(delivery.id, attempts, answer.status, answer.error, dead_at=now)
+            kind = "dead"
             log.error("webhook_dead", status=answer.status, error=answer.error, url=self.hook.shown(), **where)
-            return
-        delay = self.backoff(attempts)
-        conn.execute("UPDATE webhook_outbox SET attempts = ?, next_attempt_at = ?, last_status = ?, last_error = ? "
-                     "WHERE id = ?", (attempts, now + delay, answer.status, answer.error, delivery.id))
-        self.counted(self.hook.name, "failed")
-        log.warning("webhook_failed", status=answer.status, error=answer.error, retry_in=round(delay, 2),
-                    url=self.hook.shown(), **where)
+        else:
+            delay = self.backoff(attempts)
+            outcome = DeliveryOutcome(delivery.id, attempts, answer.status, answer.error, next_attempt_at=now + delay)
+            kind = "failed"
+            log.warning("webhook_failed", status=answer.status, error=answer.error, retry_in=round(delay, 2),
+                        url=self.hook.shown(), **where)
+        self.report(outcome).result(timeout=self.report_timeout)
+        self.counted(self.hook.name, kind)
 
     def backoff(self, attempts: int) -> float:
         """The wait after the ``attempts``-th failure: doubling from the base up to the cap, then between half and

@@ -47,6 +47,17 @@ class Window:
     capped: bool  # the gap was older than backfill_max_age_hours: events before `since` are not recovered
 
 
+class _Request:
+    """A backfill asked for: on which connection, why, after what (the gap being recorded), and who waits for it."""
+
+    __slots__ = ("after", "client", "trigger", "waiters")
+
+    def __init__(self, client: paramiko.SSHClient, trigger: str, after: Future[Any] | None,
+                 waiters: list[Future[BatchResult]] | None = None) -> None:
+        self.client, self.trigger, self.after = client, trigger, after
+        self.waiters = waiters if waiters is not None else []
+
+
 #: A gap that starts this little before the maximum age is not one the maximum age cuts short: a first start's gap
 #: begins exactly there, and its backfill runs moments later (the overlap, and those moments, are no loss).
 CAP_SLACK_SECONDS = 300
@@ -74,7 +85,8 @@ class Backfiller:
     clock) minus the overlap, and when its results are committed the gaps it covered close in the same
     transaction. One that fails leaves them open: it is retried with backoff (1 s doubling to 60 s) on the current
     connection until one succeeds, and a restart finds them in the database. ``request`` schedules one after the
-    gap it is for has been recorded (``after``); ``run_now`` runs one and waits (the stall check needs the answer).
+    gap it is for has been recorded (``after``); ``backfill_and_wait`` schedules one and waits for its result (the
+    stall check needs the answer). Every backfill runs on the worker's thread, one at a time.
     """
 
     def __init__(self, gerrit: GerritConfig, accounts: Callable[[], Iterable[str]], writer: Writer,
@@ -103,7 +115,7 @@ class Backfiller:
         self._retry_delay = retry_base
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._pending: tuple[paramiko.SSHClient, str, Future[Any] | None] | None = None
+        self._pending: _Request | None = None
         self._stopped = False
         self._busy = False
         self._failed = False
@@ -112,6 +124,7 @@ class Backfiller:
         #: the file had no cursor when the daemon started: the first start's backfill is history, like the import
         self.first_start = first_start
         self.on_idle = on_idle
+        self._command_since: float | None = None  # (monotonic) a command of the worker's on the wire since then
         self._thread = threading.Thread(target=self._run, name="driverlog-backfill", daemon=True)
 
     def start(self) -> None:
@@ -125,8 +138,31 @@ class Backfiller:
 
     def request(self, client: paramiko.SSHClient, trigger: str, after: Future[Any] | None = None) -> None:
         """Schedule a backfill on ``client``, once ``after`` (the gap being recorded) is done."""
+        self._schedule(_Request(client, trigger, after))
+
+    def backfill_and_wait(self, client: paramiko.SSHClient, trigger: str, stuck_after: float) -> BatchResult:
+        """Schedule a backfill and wait for its result, behind the one running if any, for as long as the worker is
+        not stuck: raises ``TimeoutError`` when a command of its has been on the wire without an answer for
+        ``stuck_after`` seconds (waiting for the query budget or the writer is not being stuck)."""
+        answer: Future[BatchResult] = Future()
+        self._schedule(_Request(client, trigger, None, [answer]))
+        while True:
+            try:
+                return answer.result(timeout=max(0.01, stuck_after / 4))
+            except TimeoutError:
+                if self.stuck(stuck_after):
+                    raise
+
+    def stuck(self, seconds: float) -> bool:
+        """A command has been on the wire for ``seconds`` without an answer."""
+        with self._lock:
+            return self._command_since is not None and time.monotonic() - self._command_since >= seconds
+
+    def _schedule(self, request: _Request) -> None:
         with self._wake:
-            self._pending = (client, trigger, after)  # the newer request covers the older: its gap came later
+            if self._pending is not None:  # the newer request covers the older (its gap came later): one answer
+                request.waiters[:0] = self._pending.waiters
+            self._pending = request
             self._wake.notify_all()
 
     def idle(self) -> bool:
@@ -144,30 +180,39 @@ class Backfiller:
                     client = self.client()
                     if client is None:
                         continue  # disconnected: the next connection's backfill covers them
-                    request: tuple[paramiko.SSHClient, str, Future[Any] | None] = (client, "retry", None)
+                    request = _Request(client, "retry", None)
                 else:
                     request = self._pending
                 self._pending = None
                 self._busy = True
-            client, trigger, after = request
+            trigger = request.trigger
             try:
-                if after is not None:
-                    after.result(timeout=self.command_timeout)
-                self.run_now(client, trigger)
-            except Exception:  # logged and counted in run_now; retried with backoff while gaps stay open
+                if request.after is not None:
+                    request.after.result(timeout=self.command_timeout)
+                result = self._backfill(request.client, trigger)
+            except Exception as exc:  # logged and counted in _backfill; retried with backoff while gaps stay open
                 with self._lock:
                     self._failed = True
                     self._retry_delay = min(self.retry_cap, self._retry_delay * 2) if trigger == "retry" \
                         else self.retry_base
+                for waiter in request.waiters:
+                    waiter.set_exception(exc)
             else:
                 with self._lock:
                     self._failed = False
                     self._retry_delay = self.retry_base
+                for waiter in request.waiters:
+                    waiter.set_result(result)
             finally:
                 with self._lock:
                     self._busy = False
                     self.completed += 1
                 self.on_idle()  # the history import waits while a gap backfill is due
+
+    def on_the_wire(self, sent: bool) -> None:
+        """A command was sent (True) or answered (False): what :meth:`stuck` judges."""
+        with self._lock:
+            self._command_since = time.monotonic() if sent else None
 
     def executor(self, client: paramiko.SSHClient, trigger: str, share: float = 1.0) -> Executor:
         """A command runner on ``client`` within the query budget (``share``: the part of it these queries may
@@ -179,7 +224,7 @@ class Backfiller:
         with self._lock:
             return self._pending is None and not self._busy and not self._failed
 
-    def run_now(self, client: paramiko.SSHClient, trigger: str) -> BatchResult:
+    def _backfill(self, client: paramiko.SSHClient, trigger: str) -> BatchResult:
         """Backfill the open gaps (or, with none, from the stored cursor) minus the overlap; the writer's result."""
         now = int(self.clock())
         overlap = int(self.gerrit.backfill_overlap_minutes * 60)
@@ -240,7 +285,11 @@ class Executor:
             log.info("backfill_throttled", trigger=self.trigger, waited_seconds=round(waited, 3),
                      max_queries_per_minute=b.budget.per_minute)
         b.metrics.gerrit_commands.labels("query").inc()
-        out = ssh.run(self.client, cmd, b.command_timeout)
+        b.on_the_wire(True)
+        try:
+            out = ssh.run(self.client, cmd, b.command_timeout)
+        finally:
+            b.on_the_wire(False)
         if out.status != 0:
             raise ssh.CommandError(cmd, out.status, out.stderr)
         return out.stdout

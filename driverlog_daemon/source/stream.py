@@ -67,7 +67,9 @@ class StreamHooks:
 
     deliver: Callable[[bytes], None]  # a block of complete lines; may block when the queue is full
     connected: Callable[[paramiko.SSHClient, bool], None]  # (client, first connection?): schedule a backfill
-    quiet_window: Callable[[paramiko.SSHClient, float], int]  # backfill since wall time t; CI results found
+    # backfill the quiet window since wall time t: the CI results it found, or None when its backfill could not run
+    # in time (queued behind one that is stuck): then the stream is doubted, and the connection replaced
+    quiet_window: Callable[[paramiko.SSHClient, float], int | None]
     # the stream speaks again after a stall judged it alive: a gap before the block about to be delivered
     resumed: Callable[[paramiko.SSHClient], None] = lambda client: None
 
@@ -252,6 +254,9 @@ class StreamListener:
         except Exception as exc:  # the gap stays open and the backfill retries; the stream answered the probe
             log.warning("quiet_window_check_failed", server=self.server, error=f"{type(exc).__name__}: {exc}")
             return
+        if missed is None:  # no answer in time: a new connection (its gap and backfill) decides, and frees the old
+            log.warning("quiet_window_check_timed_out", server=self.server)
+            raise Reconnect("stall")
         # Results the stream should have delivered, and it still has not said a word: dead. (Bytes waiting now
         # mean the backfill merely overtook the stream's own delivery of them.)
         if missed and not channel.recv_ready():

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from driverlog_daemon.store.ci_health import Transition, transition_notice
 
@@ -16,6 +16,32 @@ if TYPE_CHECKING:
     from driverlog_daemon.config import WebhookConfig
 
 RESULT_WORDS = {None: "no mark", "success": "passing", "failure": "failing"}
+
+
+class DeliveryOutcome(NamedTuple):
+    """What one attempt at a delivery came to, as the writer records it: delivered, dead, or due again later."""
+
+    id: int  # webhook_outbox.id
+    attempts: int
+    status: int | None  # the HTTP status (None: no answer)
+    error: str | None  # None when delivered
+    delivered_at: float | None = None
+    dead_at: float | None = None
+    next_attempt_at: float | None = None  # when it is tried again (neither delivered nor dead)
+
+
+def record(conn: sqlite3.Connection, outcome: DeliveryOutcome) -> None:
+    """Write a delivery's outcome (the writer's thread: the delivery threads only read the outbox)."""
+    if outcome.delivered_at is not None:
+        conn.execute("UPDATE webhook_outbox SET delivered_at = ?, attempts = ?, last_status = ?, last_error = NULL "
+                     "WHERE id = ?", (outcome.delivered_at, outcome.attempts, outcome.status, outcome.id))
+    elif outcome.dead_at is not None:
+        conn.execute("UPDATE webhook_outbox SET dead_at = ?, attempts = ?, last_status = ?, last_error = ? "
+                     "WHERE id = ?", (outcome.dead_at, outcome.attempts, outcome.status, outcome.error, outcome.id))
+    else:
+        conn.execute("UPDATE webhook_outbox SET attempts = ?, next_attempt_at = ?, last_status = ?, last_error = ? "
+                     "WHERE id = ?", (outcome.attempts, outcome.next_attempt_at, outcome.status, outcome.error,
+                                      outcome.id))
 
 
 def passes(hook: WebhookConfig, driver_id: int, key: tuple[str, str, str], release: str) -> bool:

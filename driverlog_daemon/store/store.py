@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from driverlog_daemon.model import BackfillRun, ChangeFact, ImportStep, KeptComment, Source, Verification
 from driverlog_daemon.parse.changes import ChangeRows
 from driverlog_daemon.registry.load import Registry
-from driverlog_daemon.store import import_ledger, marks, reads, rejudge, tables
+from driverlog_daemon.store import import_ledger, marks, outbox, reads, rejudge, tables
 from driverlog_daemon.store.schema import Transaction, connect, migrate
 
 if TYPE_CHECKING:
@@ -249,6 +249,11 @@ class Store:
             import_ledger.record_step(self.conn, step._replace(rejudged=done.total), 0, 0, now)
             self._update_transitions(context="registry")
         return done
+
+    def record_delivery(self, outcome: outbox.DeliveryOutcome) -> None:
+        """A webhook delivery's outcome, reported by its delivery thread."""
+        with self._transaction():
+            outbox.record(self.conn, outcome)
 
     def import_failed(self, import_id: int, error: str) -> None:
         with self._transaction():

@@ -22,12 +22,13 @@ from driverlog_daemon.logs import get_logger
 from driverlog_daemon.model import BackfillRun, ChangeFact, CommentAdded, Source
 from driverlog_daemon.registry.load import Registry
 from driverlog_daemon.store.pipeline import Pending, Pipeline
-from driverlog_daemon.store.store import BatchResult
+from driverlog_daemon.store.store import Batch, BatchResult
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
     from driverlog_daemon.model import ImportStep
+    from driverlog_daemon.store.outbox import DeliveryOutcome
     from driverlog_daemon.store.registry_apply import Applied, HistorySettings
 
 log = get_logger("driverlog.writer")
@@ -127,6 +128,20 @@ class _ImportFailed:
         self.import_id, self.error = import_id, error
 
 
+class _Batch:
+    __slots__ = ("batch", "done")
+
+    def __init__(self, batch: Batch, done: Future[BatchResult]) -> None:
+        self.batch, self.done = batch, done
+
+
+class _Delivery:
+    __slots__ = ("done", "outcome")
+
+    def __init__(self, outcome: DeliveryOutcome, done: Future[None]) -> None:
+        self.outcome, self.done = outcome, done
+
+
 class _GapFailed:
     __slots__ = ("error", "up_to")
 
@@ -148,7 +163,8 @@ class Writer:
         self.pipeline = pipeline
         self.retry = retry
         self.queue: queue.Queue[tuple[bytes, float] | bytes | _Backfilled | _Reload | _OpenGap | _GapFailed
-                                | _Imported | _Rejudge | _ImportFailed | None] = queue.Queue(maxsize=max_queue)
+                                | _Imported | _Rejudge | _ImportFailed | _Batch | _Delivery | None] = (
+            queue.Queue(maxsize=max_queue))
         self.batch_rows = batch_rows
         self.flush_seconds = flush_seconds
         self.on_dropped_output = on_dropped_output
@@ -188,6 +204,22 @@ class Writer:
 
     def import_failed(self, import_id: int, error: str) -> None:
         self.queue.put(_ImportFailed(import_id, error))
+
+    def put_batch(self, batch: Batch) -> Future[BatchResult]:
+        """Commit a batch made elsewhere (a tool, a test) as it is, after everything already queued."""
+        from concurrent.futures import Future
+
+        done: Future[BatchResult] = Future()
+        self.queue.put(_Batch(batch, done))
+        return done
+
+    def record_delivery(self, outcome: DeliveryOutcome) -> Future[None]:
+        """A webhook delivery's outcome (the delivery threads only read the outbox: only this thread writes)."""
+        from concurrent.futures import Future
+
+        done: Future[None] = Future()
+        self.queue.put(_Delivery(outcome, done))
+        return done
 
     def reload(self, registry: Registry, raw: bytes | None = None,
                history: HistorySettings | None = None) -> Future[Applied | None]:
@@ -284,6 +316,12 @@ class Writer:
                 if self.pipeline.server is not None:
                     self._retrying(functools.partial(self.pipeline.store.gap_failed, self.pipeline.server,
                                                      item.up_to, item.error))
+            elif isinstance(item, _Batch):
+                self._commit_stream()
+                item.done.set_result(self._retrying(functools.partial(self.pipeline.store.commit, item.batch)))
+            elif isinstance(item, _Delivery):
+                self._retrying(functools.partial(self.pipeline.store.record_delivery, item.outcome))
+                item.done.set_result(None)
             elif isinstance(item, _ImportFailed):
                 self._retrying(functools.partial(self.pipeline.store.import_failed, item.import_id, item.error))
             elif isinstance(item, _Reload):
