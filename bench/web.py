@@ -253,13 +253,13 @@ def main() -> int:
     with Store(db) as s:
         driver_id = s.conn.execute("SELECT driver_id FROM driver_status GROUP BY driver_id "
                                    "ORDER BY sum(verifications) DESC LIMIT 1").fetchone()[0]
-    from driverlog_daemon.store import reads, schema
+    from driverlog_daemon.store import reads_health, schema
 
     conn = schema.connect(db, readonly=True)
     timings = []
     for _ in range(5):
         started = time.perf_counter()
-        healths = reads.health_of_drivers(conn, time.time(), 14)
+        healths = reads_health.ci_health_of_drivers(conn, time.time(), 14)
         timings.append(time.perf_counter() - started)
     conn.close()
     print(f"CI health of {len(healths)} drivers: {statistics.median(timings) * 1000:.0f} ms (median of 5; "

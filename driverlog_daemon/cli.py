@@ -107,7 +107,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from driverlog_daemon.store import reads, schema
+    from driverlog_daemon.store import reads_health, schema
 
     config = _config(args)
     database = Path(config.database.path).expanduser()
@@ -116,8 +116,8 @@ def cmd_health(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     conn = schema.connect(database, readonly=True)
     now = time.time()
-    rows = [((v, n, a), h) for (_, v, n, a), h in reads.registered_health(conn, now, config.health.silence_days)
-            if not args.at_risk or h["at_risk"] is True]
+    healths = reads_health.registered_ci_health(conn, now, config.health.silence_days)
+    rows = [((v, n, a), h) for (_, v, n, a), h in healths if not args.at_risk or h["at_risk"] is True]
     rows.sort(key=lambda r: (r[0][0].lower(), r[0][1].lower()))
     if args.json:
         print(json.dumps([{"vendor": v, "driver": n, "ci_account": a, "health": h} for (v, n, a), h in rows],
@@ -175,10 +175,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     # separate `serve`) meet in the runtime directory, beside the daemon's live state.
     root, fresh = runtime.prepare()
     created = root if fresh else None
-    from driverlog_daemon.daemon import service
+    from driverlog_daemon.daemon.run import run
 
     try:
-        return service.run(config)
+        return run(config)
     finally:
         if created is not None:
             import shutil

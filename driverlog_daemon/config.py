@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit  # (pathlib has imported urllib.parse already: free at start-up)
 
-from driverlog_daemon.registry.load import DEFAULT_REGISTRY_PATH
+from driverlog_daemon.registry.checks import DEFAULT_REGISTRY_PATH
 
 DEFAULT_CONFIG_PATH = Path("/etc/driverlog/driverlog.toml")
 ENV_PREFIX = "DRIVERLOG_"

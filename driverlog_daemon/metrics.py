@@ -28,12 +28,60 @@ _LATEST: Literal["mostrecent"] = "mostrecent"
 ReleaseTimes = Iterable[tuple[str, str, str, str, int, int | None]]
 
 
-class Metrics:
+class _Watching:
+    """The gauges read from the database at each scrape (:class:`Collector` s: nothing kept per series, so a driver
+    that leaves the registry leaves the metric)."""
+
+    _scrape: CollectorRegistry
+
+    def watch_releases(self, read: Callable[[], ReleaseTimes]) -> None:
+        """Per driver x release gauges (O(drivers x releases))."""
+        self._scrape.register(_ReleaseCollector(read))
+
+    def watch_drivers(self, read: Callable[[], DriverTimes]) -> None:
+        """Per driver gauges (O(drivers x releases))."""
+        self._scrape.register(_DriverCollector(read))
+
+    def watch_health(self, read: Callable[[], HealthRows]) -> None:
+        """Per driver pass rate and coverage, and the drivers at risk."""
+        self._scrape.register(_HealthCollector(read))
+
+    def watch_gaps(self, read: Callable[[], tuple[Sequence[Any], int | None, int | None]]) -> None:
+        """Open gaps and the cursor's lag."""
+        self._scrape.register(_GapCollector(read))
+
+    def watch_history(self, read: Callable[[], tuple[int, int]]) -> None:
+        """(bindings done, bindings) of the history imports under way."""
+        self._scrape.register(_HistoryCollector(read))
+
+    def watch_outbox(self, read: Callable[[], Mapping[str, Mapping[str, Any]]]) -> None:
+        """Each webhook's outbox."""
+        self._scrape.register(_OutboxCollector(read))
+
+
+def _build_info(registry: CollectorRegistry) -> None:
+    Gauge("driverlog_build_info", "driverlog-daemon's version.", ["version"], registry=registry,
+          multiprocess_mode=_LATEST).labels(__version__).set(1)
+
+
+def _registry_size(registry: CollectorRegistry) -> tuple[Gauge, Gauge]:
+    return (Gauge("driverlog_registry_drivers", "Drivers in the loaded registry.", registry=registry,
+                  multiprocess_mode=_LATEST),
+            Gauge("driverlog_registry_ci_accounts", "CI accounts in the loaded registry.", registry=registry,
+                  multiprocess_mode=_LATEST))
+
+
+def http_requests_counter(registry: CollectorRegistry) -> Counter:
+    return Counter("driverlog_http_requests", "HTTP requests answered, by route and status.", ["route", "status"],
+                   registry=registry)
+
+
+class Metrics(_Watching):
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
+        self._scrape = r
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, …
-        Gauge("driverlog_build_info", "driverlog-daemon's version.", ["version"], registry=r,
-              multiprocess_mode=_LATEST).labels(__version__).set(1)
+        _build_info(r)
         # parse / match
         self.events = Counter("driverlog_events", "Events read, by Gerrit event type.", ["type"], registry=r)
         self.malformed = Counter("driverlog_malformed_lines", "Lines rejected by the parser, by reason.",
@@ -110,26 +158,7 @@ class Metrics:
         # registry
         self.registry_reloads = Counter("driverlog_registry_reloads", "Registry reloads, by result.",
                                         ["result"], registry=r)
-        self.registry_drivers = Gauge("driverlog_registry_drivers", "Drivers in the loaded registry.",
-                                      registry=r, multiprocess_mode=_LATEST)
-        self.registry_ci_accounts = Gauge("driverlog_registry_ci_accounts",
-                                          "CI accounts in the loaded registry.", registry=r, multiprocess_mode=_LATEST)
-
-    def watch_releases(self, read: Callable[[], ReleaseTimes]) -> None:
-        """Per driver x release gauges, read from the database at each scrape (O(drivers x releases))."""
-        self.registry.register(_ReleaseCollector(read))
-
-    def watch_drivers(self, read: Callable[[], DriverTimes]) -> None:
-        """Per driver gauges, read from the database at each scrape (O(drivers x releases))."""
-        self.registry.register(_DriverCollector(read))
-
-    def watch_gaps(self, read: Callable[[], tuple[Sequence[Any], int | None, int | None]]) -> None:
-        """Open gaps and the cursor's lag, read from the database at each scrape."""
-        self.registry.register(_GapCollector(read))
-
-    def watch_history(self, read: Callable[[], tuple[int, int]]) -> None:
-        """(bindings done, bindings) of the history imports under way, read from the database at each scrape."""
-        self.registry.register(_HistoryCollector(read))
+        self.registry_drivers, self.registry_ci_accounts = _registry_size(r)
 
     def count_events(self, by_type: Mapping[str, int]) -> None:
         for kind, n in by_type.items():
@@ -186,9 +215,12 @@ class _ReleaseCollector(Collector):
         return iter(())
 
 
+#: (project, vendor, driver, 30-day pass rate, 30-day coverage, at risk) of each registered CI driver
+HealthRows = Iterable[tuple[str, str, str, float | None, float | None, bool | None]]
+
+
 class _HealthCollector(Collector):
-    def __init__(self, read: Callable[[], Iterable[tuple[str, str, str, float | None, float | None, bool | None]]]
-                 ) -> None:
+    def __init__(self, read: Callable[[], HealthRows]) -> None:
         self.read = read
 
     def collect(self) -> Iterator[Metric]:
@@ -275,12 +307,7 @@ class _OutboxCollector(Collector):
         return iter(())
 
 
-def http_requests_counter(registry: CollectorRegistry) -> Counter:
-    return Counter("driverlog_http_requests", "HTTP requests answered, by route and status.", ["route", "status"],
-                   registry=registry)
-
-
-class WebMetrics:
+class WebMetrics(_Watching):
     """The web tier's own metrics, and the one scrape that has every metric of both sides.
 
     With ``multiprocess`` (always in the web tier), every worker's metrics — and under ``run`` the daemon's — are
@@ -293,8 +320,7 @@ class WebMetrics:
         self.multiprocess = multiprocess
         self.registry = CollectorRegistry()
         self.http_requests = http_requests_counter(self.registry)
-        Gauge("driverlog_build_info", "driverlog-daemon's version.", ["version"], registry=self.registry,
-              multiprocess_mode=_LATEST).labels(__version__).set(1)
+        _build_info(self.registry)
         self._scrape = CollectorRegistry()
         if multiprocess:
             from prometheus_client import multiprocess as mp
@@ -305,30 +331,12 @@ class WebMetrics:
             self._scrape = self.registry
             ProcessCollector(registry=self._scrape)
 
-    def watch_releases(self, read: Callable[[], ReleaseTimes]) -> None:
-        self._scrape.register(_ReleaseCollector(read))
-
-    def watch_drivers(self, read: Callable[[], DriverTimes]) -> None:
-        self._scrape.register(_DriverCollector(read))
-
-    def watch_health(self, read: Callable[[], Iterable[tuple[str, str, str, float | None, float | None,
-                                                            bool | None]]]) -> None:
-        self._scrape.register(_HealthCollector(read))
-
     def registry_size(self, drivers: int, ci_accounts: int) -> None:
-        Gauge("driverlog_registry_drivers", "Drivers in the loaded registry.", registry=self.registry,
-              multiprocess_mode=_LATEST).set(drivers)
-        Gauge("driverlog_registry_ci_accounts", "CI accounts in the loaded registry.", registry=self.registry,
-              multiprocess_mode=_LATEST).set(ci_accounts)
-
-    def watch_gaps(self, read: Callable[[], tuple[Sequence[Any], int | None, int | None]]) -> None:
-        self._scrape.register(_GapCollector(read))
-
-    def watch_outbox(self, read: Callable[[], Mapping[str, Mapping[str, Any]]]) -> None:
-        self._scrape.register(_OutboxCollector(read))
-
-    def watch_history(self, read: Callable[[], tuple[int, int]]) -> None:
-        self._scrape.register(_HistoryCollector(read))
+        """Serve alone: no daemon sets the registry's gauges. (Made only then: under ``run`` a worker's gauge at 0
+        could be the most recent value of the daemon's.)"""
+        drivers_gauge, accounts_gauge = _registry_size(self.registry)
+        drivers_gauge.set(drivers)
+        accounts_gauge.set(ci_accounts)
 
     def exposition(self) -> bytes:
         return generate_latest(self._scrape)

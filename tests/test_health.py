@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from driverlog_daemon import cli
 from driverlog_daemon.model import BackfillRun, Verification
 from driverlog_daemon.registry.load import Registry
-from driverlog_daemon.store import reads, schema
+from driverlog_daemon.store import reads_health, schema
 from driverlog_daemon.store.store import Batch, Store
 
 from .helpers import DATA, NOW, Site, driver, merged, released_file, vote, write_merged_history
@@ -57,7 +57,7 @@ def test_health_numbers_equal_the_definitions(tmp_path_factory: pytest.TempPathF
         store.commit(Batch("replay", list(vs.values()),
                            changes=[merged(c, ps, t) for c, (ps, t) in merged_at.items()]))
         ids = dict(store.conn.execute("SELECT name, id FROM drivers").fetchall())
-        got = reads.health_of_drivers(store.conn, now, 14)
+        got = reads_health.ci_health_of_drivers(store.conn, now, 14)
     for name in (FC, ISCSI):
         mine = [v for v in vs.values() if v.driver_key[2] == name]
         h = got[ids[name]]
@@ -132,19 +132,19 @@ def test_at_risk_is_unknown_until_the_file_is_proven_that_far_back(tmp_path: Pat
     with store_with(tmp_path, registry) as s:
         s.commit(Batch("replay", [ci_vote(registry, FC, 1, 1, NOW - 20 * DAY, "success")]))
         fc = s.conn.execute("SELECT id FROM drivers WHERE name = ?", (FC,)).fetchone()[0]
-        assert reads.health_of_drivers(s.conn, NOW, 14)[fc]["at_risk"] is None  # replay proves nothing
+        assert reads_health.ci_health_of_drivers(s.conn, NOW, 14)[fc]["at_risk"] is None  # replay proves nothing
         gap = s.open_gap(server, NOW - 7 * DAY, "start")
         run = BackfillRun("start", NOW - 7 * DAY, NOW, 1, 1, 0, 0, 0, 0.0)
         s.commit(Batch("backfill", [], close_gaps=(server, gap, None), backfill=(server, run)))
-        assert reads.horizon(s.conn) == NOW - 7 * DAY
-        assert reads.health_of_drivers(s.conn, NOW, 14)[fc]["at_risk"] is None  # 7 days known, 14 asked
-        assert reads.health_of_drivers(s.conn, NOW, 5)[fc]["at_risk"] is True  # 5 days known: none in them
+        assert reads_health.horizon(s.conn) == NOW - 7 * DAY
+        assert reads_health.ci_health_of_drivers(s.conn, NOW, 14)[fc]["at_risk"] is None  # 7 days known, 14 asked
+        assert reads_health.ci_health_of_drivers(s.conn, NOW, 5)[fc]["at_risk"] is True  # 5 days known: none in them
         s.commit(Batch("stream", [ci_vote(registry, FC, 2, 1, NOW - DAY, "success")]))
-        assert reads.health_of_drivers(s.conn, NOW, 5)[fc]["at_risk"] is False
+        assert reads_health.ci_health_of_drivers(s.conn, NOW, 5)[fc]["at_risk"] is False
         gap = s.open_gap(server, NOW - 30 * DAY, "reconnect")  # a gap older than a backfill may reach
         s.commit(Batch("backfill", [], close_gaps=(server, gap, None),
                        backfill=(server, run._replace(since=NOW - 2 * DAY, capped=True))))
-        assert reads.horizon(s.conn) == NOW - 2 * DAY  # what is older than the capped window is not known
+        assert reads_health.horizon(s.conn) == NOW - 2 * DAY  # what is older than the capped window is not known
 
 
 def test_a_version_3_file_gets_its_history(tmp_path: Path, registry: Registry) -> None:
@@ -174,7 +174,7 @@ def test_the_health_command_reads_the_file_as_the_api_does(tmp_path: Path, regis
         gap = s.open_gap(server, NOW - 30 * DAY, "start")
         s.commit(Batch("backfill", [], close_gaps=(server, gap, None),
                        backfill=(server, BackfillRun("start", NOW - 30 * DAY, NOW, 1, 1, 0, 0, 0, 0.0))))
-        expected = reads.health_of_drivers(s.conn, time.time(), 14)
+        expected = reads_health.ci_health_of_drivers(s.conn, time.time(), 14)
         ids = dict(s.conn.execute("SELECT name, id FROM drivers").fetchall())
     config = tmp_path / "driverlog.toml"
     config.write_text(f'[registry]\npath = "{DATA}"\n[database]\npath = "{tmp_path / "d.sqlite"}"\n')

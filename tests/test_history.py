@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from driverlog_daemon.registry.load import Registry, load_registry
-from driverlog_daemon.store import reads
+from driverlog_daemon.store import reads, reads_health
 from driverlog_daemon.testing.history import Mark, driverlog_marks, history, poll_cost
 
 from .helpers import DATA, Harness, SSHEnv, query, wait_until
@@ -99,8 +99,8 @@ def test_the_first_start_finds_every_mark_driverlog_would(ssh_env: SSHEnv, tmp_p
         assert gerrit_queries(ssh_env) < poll_cost(registry)
         # the window proves the file complete 90 days back: Cinder's 14-day rule has an answer for every driver
         with h.service.reader.snapshot() as conn:
-            horizon = reads.horizon(conn)
-            healths = reads.registered_health(conn, time.time(), 14)
+            horizon = reads_health.horizon(conn)
+            healths = reads_health.registered_ci_health(conn, time.time(), 14)
         assert horizon is not None and horizon <= time.time() - 89 * 86400
         assert healths and all(health["at_risk"] is not None for _, health in healths)
 
@@ -249,8 +249,8 @@ def test_each_kind_of_registry_change_reaches_the_past(ssh_env: SSHEnv, tmp_path
                       for s in m.samples}
             assert UMBRELLA not in series and INITECH in series
             with h.service.reader.snapshot() as conn:
-                assert all(e["driver"]["name"] != UMBRELLA for e in reads.recent_transitions(conn, limit=500))
-                names = {key[2] for key, _ in reads.registered_health(conn, time.time(), 14)}
+                assert all(e["driver"]["name"] != UMBRELLA for e in reads_health.recent_transitions(conn, limit=500))
+                names = {key[2] for key, _ in reads_health.registered_ci_health(conn, time.time(), 14)}
             assert UMBRELLA not in names and INITECH in names
     finally:
         receiver.close()
@@ -438,7 +438,7 @@ def test_while_the_import_runs_it_shows_and_the_stream_and_gaps_go_on(ssh_env: S
             progress = h.service.history()
             assert progress.imports == 1 and 0 <= progress.done < progress.total == registry.ci_bindings
             assert h.service.live().importing == f"importing history: {progress.done} of {progress.total} bindings"
-            ok, detail = h.service.health()
+            ok, detail = h.service.process_health()
             assert ok and detail["history"] == {"importing": True, "bindings": progress.total,
                                                 "bindings_done": progress.done}
             assert h.metric("driverlog_history_import_bindings") == progress.total
@@ -510,3 +510,34 @@ def test_without_a_gerrit_server_a_registry_change_judges_again_and_asks_nothing
             ("Acme Volume Driver (FC)", "success")]
     finally:
         service.stop()
+
+
+def test_stop_waits_for_the_step_on_the_wire_and_says_when_it_is_still_there(tmp_path: Path,
+                                                                           registry: Registry) -> None:
+    """The daemon closes its read connections only once the importer has stopped reading on them (closing one
+    under a thread mid-query crashed the process): ``stop`` waits for the step running and says whether it
+    ended. The step is held where a query would hang on the wire (the executor), a fault no server gives on cue."""
+    import threading
+
+    from driverlog_daemon.source.history import Importer
+    from driverlog_daemon.store.reads import Reader
+    from driverlog_daemon.store.store import Store
+
+    Store(tmp_path / "d.sqlite").close()
+    reader = Reader(tmp_path / "d.sqlite")
+    on_the_wire, answer = threading.Event(), threading.Event()
+
+    def executor() -> None:
+        on_the_wire.set()
+        answer.wait(30)
+
+    importer = Importer(reader, lambda: registry, writer=None, executor=executor)  # type: ignore[arg-type]
+    importer.start()
+    try:
+        assert on_the_wire.wait(10)
+        assert importer.stop(0.2) is False  # still in its step: its connection must stay open
+        answer.set()
+        assert importer.stop(10) is True
+    finally:
+        answer.set()
+        reader.close()

@@ -250,7 +250,7 @@ def test_stream_backfill_and_replay_record_the_same_vote_judged_verifications(re
 def test_a_mixed_registry_works_on_the_page_the_api_and_the_metrics(tmp_path: Path) -> None:
     from driverlog_daemon.expose.web.app import App
     from driverlog_daemon.metrics import WebMetrics
-    from driverlog_daemon.store import reads
+    from driverlog_daemon.store import reads, reads_health
     from driverlog_daemon.testing.http import ThreadedServer
 
     registry = parse_registry(json.dumps(mixed_registry()))
@@ -271,7 +271,7 @@ def test_a_mixed_registry_works_on_the_page_the_api_and_the_metrics(tmp_path: Pa
     metrics = WebMetrics(multiprocess=False)
     metrics.watch_releases(lambda: reads.release_times(store.conn))
     metrics.watch_health(lambda: [(p, v, n, h["pass_rate"]["30"], h["coverage"]["ratio"], h["at_risk"])
-                                  for (p, v, n, _), h in reads.registered_health(store.conn, NOW, 14)])
+                                  for (p, v, n, _), h in reads_health.registered_ci_health(store.conn, NOW, 14)])
     app = App(db, lambda: registry, metrics, lambda: (True, {}), stale_after_days=7, max_staleness=0)
     web = ThreadedServer(app, "127.0.0.1", 0)
     web.start()

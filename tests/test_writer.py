@@ -7,8 +7,9 @@ from pathlib import Path
 
 from driverlog_daemon.registry.load import Registry
 from driverlog_daemon.store.pipeline import Pipeline
+from driverlog_daemon.store.retry import Retry, retrying
 from driverlog_daemon.store.store import Batch, Store
-from driverlog_daemon.store.writer import Retry, Writer, retrying
+from driverlog_daemon.store.writer import Writer
 
 from .helpers import ci_line, count, verification, wait_until
 

@@ -1,4 +1,4 @@
-"""The daemon: wires the stages and owns the lifecycle (threads, signals, systemd notification).
+"""The daemon: wires the stages and owns the lifecycle of their threads (signals and systemd: ``run.py``).
 
     stream reader --blocks--> bounded queue --> writer (parse, match, group-commit) --> SQLite --> web tier
     backfill worker --comments--^                                                                (own processes)
@@ -11,20 +11,18 @@ Nothing here parses, matches, stores, reads the database or renders text: each o
 
 from __future__ import annotations
 
-import signal
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import paramiko
 import structlog
 
 from driverlog_daemon.config import Config, webhook_secret
-from driverlog_daemon.daemon.systemd import Notifier, gap_text, status_line, watchdog_interval
+from driverlog_daemon.daemon.systemd import Notifier, gap_text, status_line
 from driverlog_daemon.expose import runtime
 from driverlog_daemon.expose.runtime import Live
 from driverlog_daemon.expose.web.tier import WebTier
@@ -132,22 +130,29 @@ class Service:
     def stop(self) -> bool:
         """Stop reading, commit what is queued, close the database. True when everything finished in time."""
         deadline = time.monotonic() + STOP_TIMEOUT
+
+        def left(cap: float) -> float:  # of the time to stop, at most ``cap`` for one thread
+            return max(0.1, min(cap, deadline - time.monotonic()))
+
         if self.web is not None:
             self.web.terminate()  # it finishes its answers while the writer commits
         self.stop_event.set()
-        self.importer.stop()
-        self.backfiller.stop()
+        readers_done = all([self.importer.stop(left(1.5)), self.backfiller.stop(left(1.5))])  # both asked
         if self._listener_thread is not None:
-            self._listener_thread.join(max(0.1, min(1.5, deadline - time.monotonic())))
-        finished = self.writer.stop(max(0.1, deadline - time.monotonic()))
+            self._listener_thread.join(left(1.5))
+            readers_done = readers_done and not self._listener_thread.is_alive()
+        finished = self.writer.stop(left(STOP_TIMEOUT))
         for deliverer in self.deliverers:  # an answer awaited is abandoned: that delivery is sent again next time
-            deliverer.stop(max(0.1, min(2.0, deadline - time.monotonic())))
+            deliverer.stop(left(2.0))
         if self.web is not None:
             self.web.stop(max(0.5, deadline - time.monotonic()))
-        self.reader.close()
+        if readers_done:  # a connection closed under a thread still reading on it crashes the process
+            self.reader.close()
+        else:
+            log.warning("stop_left_reader_open", hint="a thread still reading did not end in time; exit frees it")
         if finished:
             self.store.close()
-        return finished
+        return finished and readers_done
 
     def reload(self) -> bool:
         """SIGHUP: validate the registry file; on success sync drivers and swap, else keep the old one."""
@@ -277,18 +282,19 @@ class Service:
             return (reads.open_gaps(conn, self.server_name), reads.cursor(conn, self.server_name),
                     reads.newest_event_time(conn, self.server_name))
 
-    # -------------------------------------------------------------------------------------- health
+    # ------------------------------------------------------------------------------ process health
 
-    def healthy(self) -> bool:
+    def writer_ok(self) -> bool:
         """The writer thread is alive, went round its loop lately (it does at least once a second, idle or
         not) and its last commit did not fail."""
         w = self.writer
         return w.alive and not w.failing and time.monotonic() - w.last_progress < WRITER_STALE_SECONDS
 
-    def health(self) -> tuple[bool, dict[str, Any]]:
+    def process_health(self) -> tuple[bool, dict[str, Any]]:
+        """/healthz's answer: whether this process works (its writer does), and what it is doing."""
         stats = self.pipeline.stats
         detail: dict[str, Any] = {
-            "writer": "ok" if self.healthy() else "stuck",
+            "writer": "ok" if self.writer_ok() else "stuck",
             "gerrit": self.listener.state if self.listener else "not configured",
             "events": stats.lines,
             "verifications_recorded": stats.recorded,
@@ -309,7 +315,7 @@ class Service:
                 detail["webhooks"] = f"cannot be read: {exc}"
         if self.writer.failing:
             detail["writer"] = "failing: database writes fail and are retried (see db_write_failed in the log)"
-        return self.healthy(), detail
+        return self.writer_ok(), detail
 
     @staticmethod
     def _count_2014_keys(registry: Registry) -> None:
@@ -326,7 +332,7 @@ class Service:
         """Write the live state the web tier shows (health, the stream, the open gap) into the runtime directory."""
         if self.runtime_dir is None:
             return
-        ok, detail = self.health()
+        ok, detail = self.process_health()
         live = self.live()
         if self.web is not None:
             detail["web_tier_restarts"] = self.web.restarts
@@ -342,60 +348,3 @@ class Service:
                            stats.last_verification_time, self.open_gaps())
         importing = self.history().text()
         return f"{line}; {importing}" if importing else line
-
-
-# ------------------------------------------------------------------------------------------------- run
-
-
-def run(config: Config) -> int:
-    """``driverlog-daemon run``: start, notify systemd, serve until SIGTERM/SIGINT; SIGHUP reloads."""
-    notifier = Notifier()
-    try:
-        service = Service(config, notifier=notifier)
-    except (OSError, sqlite3.Error) as exc:
-        log.error("startup_failed", error=f"{type(exc).__name__}: {exc}")
-        return 1
-    stop = threading.Event()
-    reload_requested = threading.Event()
-    wakeup = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        (reload_requested if signum == signal.SIGHUP else stop).set()
-        wakeup.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, on_signal)
-
-    service.start()
-    notifier.send("READY=1", f"STATUS={service.status_line()}")
-    log.info("daemon_ready", database=service.store.path, registry=config.registry.path,
-             drivers=len(service.pipeline.registry.drivers), gerrit=service.server_name or None,
-             watchdog_seconds=watchdog_interval())
-    interval = watchdog_interval()
-    tick = min(interval, 1.0) if interval else 1.0  # the web tier's view of the daemon is at most this old
-    last_status = ""
-    while not stop.is_set():
-        wakeup.wait(tick)
-        wakeup.clear()
-        if reload_requested.is_set():
-            reload_requested.clear()
-            service.reload()
-        if stop.is_set():
-            break
-        if interval and service.healthy():
-            notifier.send("WATCHDOG=1")
-        try:
-            service.publish_state()
-        except OSError as exc:  # the web tier then reports the daemon silent: unhealthy, as it should
-            log.error("state_not_published", error=str(exc))
-        status = service.status_line()
-        if status != last_status:
-            notifier.send(f"STATUS={status}")
-            last_status = status
-    notifier.send("STOPPING=1", "STATUS=stopping: committing queued events")
-    log.info("daemon_stopping")
-    finished = service.stop()
-    log.info("daemon_stopped", clean=finished, events=service.pipeline.stats.lines,
-             verifications_recorded=service.pipeline.stats.recorded)
-    notifier.close()
-    return 0 if finished else 1

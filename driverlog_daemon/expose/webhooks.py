@@ -83,7 +83,7 @@ class Delivery(NamedTuple):
         return f"{self.id}-{self.transition_id}"
 
 
-class Answer(NamedTuple):
+class Reply(NamedTuple):
     status: int | None  # None: no HTTP answer
     error: str  # "" when delivered
 
@@ -158,13 +158,13 @@ class Deliverer:
         if delivery.next_attempt_at > now:
             return min(self.poll_seconds, delivery.next_attempt_at - now)
         try:
-            answer = self.post(delivery)
+            reply = self.post(delivery)
         except Exception as exc:  # a body that cannot be sent is a failed attempt, retried until dead like others
-            answer = Answer(None, f"{type(exc).__name__}: {exc}"[:EXCERPT])
-        self._record(conn, delivery, answer)
+            reply = Reply(None, f"{type(exc).__name__}: {exc}"[:EXCERPT])
+        self._report(conn, delivery, reply)
         return 0.0
 
-    def post(self, delivery: Delivery) -> Answer:
+    def post(self, delivery: Delivery) -> Reply:
         """One attempt: POST the body, signed; any 2xx is delivered. Redirects are not followed."""
         import http.client  # here: with ssl and email, megabytes that only a process that delivers needs
 
@@ -181,35 +181,35 @@ class Deliverer:
             response = connection.getresponse()
             excerpt = response.read(EXCERPT).decode("utf-8", "replace")
         except (OSError, http.client.HTTPException) as exc:
-            return Answer(None, f"{type(exc).__name__}: {exc}"[:EXCERPT])
+            return Reply(None, f"{type(exc).__name__}: {exc}"[:EXCERPT])
         finally:
             connection.close()
         if 200 <= response.status < 300:
-            return Answer(response.status, "")
+            return Reply(response.status, "")
         if 300 <= response.status < 400:
-            return Answer(response.status, "a redirect (not followed)")
-        return Answer(response.status, f"HTTP {response.status}: {excerpt.strip()}"[:EXCERPT])
+            return Reply(response.status, "a redirect (not followed)")
+        return Reply(response.status, f"HTTP {response.status}: {excerpt.strip()}"[:EXCERPT])
 
-    def _record(self, conn: sqlite3.Connection, delivery: Delivery, answer: Answer) -> None:
+    def _report(self, conn: sqlite3.Connection, delivery: Delivery, reply: Reply) -> None:
         """Report the attempt's outcome to the writer and wait until it is committed: the next look at the outbox
         must see it (a delivery reported but not committed, in a crash, is sent again: at least once)."""
         now = self.clock()
         attempts = delivery.attempts + 1
         where = {"hook": self.hook.name, "delivery": delivery.delivery_id, "kind": delivery.kind,
                  "attempts": attempts}
-        if not answer.error:
-            outcome = DeliveryOutcome(delivery.id, attempts, answer.status, None, delivered_at=now)
+        if not reply.error:
+            outcome = DeliveryOutcome(delivery.id, attempts, reply.status, None, delivered_at=now)
             kind = "delivered"
-            log.info("webhook_delivered", status=answer.status, **where)
+            log.info("webhook_delivered", status=reply.status, **where)
         elif now - delivery.queued_at >= self.hook.retry_for_hours * 3600:
-            outcome = DeliveryOutcome(delivery.id, attempts, answer.status, answer.error, dead_at=now)
+            outcome = DeliveryOutcome(delivery.id, attempts, reply.status, reply.error, dead_at=now)
             kind = "dead"
-            log.error("webhook_dead", status=answer.status, error=answer.error, url=self.hook.shown(), **where)
+            log.error("webhook_dead", status=reply.status, error=reply.error, url=self.hook.shown(), **where)
         else:
             delay = self.backoff(attempts)
-            outcome = DeliveryOutcome(delivery.id, attempts, answer.status, answer.error, next_attempt_at=now + delay)
+            outcome = DeliveryOutcome(delivery.id, attempts, reply.status, reply.error, next_attempt_at=now + delay)
             kind = "failed"
-            log.warning("webhook_failed", status=answer.status, error=answer.error, retry_in=round(delay, 2),
+            log.warning("webhook_failed", status=reply.status, error=reply.error, retry_in=round(delay, 2),
                         url=self.hook.shown(), **where)
         self.report(outcome).result(timeout=self.report_timeout)
         self.counted(self.hook.name, kind)

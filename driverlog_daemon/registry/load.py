@@ -11,31 +11,16 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
+import sys
+from collections.abc import Mapping
+from datetime import datetime
 from functools import cache
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from driverlog_daemon.registry import legacy
-
-_PACKAGE_DIR = Path(__file__).resolve().parent.parent  # driverlog_daemon/
-_REPO_DIR = _PACKAGE_DIR.parent
-
-
-def _shipped(*candidates: Path) -> Path:
-    for candidate in candidates:
-        if candidate.exists():
-            return candidate
-    return candidates[-1]
-
-
-#: The registry shipped with the project (inside the wheel, or at the top of a source checkout).
-DEFAULT_REGISTRY_PATH = _shipped(_PACKAGE_DIR / "_data" / "default_data.json", _REPO_DIR / "data" / "default_data.json")
-SCHEMA_PATH = _shipped(
-    _PACKAGE_DIR / "_data" / "default_data.schema.json", _REPO_DIR / "schema" / "default_data.schema.json"
-)
+from driverlog_daemon.registry import checks, legacy
+from driverlog_daemon.registry.checks import SCHEMA_PATH
 
 
 class RegistryError(Exception):
@@ -215,8 +200,9 @@ def _validated_marker(data: bytes) -> Path | None:
         return None
     from driverlog_daemon import __version__
 
-    checks = __version__.encode() + Path(__file__).read_bytes() + SCHEMA_PATH.read_bytes()  # what decides
-    digest = hashlib.sha256(hashlib.sha256(checks).digest() + data).hexdigest()
+    code = b"".join(Path(m.__file__ or "").read_bytes() for m in (sys.modules[__name__], checks, legacy))
+    decides = __version__.encode() + code + SCHEMA_PATH.read_bytes()  # the checking code and the schema
+    digest = hashlib.sha256(hashlib.sha256(decides).digest() + data).hexdigest()
     return directory / f"registry-valid-{digest}"
 
 
@@ -227,12 +213,12 @@ def parse_registry(data: bytes | str, source: str = "<registry>", *, strict: boo
     except UnicodeDecodeError as exc:
         raise RegistryError(source, [f"$: not UTF-8 ({exc.reason} at byte {exc.start})"]) from None
     try:
-        document = json.loads(text, object_pairs_hook=_DuplicateCheckingDict.from_pairs)
+        document = json.loads(text, object_pairs_hook=checks.DuplicateCheckingDict.from_pairs)
     except json.JSONDecodeError as exc:
         raise RegistryError(source, [f"$: invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"]) from None
-    errors.extend(_duplicate_key_errors(document, ""))
-    errors.extend(_schema_errors(document))
-    errors.extend(_semantic_errors(document))
+    errors.extend(checks.duplicate_key_errors(document, ""))
+    errors.extend(checks.schema_errors(document))
+    errors.extend(checks.semantic_errors(document))
     if strict:
         errors.extend(legacy.legacy_notes(document))
     if errors:
@@ -240,139 +226,11 @@ def parse_registry(data: bytes | str, source: str = "<registry>", *, strict: boo
     return _build(document, source)
 
 
-class _DuplicateCheckingDict(dict[str, Any]):
-    duplicates: list[str]
-
-    @classmethod
-    def from_pairs(cls, pairs: list[tuple[str, Any]]) -> _DuplicateCheckingDict:
-        obj = cls()
-        obj.duplicates = []
-        for key, value in pairs:
-            if key in obj:
-                obj.duplicates.append(key)
-            obj[key] = value
-        return obj
-
-
-def _duplicate_key_errors(node: Any, path: str) -> Iterator[str]:
-    if isinstance(node, dict):
-        for key in getattr(node, "duplicates", ()):
-            yield f"{_join(path, key)}: duplicate key {key!r}"
-        for key, value in node.items():
-            yield from _duplicate_key_errors(value, _join(path, key))
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            yield from _duplicate_key_errors(value, f"{path}[{index}]")
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def format_path(parts: Iterator[str | int] | list[str | int] | tuple[str | int, ...]) -> str:
-    """``['drivers', 17, 'ci']`` -> ``drivers[17].ci`` (``$`` for the document itself)."""
-    out = ""
-    for part in parts:
-        out = f"{out}[{part}]" if isinstance(part, int) else _join(out, part)
-    return out or "$"
-
-
-@cache
-def _validator() -> Any:
-    import jsonschema  # only when a registry is validated: a short command need not pay for its imports
-
-    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
-    cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
-    return cls(schema)
-
-
-def _schema_errors(document: Any) -> Iterator[str]:
-    errors = sorted(_validator().iter_errors(document), key=lambda e: [str(p) for p in e.absolute_path])
-    for error in errors:
-        yield f"{format_path(list(error.absolute_path))}: {error.message}"
-
-
-_DATE_SHAPE = re.compile(r"^\d{4}-[A-Z][a-z]{2}-\d{2}$")
-_MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_MONTHS = {m: i for i, m in enumerate(_MONTH_NAMES, start=1)}
-
-
-def parse_start_date(value: str) -> datetime:
-    """DriverLog's release start date (``2018-Aug-29``) as midnight UTC."""
-    year, month, day = value.split("-")
-    return datetime(int(year), _MONTHS[month], int(day), tzinfo=UTC)
-
-
-def _regex_error(pattern: str) -> str | None:
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        return str(exc)
-    return None
-
-
-def _items(document: Any, key: str) -> list[tuple[int, dict[str, Any]]]:
-    """The objects of a top-level list, by index; anything the schema already rejected is left out."""
-    items = document.get(key) if isinstance(document, dict) else None
-    return [(i, x) for i, x in enumerate(items) if isinstance(x, dict)] if isinstance(items, list) else []
-
-
-def _str(obj: dict[str, Any], key: str) -> str | None:
-    value = obj.get(key)
-    return value if isinstance(value, str) else None
-
-
-def _semantic_errors(document: Any) -> Iterator[str]:
-    """Checks JSON Schema cannot express. They run even when the schema found errors, on what is usable."""
-    releases = _items(document, "releases")
-    release_ids = {_str(r, "id") for _, r in releases}
-    project_ids = {_str(p, "id") for _, p in _items(document, "projects")}
-    series_seen: dict[str, int] = {}
-    for index, release in releases:
-        series = _str(release, "series")
-        if series is not None:
-            if series in series_seen:
-                yield f"releases[{index}].series: {series!r} is already the series of releases[{series_seen[series]}]"
-            series_seen.setdefault(series, index)
-        start = _str(release, "start")
-        if start is None or not _DATE_SHAPE.match(start):
-            continue  # the schema reports it
-        try:
-            parse_start_date(start)
-        except (ValueError, KeyError):
-            yield f"releases[{index}].start: unparsable date {start!r}"
-    yield from legacy.twin_errors(document)
-    seen: dict[tuple[str, str, str], int] = {}
-    for index, driver in _items(document, "drivers"):
-        where = f"drivers[{index}]"
-        project_id, vendor, name = _str(driver, "project_id"), _str(driver, "vendor"), _str(driver, "name")
-        if project_id is not None and vendor is not None and name is not None:
-            key = (project_id, vendor, name)
-            if key in seen:
-                yield f"{where}: duplicate driver {key!r} (project_id, vendor, name), first at drivers[{seen[key]}]"
-            else:
-                seen[key] = index
-        if project_id is not None and project_id not in project_ids:
-            yield f"{where}.project_id: {project_id!r} is not among projects"
-        driver_releases = driver.get("releases")
-        for r_index, release_id in enumerate(driver_releases if isinstance(driver_releases, list) else []):
-            if isinstance(release_id, str) and release_id not in release_ids:
-                yield f"{where}.releases[{r_index}]: {release_id!r} is not among releases"
-        ci = driver.get("ci")
-        if isinstance(ci, dict):
-            for pattern_key in ("success_pattern", "failure_pattern"):
-                pattern = _str(ci, pattern_key)
-                problem = _regex_error(pattern) if pattern is not None else None
-                if problem:
-                    yield f"{where}.ci.{pattern_key}: {problem}"
-
-
 def _build(document: Mapping[str, Any], source: str) -> Registry:
     releases = tuple(
         Release(id=r["id"], wiki=r["wiki"], start=start, active=bool(r.get("active", False)),
                 series=r.get("series") or OPENSTACK_SERIES.get(r["id"]), start_epoch=int(start.timestamp()))
-        for r in document.get("releases", []) for start in [parse_start_date(r["start"])]
+        for r in document.get("releases", []) for start in [checks.parse_start_date(r["start"])]
     )
     by_branch_name = {r.series: r for r in releases if r.series}
     by_branch_name.update({r.id.lower(): r for r in releases})

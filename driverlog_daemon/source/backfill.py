@@ -130,11 +130,15 @@ class Backfiller:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop after the command on the wire, if any; True when the thread ended within ``timeout``."""
         self.budget.stop()
         with self._wake:
             self._stopped = True
             self._wake.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def request(self, client: paramiko.SSHClient, trigger: str, after: Future[Any] | None = None) -> None:
         """Schedule a backfill on ``client``, once ``after`` (the gap being recorded) is done."""

@@ -83,10 +83,14 @@ class Importer:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop after the step running, if any; True when the thread ended within ``timeout``."""
         with self._wake:
             self._stopped = True
             self._wake.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def wake(self) -> None:
         """An import was planned, Gerrit is reachable again, or a gap backfill is done: look for a step."""

@@ -21,7 +21,7 @@ from driverlog_daemon.parse.changes import ChangeRows
 from driverlog_daemon.parse.scanner import Findings, Scanner
 from driverlog_daemon.registry.load import Registry
 from driverlog_daemon.store.pipeline import Pending, Pipeline
-from driverlog_daemon.store.writer import DEFAULT_RETRY, retrying
+from driverlog_daemon.store.retry import DEFAULT_RETRY, retrying
 
 BLOCK_BYTES = 1 << 20
 BATCH_ROWS = 2000

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from driverlog_daemon.config import GerritConfig
-from driverlog_daemon.registry.load import DEFAULT_REGISTRY_PATH, Registry, load_registry
+from driverlog_daemon.registry.checks import DEFAULT_REGISTRY_PATH
+from driverlog_daemon.registry.load import Registry, load_registry
 from driverlog_daemon.store import reads, schema
 from driverlog_daemon.testing import wait_for
 from driverlog_daemon.testing.gerrit import daemon_config, start_in

@@ -1,36 +1,30 @@
-"""The WSGI application: the status page, DriverLog's JSON API, badges, ``/healthz`` and ``/metrics``.
+"""The web tier's handlers: the status page, DriverLog's JSON API, badges, feeds, exports, ``/healthz``.
 
-Read-only by construction: the database is opened with ``mode=ro`` and only GET and HEAD are answered (405 with
-``Allow`` for the rest). Every driver's record is kept current off the request path (:mod:`records`), and the
-recent answers made from it are rendered again before new records are published; an answer missing from the cache
-is rendered by one request while the others wait for it. Responses are cached per records (or database state),
-registry and minute; they
-carry a strong ``ETag`` per representation (``If-None-Match`` -> 304), ``Cache-Control: public, max-age=…,
-stale-while-revalidate=…`` for HTTP caches, and are gzipped for clients that accept it. HTML is rendered by Jinja2
-with autoescaping on, and every response forbids scripts (``Content-Security-Policy``).
+:mod:`routing` puts WSGI and the route table in front of them and :mod:`cache` keeps their answers. Every driver's
+record is kept current off the request path (:mod:`records`), and the recent answers made from it are rendered
+again before new records are published. Answers carry a strong ``ETag`` per representation (``If-None-Match`` ->
+304), ``Cache-Control: public, max-age=…, stale-while-revalidate=…`` for HTTP caches, and are gzipped for clients
+that accept it (:mod:`responses`). HTML is rendered by Jinja2 with autoescaping on, and every response forbids
+scripts (``Content-Security-Policy``). The database is opened read-only; the reads are :mod:`store.reads`'s.
 """
 
 from __future__ import annotations
 
 import gzip
-import re
 import sqlite3
 import threading
 import time
 import urllib.parse
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import jinja2
-import structlog
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from driverlog_daemon.expose import export
 from driverlog_daemon.expose.runtime import Live
 from driverlog_daemon.expose.web import api, badge, pages
+from driverlog_daemon.expose.web.cache import AnswerCache, Key
 from driverlog_daemon.expose.web.records import Records, RecordsKeeper
 from driverlog_daemon.expose.web.responses import (
     GZIP_MIN_BYTES,
@@ -39,65 +33,30 @@ from driverlog_daemon.expose.web.responses import (
     StreamedResponse,
     json_response,
     response,
-    send,
     text_response,
 )
+from driverlog_daemon.expose.web.routing import Handler, HttpMetrics, Route, Router
 from driverlog_daemon.registry import legacy
 from driverlog_daemon.registry.load import Registry
-from driverlog_daemon.store import reads, reads_history
+from driverlog_daemon.store import reads, reads_health, reads_history
 
-log = structlog.get_logger("driverlog.web")
-
-Health = Callable[[], tuple[bool, dict[str, Any]]]
-Answer = Response | StreamedResponse  # what a route handler gives: whole, or streamed (an export)
-
-
-class HttpMetrics(Protocol):
-    """What the app counts: ``metrics.Metrics`` in a test, ``metrics.WebMetrics`` in the web tier."""
-
-    http_requests: Any
-
-    def exposition(self) -> bytes: ...
-
+ProcessHealth = Callable[[], tuple[bool, dict[str, Any]]]
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-CACHE_ENTRIES = 512
-RECENT_ANSWERS = 8  # answers made from records that are rendered again, before requests ask, when records change
 HISTORY_PAGE = 50
 FEED_ENTRIES = 50
 FEED_FILTERS = ("project_id", "vendor", "release_id", "release")
 
 
-def safe_url(url: object) -> str | None:
-    """Only http and https URLs become links; anything else (``javascript:``, ``data:``) is shown as text."""
-    if not isinstance(url, str):
-        return None
-    scheme = urllib.parse.urlsplit(url.strip()).scheme.lower()
-    return url if scheme in ("http", "https") else None
-
-
-def ago(seconds: float) -> str:
-    s = max(0, int(seconds))
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if s >= size:
-            return f"{s // size} {unit} ago"
-    return f"{s} s ago"
-
-
-def utc(ts: int | None) -> str:
-    return "" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
 class App:
-    def __init__(self, database: str | Path, registry: Callable[[], Registry], metrics: HttpMetrics, health: Health,
-                 *, live: Callable[[], Live] = Live, stale_after_days: float = 7.0, silence_days: float = 14.0,
-                 max_age: int = 5,
-                 stale_while_revalidate: int = 30, max_staleness: float = 5.0,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, database: str | Path, registry: Callable[[], Registry], metrics: HttpMetrics,
+                 process_health: ProcessHealth, *, live: Callable[[], Live] = Live, stale_after_days: float = 7.0,
+                 silence_days: float = 14.0, max_age: int = 5, stale_while_revalidate: int = 30,
+                 max_staleness: float = 5.0, clock: Callable[[], float] = time.time) -> None:
         self.reader = reads.Reader(database)
         self.registry = registry
         self.metrics = metrics
-        self.health = health
+        self.process_health = process_health
         self.live = live
         self.stale_after_days = stale_after_days
         self.silence_days = silence_days
@@ -106,134 +65,57 @@ class App:
         self.public_cache = f"public, max-age={max_age}, stale-while-revalidate={stale_while_revalidate}"
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                                       undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-        self.env.filters.update(safe_url=safe_url, utc=utc)
-        self.env.globals.update(ago=self._ago, query_link=_query_link, percent=pages.percent,
+        self.env.filters.update(safe_url=pages.safe_url, utc=pages.utc)
+        self.env.globals.update(ago=self._ago, query_link=pages.query_link, percent=pages.percent,
                                 verification_levels=legacy.VERIFICATION_LEVELS)
-        self._cache: OrderedDict[tuple[Any, ...], Response] = OrderedDict()
-        self._cache_lock = threading.Lock()
         self._local = threading.local()
-        self._recent: OrderedDict[tuple[str, tuple[tuple[str, str], ...]], tuple[str, Callable[..., Answer],
-                                                                                  tuple[str, ...]]] = OrderedDict()
-        self._rendering: dict[tuple[Any, ...], threading.Lock] = {}
+        self.cache = AnswerCache()
         self.keeper = RecordsKeeper(self.reader, registry, self._build_records, max_staleness=max_staleness,
                                     clock=clock, prepare=self._prepare)
-        # Each route's answer is cached by the records it was made from ("records"), by the database's state
-        # ("database": it reads the database itself), or not at all (None: the only ones that may stream).
-        self._routes: list[tuple[re.Pattern[str], str, Callable[..., Answer], str | None]] = [
-            (re.compile(p), name, handler, cached) for p, name, handler, cached in (
-                (r"/", "/", self.page_index, "records"),
-                (r"/drivers/(\d+)", "/drivers/<id>", self.page_driver, "database"),
-                (r"/static/style\.css", "/static/style.css", self.static_css, "records"),
-                (r"/badge/(\d+)\.svg", "/badge/<id>.svg", self.badge_svg, "records"),
-                (r"/api/1\.0/drivers", "/api/1.0/drivers", self.api_drivers, "records"),
-                (r"/api/1\.0/drivers/(\d+)", "/api/1.0/drivers/<id>", self.api_driver, "records"),
-                (r"/api/1\.0/drivers/(\d+)/history", "/api/1.0/drivers/<id>/history", self.api_history, "database"),
-                (r"/api/1\.0/drivers/(\d+)/missed", "/api/1.0/drivers/<id>/missed", self.api_missed, "database"),
-                (r"/api/1\.0/list/releases", "/api/1.0/list/releases", self.api_releases, "records"),
-                (r"/api/1\.0/list/releases/(.+)", "/api/1.0/list/releases/<id>", self.api_release, "records"),
-                (r"/api/1\.0/list/project_ids", "/api/1.0/list/project_ids", self.api_project_ids, "records"),
-                (r"/api/1\.0/list/project_ids/(.+)", "/api/1.0/list/project_ids/<id>", self.api_project_id,
-                 "records"),
-                (r"/api/1\.0/list/vendors", "/api/1.0/list/vendors", self.api_vendors, "records"),
-                (r"/api/1\.0/list/vendors/(.+)", "/api/1.0/list/vendors/<id>", self.api_vendor, "records"),
-                (r"/api/1\.0/verifications", "/api/1.0/verifications", self.api_verifications, "database"),
-                (r"/api/1\.0/ingestion", "/api/1.0/ingestion", self.api_ingestion, "database"),
-                (r"/ingestion", "/ingestion", self.page_ingestion, "database"),
-                (r"/feed\.atom", "/feed.atom", self.feed_all, "database"),
-                (r"/drivers/(\d+)/feed\.atom", "/drivers/<id>/feed.atom", self.feed_driver, "database"),
-                (r"/export/(marks)\.csv", "/export/marks.csv", self.export_csv, None),
-                (r"/export/(verifications)\.csv", "/export/verifications.csv", self.export_csv, None),
-                (r"/healthz", "/healthz", self.healthz, None),
-            )]
+        self.router = Router(self.routes(), metrics, self.cache, self._state, self._render)
 
-    # ------------------------------------------------------------------------------------------- WSGI
+    def routes(self) -> list[Route]:
+        """The route table (``docs/routes.md`` lists it; a test holds the two equal)."""
+        return [Route(*r) for r in (
+            (r"/", "/", self.page_index, "records"),
+            (r"/drivers/(\d+)", "/drivers/<id>", self.page_driver, "database"),
+            (r"/static/style\.css", "/static/style.css", self.static_css, "records"),
+            (r"/badge/(\d+)\.svg", "/badge/<id>.svg", self.badge_svg, "records"),
+            (r"/api/1\.0/drivers", "/api/1.0/drivers", self.api_drivers, "records"),
+            (r"/api/1\.0/drivers/(\d+)", "/api/1.0/drivers/<id>", self.api_driver, "records"),
+            (r"/api/1\.0/drivers/(\d+)/history", "/api/1.0/drivers/<id>/history", self.api_history, "database"),
+            (r"/api/1\.0/drivers/(\d+)/missed", "/api/1.0/drivers/<id>/missed", self.api_missed, "database"),
+            (r"/api/1\.0/list/releases", "/api/1.0/list/releases", self.api_releases, "records"),
+            (r"/api/1\.0/list/releases/(.+)", "/api/1.0/list/releases/<id>", self.api_release, "records"),
+            (r"/api/1\.0/list/project_ids", "/api/1.0/list/project_ids", self.api_project_ids, "records"),
+            (r"/api/1\.0/list/project_ids/(.+)", "/api/1.0/list/project_ids/<id>", self.api_project_id, "records"),
+            (r"/api/1\.0/list/vendors", "/api/1.0/list/vendors", self.api_vendors, "records"),
+            (r"/api/1\.0/list/vendors/(.+)", "/api/1.0/list/vendors/<id>", self.api_vendor, "records"),
+            (r"/api/1\.0/verifications", "/api/1.0/verifications", self.api_verifications, "database"),
+            (r"/api/1\.0/ingestion", "/api/1.0/ingestion", self.api_ingestion, "database"),
+            (r"/ingestion", "/ingestion", self.page_ingestion, "database"),
+            (r"/feed\.atom", "/feed.atom", self.feed_all, "database"),
+            (r"/drivers/(\d+)/feed\.atom", "/drivers/<id>/feed.atom", self.feed_driver, "database"),
+            (r"/export/(marks)\.csv", "/export/marks.csv", self.export_csv, None),
+            (r"/export/(verifications)\.csv", "/export/verifications.csv", self.export_csv, None),
+            (r"/healthz", "/healthz", self.healthz, None),
+        )]
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        method = environ.get("REQUEST_METHOD", "GET")
-        path = environ.get("PATH_INFO", "/") or "/"
-        route = "other"
-        try:
-            if method not in ("GET", "HEAD"):
-                answer = text_response("405 Method Not Allowed", "only GET and HEAD are answered")
-                answer.headers.append(("Allow", "GET, HEAD"))
-            elif path == "/metrics":
-                route = "/metrics"
-                self.metrics.http_requests.labels(route, "200").inc()
-                answer = Response("200 OK", CONTENT_TYPE_LATEST, self.metrics.exposition(), cache="no-cache")
-            else:
-                route, dispatched = self._dispatch(path, environ.get("QUERY_STRING", ""))
-                if isinstance(dispatched, StreamedResponse):
-                    self.metrics.http_requests.labels(route, "200").inc()
-                    return dispatched.send(start_response, head=method == "HEAD")
-                answer = dispatched
-        except Exception as exc:  # never a traceback to the client
-            log.error("http_error", path=path[:200], error=f"{type(exc).__name__}: {exc}")
-            answer = text_response("500 Internal Server Error", "internal error; see the daemon's log")
-        if route != "/metrics":
-            self.metrics.http_requests.labels(route, answer.status[:3]).inc()
-        return send(environ, start_response, answer, head=method == "HEAD")
+        return self.router(environ, start_response)
 
-    def _dispatch(self, path: str, query_string: str) -> tuple[str, Answer]:
-        query = {k: v[-1] for k, v in urllib.parse.parse_qs(query_string, keep_blank_values=True).items()}
-        for pattern, name, handler, cached in self._routes:
-            m = pattern.fullmatch(path)
-            if m is None:
-                continue
-            try:
-                groups = tuple(urllib.parse.unquote(g) for g in m.groups())
-                if cached is None:
-                    return name, handler(query, *groups)
-                state = self.records().key if cached == "records" else (self.reader.version(), id(self.registry()),
-                                                                        int(self.clock() // 60))
-                items = tuple(sorted(query.items()))
-                key = self._cache_key(path, items, state, name)
-                if cached == "records":
-                    with self._cache_lock:
-                        self._recent[(path, items)] = (name, handler, groups)
-                        self._recent.move_to_end((path, items))
-                        while len(self._recent) > RECENT_ANSWERS:
-                            self._recent.popitem(last=False)
-                hit = self._lookup(key)
-                if hit is not None:
-                    return name, hit
-                with self._cache_lock:  # one request renders an answer; the others wait for it
-                    rendering = self._rendering.setdefault(key, threading.Lock())
-                with rendering:
-                    hit = self._lookup(key)
-                    if hit is None:
-                        hit = self._render(handler, query, groups)
-                        if hit.status.startswith("200"):
-                            self._store(key, hit)
-                with self._cache_lock:
-                    self._rendering.pop(key, None)
-                return name, hit
-            except api.BadRequest as bad:
-                return name, text_response("400 Bad Request", str(bad))
-        return "other", text_response("404 Not Found", "not found")
+    def _state(self, cached: str, name: str) -> Key:
+        """What a route's answer is cached by (see :mod:`routing`); the page's header, to the minute, too."""
+        made_from = self.records().key if cached == "records" else (
+            self.reader.version(), id(self.registry()), int(self.clock() // 60))
+        return made_from, self._live_key() if name == "/" else None
 
-    def _cache_key(self, path: str, items: tuple[tuple[str, str], ...], state: tuple[Any, ...],
-                   name: str) -> tuple[Any, ...]:
-        return path, items, state, self._live_key() if name == "/" else None
-
-    def _render(self, handler: Callable[..., Answer], query: Mapping[str, str], groups: tuple[str, ...]) -> Response:
+    def _render(self, handler: Handler, query: Mapping[str, str], groups: tuple[str, ...]) -> Response:
         answer = handler(query, *groups)
         assert isinstance(answer, Response), "a cached route's answer is whole"
         if answer.status.startswith("200"):
             answer.cache = self.public_cache
         return answer
-
-    def _lookup(self, key: tuple[Any, ...]) -> Response | None:
-        with self._cache_lock:
-            hit = self._cache.get(key)
-            if hit is not None:
-                self._cache.move_to_end(key)
-            return hit
-
-    def _store(self, key: tuple[Any, ...], response: Response) -> None:
-        with self._cache_lock:
-            self._cache[key] = response
-            while len(self._cache) > CACHE_ENTRIES:
-                self._cache.popitem(last=False)
 
     # ------------------------------------------------------------------------------------ records
 
@@ -245,7 +127,7 @@ class App:
 
     def _build_records(self, conn: sqlite3.Connection, registry: Registry, now: float) -> list[dict[str, Any]]:
         rows = reads.drivers(conn)
-        healths = reads.health_of_drivers(conn, now, self.silence_days)
+        healths = reads_health.ci_health_of_drivers(conn, now, self.silence_days)
         return [api.driver_record(d, row, registry, now, self.stale_after_days,
                                   healths.get(row.id) if row is not None and d.ci is not None else None)
                 for d in registry.drivers for row in (rows.get(d.key),)]
@@ -253,17 +135,14 @@ class App:
     def _prepare(self, fresh: Records) -> None:
         """Before new records are published: render the recent answers made from records again, gzip included,
         so that requests find them ready (the records thread does it, not a request)."""
-        with self._cache_lock:
-            recent = list(self._recent.items())
         self._local.preparing = fresh
         try:
-            for (path, query), (name, handler, groups) in recent:
-                key = self._cache_key(path, query, fresh.key, name)
+            for (path, query), (name, handler, groups) in self.cache.recent():
                 answer = self._render(handler, dict(query), groups)
                 if answer.status.startswith("200"):
                     if len(answer.body) >= GZIP_MIN_BYTES:
                         answer.gzipped = gzip.compress(answer.body, 6)
-                    self._store(key, answer)
+                    self.cache.store((path, query, fresh.key, self._live_key() if name == "/" else None), answer)
         finally:
             self._local.preparing = None
 
@@ -276,7 +155,7 @@ class App:
                 live.importing)
 
     def _ago(self, ts: int | None) -> str:
-        return "" if ts is None else ago(self.clock() - ts)
+        return "" if ts is None else pages.ago(self.clock() - ts)
 
     def _recs(self) -> tuple[Registry, list[dict[str, Any]]]:
         current = self.records()
@@ -305,9 +184,9 @@ class App:
                 return text_response("404 Not Found", "no such driver")
             history, total = reads.history(conn, int(driver_id), limit=HISTORY_PAGE,
                                              offset=(page - 1) * HISTORY_PAGE)
-            missed = reads.missed(conn, int(driver_id), now, 30)
-            transitions = reads.transitions(conn, int(driver_id))
-            chart = pages.chart(reads.daily(conn, int(driver_id), now))
+            missed = reads_health.missed(conn, int(driver_id), now, 30)
+            transitions = reads_health.transitions(conn, int(driver_id))
+            chart = pages.chart(reads_health.daily(conn, int(driver_id), now))
         return self._html("driver.html", record=record, key=known[0], removed=known[1], history=history,
                           page=page, pages=max(1, -(-total // HISTORY_PAGE)), total=total, driver_id=int(driver_id),
                           registry=registry, missed=missed, transitions=transitions, chart=chart,
@@ -324,7 +203,8 @@ class App:
                 r, api.Filters(filters.project_id, filters.vendor, None), registry, release=False)]
         given = sorted((k, v) for k, v in query.items() if k in FEED_FILTERS and v)
         with self.reader.snapshot() as conn:
-            entries = reads.recent_transitions(conn, driver_ids=ids, releases=filters.release_ids, limit=FEED_ENTRIES)
+            entries = reads_health.recent_transitions(conn, driver_ids=ids, releases=filters.release_ids,
+                                                      limit=FEED_ENTRIES)
             created = reads.created_at(conn)
         described = ", ".join(f"{k} {v}" for k, v in given)
         return self._feed(entries, created, title="DriverLog marks" + (f" ({described})" if given else ""),
@@ -336,7 +216,7 @@ class App:
             known = reads.driver_key(conn, int(driver_id))
             if known is None:
                 return text_response("404 Not Found", "no such driver")
-            entries = reads.recent_transitions(conn, driver_ids=[int(driver_id)], limit=FEED_ENTRIES)
+            entries = reads_health.recent_transitions(conn, driver_ids=[int(driver_id)], limit=FEED_ENTRIES)
             created = reads.created_at(conn)
         return self._feed(entries, created, title=f"DriverLog marks: {known[0][2]} ({known[0][1]})",
                           self_href=f"/drivers/{driver_id}/feed.atom", page_href=f"/drivers/{driver_id}")
@@ -397,7 +277,7 @@ class App:
         return response("200 OK", "image/svg+xml", body)
 
     def healthz(self, query: Mapping[str, str]) -> Response:
-        ok, detail = self.health()
+        ok, detail = self.process_health()
         answer = json_response({"status": "ok" if ok else "unhealthy", **detail},
                                "200 OK" if ok else "503 Service Unavailable")
         answer.cache = "no-cache"  # always asked again, never stored as fresh
@@ -421,14 +301,15 @@ class App:
         with self.reader.snapshot() as conn:
             if reads.driver_key(conn, int(driver_id)) is None:
                 return json_response({"error": "no such driver"}, "404 Not Found")
-            return json_response({"transitions": reads.transitions(conn, int(driver_id))})
+            return json_response({"transitions": reads_health.transitions(conn, int(driver_id))})
 
     def api_missed(self, query: Mapping[str, str], driver_id: str) -> Response:
         days = api.int_param(query, "days", 30, minimum=1, maximum=365) or 30
         with self.reader.snapshot() as conn:
             if reads.driver_key(conn, int(driver_id)) is None:
                 return json_response({"error": "no such driver"}, "404 Not Found")
-            return json_response({"days": days, "missed": reads.missed(conn, int(driver_id), self.clock(), days)})
+            missed = reads_health.missed(conn, int(driver_id), self.clock(), days)
+            return json_response({"days": days, "missed": missed})
 
     def _filtered(self, query: Mapping[str, str], **which: bool) -> list[dict[str, Any]]:
         registry, records = self._recs()
@@ -479,8 +360,3 @@ class App:
                  if v is not None})
         return json_response({"verifications": rows, "next": following})
 
-
-def _query_link(query: Mapping[str, str], **changes: str | None) -> str:
-    """``?…`` with ``changes`` applied to ``query`` (None removes a key): the page's filter links."""
-    merged = {k: v for k, v in {**query, **changes}.items() if v is not None and k != "page"}
-    return "?" + urllib.parse.urlencode(sorted(merged.items())) if merged else "?"

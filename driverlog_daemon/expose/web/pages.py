@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from driverlog_daemon.expose.web import api
@@ -63,3 +65,28 @@ def chart(days: Sequence[tuple[int, int, int]]) -> dict[str, Any]:
     if busiest is not None and busiest[1] + busiest[2]:
         summary += f"; the busiest day had {busiest[1] + busiest[2]} runs"
     return {"bars": bars, "width": CHART_WIDTH, "height": CHART_HEIGHT, "summary": summary, "top": top}
+
+
+def safe_url(url: object) -> str | None:
+    """Only http and https URLs become links; anything else (``javascript:``, ``data:``) is shown as text."""
+    if not isinstance(url, str):
+        return None
+    scheme = urllib.parse.urlsplit(url.strip()).scheme.lower()
+    return url if scheme in ("http", "https") else None
+
+
+def ago(seconds: float) -> str:
+    s = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if s >= size:
+            return f"{s // size} {unit} ago"
+    return f"{s} s ago"
+
+
+def utc(ts: int | None) -> str:
+    return "" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+def query_link(query: Mapping[str, str], **changes: str | None) -> str:
+    """``?…`` with ``changes`` applied to ``query`` (None removes a key): the page's filter links."""
+    merged = {k: v for k, v in {**query, **changes}.items() if v is not None and k != "page"}
+    return "?" + urllib.parse.urlencode(sorted(merged.items())) if merged else "?"

@@ -31,7 +31,7 @@ from driverlog_daemon.config import Config
 from driverlog_daemon.expose import runtime
 from driverlog_daemon.logs import get_logger
 from driverlog_daemon.registry.load import Registry, RegistryError, load_registry
-from driverlog_daemon.store import reads, reads_history
+from driverlog_daemon.store import reads, reads_health, reads_history
 
 log = get_logger("driverlog.web")
 
@@ -208,8 +208,8 @@ def build_app(config: Config) -> Any:
 
     def read_health() -> list[tuple[str, str, str, float | None, float | None, bool | None]]:
         with reader.snapshot() as conn:
-            return [(p, v, n, h["pass_rate"]["30"], h["coverage"]["ratio"], h["at_risk"])
-                    for (p, v, n, _), h in reads.registered_health(conn, time.time(), config.health.silence_days)]
+            healths = reads_health.registered_ci_health(conn, time.time(), config.health.silence_days)
+        return [(p, v, n, h["pass_rate"]["30"], h["coverage"]["ratio"], h["at_risk"]) for (p, v, n, _), h in healths]
 
     metrics.watch_health(read_health)
 
@@ -230,7 +230,7 @@ def build_app(config: Config) -> Any:
     else:  # alone, no daemon writes the registry's gauges
         metrics.registry_size(len(registry.current().drivers), len(registry.current().by_account))
 
-    def health() -> tuple[bool, dict[str, Any]]:
+    def process_health() -> tuple[bool, dict[str, Any]]:
         if root is None:  # serve alone: healthy while the database can be read
             try:
                 with reader.snapshot() as conn:
@@ -259,7 +259,8 @@ def build_app(config: Config) -> Any:
                     newest_event_time=s.get("newest_event_time"), open_gap=s.get("open_gap"), importing=importing)
 
     h = config.http
-    return App(database, registry.current, metrics, health, live=live, stale_after_days=config.status.stale_after_days,
+    return App(database, registry.current, metrics, process_health, live=live,
+               stale_after_days=config.status.stale_after_days,
                silence_days=config.health.silence_days,
                max_age=h.max_age_seconds, stale_while_revalidate=h.stale_while_revalidate_seconds,
                max_staleness=h.max_staleness_seconds)

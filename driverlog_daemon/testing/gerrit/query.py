@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 DEFAULT_QUERY_LIMIT = 500
 
@@ -147,3 +147,38 @@ def parse_query(text: str) -> tuple[Predicate, int]:
     if pos != len(tokens):
         raise QueryError(f"unexpected {tokens[pos]!r}")
     return predicate, limit
+
+
+class QueryArguments(NamedTuple):
+    """``gerrit query``'s command line: its options, ``--start`` and the query's terms (only ``--format=JSON``)."""
+
+    terms: list[str]
+    start: int
+    options: frozenset[str]
+
+    @classmethod
+    def parse(cls, args: list[str]) -> QueryArguments:
+        options: set[str] = set()
+        terms: list[str] = []
+        start, fmt = 0, None
+        it = iter(args)
+        for a in it:
+            if a == "--format":
+                fmt = next(it, "")
+            elif a.startswith("--format="):
+                fmt = a.split("=", 1)[1]
+            elif a in ("--start", "-S"):
+                start = int(next(it, "0"))
+            elif a.startswith("--start="):
+                start = int(a.split("=", 1)[1])
+            elif a in ("--comments", "--current-patch-set", "--patch-sets", "--all-approvals"):
+                options.add(a)
+            elif a == "--":
+                terms.extend(it)
+            elif a.startswith("--"):
+                raise QueryError(f'"{a}" is not a valid option')
+            else:
+                terms.append(a)
+        if (fmt or "").upper() != "JSON":
+            raise QueryError("only --format=JSON is supported by this test server")
+        return cls(terms, start, frozenset(options))

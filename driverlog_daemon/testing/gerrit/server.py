@@ -26,69 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paramiko
-from paramiko.common import (
-    AUTH_FAILED,
-    AUTH_SUCCESSFUL,
-    OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED,
-    OPEN_SUCCEEDED,
-)
 
 from driverlog_daemon.testing.gerrit.index import ChangeIndex
-from driverlog_daemon.testing.gerrit.query import QueryError
+from driverlog_daemon.testing.gerrit.query import QueryArguments, QueryError
+from driverlog_daemon.testing.gerrit.transport import Interface, Transport
 
 GERRIT_VERSION = "3.10.2-driverlog-test"
-
-
-class _Interface(paramiko.ServerInterface):
-    def __init__(self, server: GerritTestServer) -> None:
-        self.server = server
-        self.username: str | None = None
-
-    def get_allowed_auths(self, username: str) -> str:
-        return "publickey"
-
-    def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
-        if any(key == k for k in self.server.authorized_keys):
-            self.username = username
-            return int(AUTH_SUCCESSFUL)
-        return int(AUTH_FAILED)
-
-    def check_channel_request(self, kind: str, chanid: int) -> int:
-        return int(OPEN_SUCCEEDED if kind == "session" else OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED)
-
-    def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
-        # The reply to the exec request is sent after this returns; output sent before it would make the
-        # client see a closed channel. The transport tells us when the reply has gone out.
-        transport = channel.get_transport()
-        replied = threading.Event()
-        if isinstance(transport, _Transport):
-            transport.exec_replied[channel.remote_chanid] = replied
-        else:  # pragma: no cover
-            replied.set()
-        threading.Thread(target=self.server._run_command,
-                         args=(channel, command.decode("utf-8", "replace"), replied),
-                         daemon=True, name="gerrit-test-exec").start()
-        return True
-
-
-class _Transport(paramiko.Transport):
-    """Signals when the server's reply to an exec request has been sent."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        super().__init__(sock)
-        self.exec_replied: dict[int, threading.Event] = {}
-
-    def _send_user_message(self, data: Any) -> None:
-        super()._send_user_message(data)  # type: ignore[misc]
-        raw = data.asbytes() if hasattr(data, "asbytes") else bytes(data)
-        if raw[:1] in (_MSG_CHANNEL_SUCCESS, _MSG_CHANNEL_FAILURE) and len(raw) >= 5:
-            event = self.exec_replied.pop(int.from_bytes(raw[1:5], "big"), None)
-            if event is not None:
-                event.set()
-
-
-_MSG_CHANNEL_SUCCESS = bytes([99])
-_MSG_CHANNEL_FAILURE = bytes([100])
 
 
 @dataclass
@@ -265,13 +208,13 @@ class GerritTestServer:
             threading.Thread(target=self._serve, args=(conn,), daemon=True, name="gerrit-test-conn").start()
 
     def _serve(self, conn: socket.socket) -> None:
-        transport = _Transport(conn)
+        transport = Transport(conn)
         transport.add_server_key(self.host_key)
         with self._lock:
             self._transports.append(transport)
             self.connections += 1
         try:
-            transport.start_server(server=_Interface(self))
+            transport.start_server(server=Interface(self.authorized_keys, self._run_command))
         except (paramiko.SSHException, EOFError, OSError):
             transport.close()
 
@@ -347,32 +290,12 @@ class GerritTestServer:
                 pass
 
     def _query(self, channel: paramiko.Channel, args: list[str]) -> None:
-        options: set[str] = set()
-        start = 0
-        terms: list[str] = []
-        it = iter(args)
-        fmt = None
-        for a in it:
-            if a == "--format":
-                fmt = next(it, "")
-            elif a.startswith("--format="):
-                fmt = a.split("=", 1)[1]
-            elif a in ("--start", "-S"):
-                start = int(next(it, "0"))
-            elif a.startswith("--start="):
-                start = int(a.split("=", 1)[1])
-            elif a in ("--comments", "--current-patch-set", "--patch-sets", "--all-approvals"):
-                options.add(a)
-            elif a == "--":
-                terms.extend(it)
-            elif a.startswith("--"):
-                self._finish(channel, 1, stderr=f'fatal: "{a}" is not a valid option\n')
-                return
-            else:
-                terms.append(a)
-        if (fmt or "").upper() != "JSON":
-            self._finish(channel, 1, stderr="fatal: only --format=JSON is supported by this test server\n")
+        try:
+            parsed = QueryArguments.parse(args)
+        except QueryError as exc:
+            self._finish(channel, 1, stderr=f"fatal: {exc}\n")
             return
+        terms, start, options = parsed.terms, parsed.start, parsed.options
         held = self._held(" ".join(terms))
         with self._lock:
             self.queries_waiting += held
