@@ -58,7 +58,8 @@ def run(seed: int, n_changes: int, pace: float, latency: float) -> tuple[int, in
     now = int(time.time())
     since = now - 3 * 3600
     work = Path(tempfile.mkdtemp(prefix="driverlog-bench-backfill-"))
-    server = start_in(work)
+    started = start_in(work)
+    server = getattr(started, "server", started)  # an SSHEnv now; a server in older checkouts
     try:
         changes: list[tuple[int, str]] = []
         expected: set[tuple[int, int, str]] = set()

@@ -96,7 +96,7 @@ def main() -> int:
     (work / "registry.json").write_text(json.dumps(first_doc))
     (work / "fixed.json").write_text(json.dumps(fixed_doc))
     first, fixed = load_registry(work / "registry.json"), load_registry(work / "fixed.json")
-    server = start_in(work)
+    server = start_in(work).server
     server.index.query_limit = args.query_limit
     generated = copy.deepcopy(fixed_doc)  # the history has the fixed bindings' results, and the leaving driver's
     generated["drivers"] += [d for d in first_doc["drivers"]

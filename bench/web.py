@@ -29,7 +29,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from driverlog_daemon.model import ChangeFact, Verification  # noqa: E402
 from driverlog_daemon.registry.load import Registry, load_registry  # noqa: E402
 from driverlog_daemon.store.store import Batch, Store  # noqa: E402
+from driverlog_daemon.testing.net import free_port  # noqa: E402
 
 UPSTREAM = ROOT.parent / "shared" / "driverlog" / "default_data.json"
 SHIPPED = ROOT / "data" / "default_data.json"
@@ -77,12 +77,6 @@ def build(db: Path, registry: Registry, n: int, seed: int = 1) -> None:
                 batch, facts = [], []
         store.commit(Batch("replay", batch, changes=facts))
         store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def serve_ours(work: Path, db: Path, registry_path: Path, port: int) -> subprocess.Popen[bytes]:

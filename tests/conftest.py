@@ -1,4 +1,4 @@
-"""The suite's fixtures; the helpers they are made of are in ``helpers.py``."""
+"""The suite's fixtures; what they are made of is in ``driverlog_daemon.testing``."""
 
 from __future__ import annotations
 
@@ -15,23 +15,11 @@ from driverlog_daemon.metrics import Metrics
 from driverlog_daemon.registry.load import Registry, load_registry
 from driverlog_daemon.store import reads
 from driverlog_daemon.store.store import Batch, Store
+from driverlog_daemon.testing import DATA, UPSTREAM, wait_until
+from driverlog_daemon.testing.gerrit.setup import SSHEnv, start_in
+from driverlog_daemon.testing.harness import Harness
 from driverlog_daemon.testing.http import ThreadedServer
-
-from .helpers import (
-    DATA,
-    EVIL_URL,
-    NOW,
-    UPSTREAM,
-    XSS_ATTR,
-    XSS_SCRIPT,
-    Harness,
-    Site,
-    SSHEnv,
-    make_env,
-    merged,
-    vote,
-    wait_until,
-)
+from driverlog_daemon.testing.site import EVIL_URL, NOW, XSS_ATTR, XSS_SCRIPT, Site, merged, vote
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -65,7 +53,7 @@ def store(tmp_path: Path, registry: Registry) -> Iterator[Store]:
 
 @pytest.fixture
 def ssh_env(tmp_path: Path) -> Iterator[SSHEnv]:
-    env = make_env(tmp_path)
+    env = start_in(tmp_path)
     yield env
     env.server.stop()
 

@@ -15,7 +15,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,17 +29,8 @@ from driverlog_daemon.registry.load import Registry, load_registry
 from driverlog_daemon.store import reads, schema
 from driverlog_daemon.testing import wait_for
 from driverlog_daemon.testing.gerrit import daemon_config, start_in
+from driverlog_daemon.testing.net import free_port
 from driverlog_daemon.testing.samples import sample_events
-
-
-def _free_port(preferred: int) -> int:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the HTTP server does
-        try:
-            s.bind(("127.0.0.1", preferred))
-        except OSError:
-            s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _say(text: str) -> None:
@@ -60,8 +50,8 @@ class Demo:
         if work.exists():
             shutil.rmtree(work)
         work.mkdir(parents=True)
-        self.server = start_in(work)
-        self.http_port = _free_port(http_port)
+        self.server = start_in(work).server
+        self.http_port = free_port(http_port)
         self.db = work / "driverlog.sqlite"
         self.log_path = work / "daemon.log"
         self.config = daemon_config(work, self.server, username="driverlog-demo", registry=registry_path,

@@ -181,7 +181,7 @@ class FaultRun:
         work.mkdir(parents=True, exist_ok=True)
         self.registry_path = registry_path
         self.registry = load_registry(registry_path)
-        self.server = start_in(work)
+        self.server = start_in(work).server
         self.db = work / "driverlog.sqlite"
         self.log = work / "daemon.log"
         self.config = daemon_config(work, self.server, username="faults", registry=registry_path, database=self.db,

@@ -1,0 +1,391 @@
+"""The real daemon as a subprocess against the project's Gerrit test server."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from driverlog_daemon.config import Config, WebhookConfig, load_config
+from driverlog_daemon.testing import DATA, ROOT, wait_until
+from driverlog_daemon.testing.db import query
+from driverlog_daemon.testing.events import comment_event
+from driverlog_daemon.testing.gerrit.setup import SSHEnv
+from driverlog_daemon.testing.receiver import Receiver
+
+
+def ci_event(number: int, author: str = "acme-storage-ci", job: str = "acme-cinder-fc",
+             project: str = "openstack/cinder") -> dict[str, Any]:
+    text = f"Patch Set 1: Verified+1\n\nBuild succeeded.\n\n- {job} https://ci/{number} : SUCCESS in 1h"
+    return comment_event(author=author, comment=text, number=number, patch_set=1, created_on=int(time.time()),
+                         project=project)
+
+
+class Daemon:
+    def __init__(self, tmp: Path, env: SSHEnv, registry: Path, watchdog_usec: int | None = 200_000,
+                 more_config: str = "") -> None:
+        self.tmp = tmp
+        self.db = tmp / "d.sqlite"
+        self.notify_path = tmp / "notify.sock"
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(self.notify_path))
+        self.notify.settimeout(10)
+        self.config = tmp / "driverlog.toml"
+        g = env.config()
+        self.config.write_text(f"""
+[gerrit]
+host = "{g.host}"
+port = {g.port}
+username = "driverlog"
+key_file = "{g.key_file}"
+known_hosts = "{g.known_hosts}"
+stall_timeout_seconds = 60
+[registry]
+path = "{registry}"
+[database]
+path = "{self.db}"
+[http]
+listen = "127.0.0.1"
+port = 0
+[log]
+format = "json"
+""" + more_config)
+        environ = {k: v for k, v in os.environ.items() if not k.startswith(("DRIVERLOG_", "NOTIFY_", "WATCHDOG_"))}
+        environ["NOTIFY_SOCKET"] = str(self.notify_path)
+        if watchdog_usec:
+            environ["WATCHDOG_USEC"] = str(watchdog_usec)
+        self.log = (tmp / "daemon.log").open("w+")
+        self.proc = subprocess.Popen([sys.executable, "-m", "driverlog_daemon", "run", "--config", str(self.config)],
+                                     env=environ, stdout=self.log, stderr=subprocess.STDOUT, cwd=tmp)
+        self.messages: list[str] = []
+
+    def receive(self, predicate: Any, timeout: float = 10) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for m in self.messages:
+                if predicate(m):
+                    self.messages.remove(m)
+                    return m
+            self.notify.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                self.messages.append(self.notify.recv(4096).decode())
+            except TimeoutError:
+                break
+        raise AssertionError(f"no matching notification; got {self.messages}")
+
+    def log_events(self) -> list[dict[str, Any]]:
+        self.log.flush()
+        out = []
+        for raw in (self.tmp / "daemon.log").read_text().splitlines():
+            try:
+                out.append(json.loads(raw))
+            except ValueError:
+                out.append({"event": "raw", "text": raw})
+        return out
+
+    def port(self) -> int:
+        assert wait_until(lambda: any(e.get("event") == "http_listening" for e in self.log_events()))
+        return int(next(e["port"] for e in self.log_events() if e.get("event") == "http_listening"))
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port()}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def metric(self, line_prefix: str) -> float:
+        _, body = self.get("/metrics")
+        for raw in body.splitlines():
+            if raw.startswith(line_prefix + " "):
+                return float(raw.rsplit(" ", 1)[1])
+        return 0.0
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        return query(self.db, "SELECT change_number, ci_account FROM verifications ORDER BY change_number")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=10)
+        finally:
+            if not self.log.closed:
+                self.notify.close()
+                self.log.close()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, ssh_env: SSHEnv) -> Iterator[Daemon]:
+    registry = tmp_path / "registry.json"
+    shutil.copy(DATA, registry)
+    d = Daemon(tmp_path, ssh_env, registry)
+    yield d
+    try:
+        d.stop()
+    except subprocess.TimeoutExpired:
+        d.proc.kill()
+        d.proc.wait()
+
+
+def test_ready_then_watchdog_and_status(daemon: Daemon, ssh_env: SSHEnv) -> None:
+    daemon.receive(lambda m: "READY=1" in m)
+    daemon.receive(lambda m: m == "WATCHDOG=1")
+    daemon.receive(lambda m: m == "WATCHDOG=1")
+    status = daemon.receive(lambda m: m.startswith("STATUS=connected to 127.0.0.1:"))
+    assert "events" in status and "verifications recorded" in status
+    assert daemon.get("/healthz")[0] == 200
+    assert daemon.stop() == 0
+
+
+def test_sighup_with_a_broken_registry_keeps_the_old_one(daemon: Daemon, ssh_env: SSHEnv, tmp_path: Path) -> None:
+    daemon.receive(lambda m: "READY=1" in m)
+    registry = tmp_path / "registry.json"
+    registry.write_text('{"projects": [], "drivers": [{"vendor": "x"}]}')
+    daemon.proc.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: daemon.metric('driverlog_registry_reloads_total{result="error"}') == 1)
+    assert daemon.metric("driverlog_registry_drivers") == 14
+    status, body = daemon.get("/healthz")
+    assert status == 200 and json.loads(body)["drivers"] == 14
+    assert wait_until(lambda: ssh_env.server.stream_count == 1)
+    ssh_env.server.push_event(ci_event(101))
+    assert wait_until(lambda: daemon.rows() == [(101, "acme-storage-ci")])
+    failures = [e for e in daemon.log_events() if e.get("event") == "registry_reload_failed"]
+    assert failures and "drivers[0]" in " ".join(failures[0]["errors"])
+    assert daemon.stop() == 0
+
+
+def test_sighup_with_a_new_driver_records_for_it(daemon: Daemon, ssh_env: SSHEnv, tmp_path: Path) -> None:
+    daemon.receive(lambda m: "READY=1" in m)
+    doc = json.loads(DATA.read_text())
+    doc["drivers"].append({"project_id": "openstack/nova", "vendor": "Newco", "name": "Newco Compute",
+                           "ci": {"id": "newco-ci", "success_pattern": r"newco-tempest \S+ : SUCCESS",
+                                  "failure_pattern": r"newco-tempest \S+ : FAILURE"}})
+    (tmp_path / "registry.json").write_text(json.dumps(doc))
+    assert wait_until(lambda: ssh_env.server.stream_count == 1)
+    ssh_env.server.push_event(ci_event(201, author="newco-ci", job="newco-tempest", project="openstack/nova"))
+    assert wait_until(lambda: daemon.metric('driverlog_events_total{type="comment-added"}') == 1)
+    daemon.proc.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: daemon.metric('driverlog_registry_reloads_total{result="ok"}') == 1)
+    assert daemon.metric("driverlog_registry_drivers") == 15
+    ssh_env.server.push_event(ci_event(202, author="newco-ci", job="newco-tempest", project="openstack/nova"))
+    assert wait_until(lambda: (202, "newco-ci") in daemon.rows())
+    assert (201, "newco-ci") not in daemon.rows()  # before the reload it was not a CI account
+    conn = sqlite3.connect(daemon.db)
+    assert conn.execute("SELECT count(*) FROM drivers WHERE vendor = 'Newco'").fetchone()[0] == 1
+    conn.close()
+    assert daemon.stop() == 0
+
+
+def test_sigterm_commits_every_received_event(daemon: Daemon, ssh_env: SSHEnv) -> None:
+    daemon.receive(lambda m: "READY=1" in m)
+    assert wait_until(lambda: ssh_env.server.stream_count == 1)
+    events = [ci_event(300 + i) for i in range(200)]
+    payload = b"".join(json.dumps(e, separators=(",", ":")).encode() + b"\n" for e in events)
+    ssh_env.server.push_raw(payload)
+    assert wait_until(lambda: daemon.metric("driverlog_stream_bytes_total") >= len(payload))
+    started = time.monotonic()
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(timeout=10) == 0
+    assert time.monotonic() - started < 5
+    assert len(daemon.rows()) == 200
+    assert any("STOPPING=1" in m for m in _drain(daemon))
+
+
+@pytest.fixture
+def daemon_with_webhook(tmp_path: Path, ssh_env: SSHEnv) -> Iterator[tuple[Daemon, Receiver]]:
+    registry = tmp_path / "registry.json"
+    shutil.copy(DATA, registry)
+    (tmp_path / "hook.secret").write_text("k\n")
+    receiver = Receiver(b"k")
+    d = Daemon(tmp_path, ssh_env, registry, more_config=f'[[webhook]]\nname = "chat"\nurl = "{receiver.url}"\n'
+                                                         f'secret_file = "{tmp_path / "hook.secret"}"\n')
+    yield d, receiver
+    try:
+        d.stop()
+    except subprocess.TimeoutExpired:
+        d.proc.kill()
+        d.proc.wait()
+    receiver.close()
+
+
+def test_metrics_pass_promtool_check_metrics(daemon_with_webhook: tuple[Daemon, Receiver], ssh_env: SSHEnv) -> None:
+    tool = _tool("promtool")
+    daemon, receiver = daemon_with_webhook
+    daemon.receive(lambda m: "READY=1" in m)
+    assert wait_until(lambda: ssh_env.server.stream_count == 1)
+    event = ci_event(400)
+    event["change"]["branch"] = "stable/2025.1"
+    ssh_env.server.push_event(event)
+    merge = {"type": "change-merged", "eventCreatedOn": event["eventCreatedOn"] + 1, "change": event["change"],
+             "patchSet": event["patchSet"], "submitter": {"username": "core"}}
+    ssh_env.server.push_event(merge)
+    assert wait_until(lambda: "driverlog_driver_release_last_mark_success_timestamp_seconds{" in
+                      daemon.get("/metrics")[1])
+    daemon.get("/")
+    assert wait_until(lambda: 'driverlog_webhook_deliveries_total{hook="chat",outcome="delivered"} 1.0' in
+                      daemon.get("/metrics")[1])  # the daemon's counter, through the web tier's scrape
+    (got,) = receiver.deliveries()
+    assert got.signature_ok and got.body["transition"]["to"] == "success" and got.body["transition"]["release"] == \
+        "epoxy"
+    body = daemon.get("/metrics")[1].encode()
+    assert b"driverlog_ingest_latency_seconds_bucket" in body and b'route="/",status="200"' in body
+    assert b'driverlog_webhook_outbox_pending{hook="chat"} 0.0' in body
+    assert b'driverlog_webhook_outbox_oldest_pending_age_seconds{hook="chat"} 0.0' in body
+    assert wait_until(lambda: json.loads(daemon.get("/healthz")[1]).get("webhooks", {}).get("chat") == {
+        "pending": 0, "delivered": 1, "dead": 0, "oldest_pending_age_seconds": None})  # the daemon's next report
+    proc = subprocess.run([tool, "check", "metrics"], input=body, capture_output=True, timeout=60, check=False)
+    assert proc.returncode == 0 and proc.stdout == b"" and proc.stderr == b"", proc.stdout + proc.stderr
+
+
+def _drain(daemon: Daemon) -> list[str]:
+    daemon.notify.settimeout(0.5)
+    out = list(daemon.messages)
+    while True:
+        try:
+            out.append(daemon.notify.recv(4096).decode())
+        except (TimeoutError, OSError):
+            return out
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "key"),
+    [
+        ("[gerrit]\nprot = 1\n", {}, "gerrit.prot"),
+        ("[gerrit]\nport = \"x\"\n", {}, "gerrit.port"),
+        ("[gerrit]\nhost_key_policy = \"yolo\"\n", {}, "gerrit.host_key_policy"),
+        ("[nope]\n", {}, "nope"),
+        ("", {"DRIVERLOG_HTTP_PORT": "eighty"}, "http.port"),
+        ("", {"DRIVERLOG_GERRIT_HOSTNAME": "x"}, "gerrit.hostname"),
+        ("[gerrit]\nhost = \"h\"\nusername = \"u\"\nkey_file = \"/nonexistent/key\"\n", {}, "gerrit.key_file"),
+        ("[registry]\npath = \"/nonexistent/registry.json\"\n", {}, "registry.path"),
+    ],
+)
+def test_configuration_errors_exit_2_naming_the_key(tmp_path: Path, toml: str, env: dict[str, str], key: str) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(toml)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DRIVERLOG_")} | env
+    for command in ("run", "check-config"):
+        proc = subprocess.run([sys.executable, "-m", "driverlog_daemon", command, "--config", str(cfg)],
+                              env=environ, capture_output=True, text=True, timeout=30, check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith(f"configuration error: {key}:"), proc.stderr
+
+
+def test_unreadable_known_hosts_is_a_config_error(tmp_path: Path, ssh_env: SSHEnv) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[gerrit]\nhost = "127.0.0.1"\nusername = "u"\nkey_file = "{ssh_env.client_key_file}"\n'
+                   f'known_hosts = "{tmp_path / "missing_known_hosts"}"\n')
+    proc = subprocess.run([sys.executable, "-m", "driverlog_daemon", "check-config", "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("configuration error: gerrit.known_hosts:")
+
+
+def test_credentials_directory_provides_the_key(tmp_path: Path) -> None:
+    (tmp_path / "gerrit-key").write_text("key")
+    cfg = load_config(None, env={"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert cfg.gerrit.key_file == str(tmp_path / "gerrit-key")
+    cfg = load_config(None, env={"CREDENTIALS_DIRECTORY": str(tmp_path), "DRIVERLOG_GERRIT_KEY_FILE": "/k"})
+    assert cfg.gerrit.key_file == "/k"
+
+
+def test_example_configuration_is_valid() -> None:
+    cfg = load_config(ROOT / "deploy" / "driverlog.toml", env={})
+    assert cfg.gerrit.port == 29418 and cfg.http.listen == "127.0.0.1"
+
+
+def test_example_configuration_shows_every_key_with_its_default() -> None:
+    """deploy/driverlog.toml says its values are the defaults unless marked "example": hold it to that, and to
+    naming every key (set, or commented out)."""
+    text = (ROOT / "deploy" / "driverlog.toml").read_text()
+    shown: dict[tuple[str, str], str] = {}  # (section, key) -> the line
+    section = ""
+    for line in text.splitlines():
+        if m := re.match(r"\[(\w+)\]", line):
+            section = m[1]
+        elif re.match(r"#?\s*\[\[webhook\]\]", line):
+            section = "webhook"
+        elif m := re.match(r"#?\s*(\w+)\s*=", line):
+            shown[(section, m[1])] = line
+    defaults = Config()
+    values = tomllib.loads(text)
+    for key in WebhookConfig._fields:  # the [[webhook]] tables: an example, commented out
+        assert ("webhook", key) in shown, f"[[webhook]] {key} is missing from deploy/driverlog.toml"
+    for name in defaults._fields:
+        if name in ("source", "webhooks"):
+            continue
+        for key, default in getattr(defaults, name)._asdict().items():
+            assert (name, key) in shown, f"[{name}] {key} is missing from deploy/driverlog.toml"
+            line = shown[(name, key)]
+            if line.startswith("#") or "# example" in line:
+                continue
+            value = values[name][key]
+            assert (list(default) if isinstance(default, tuple) else default) == value, f"[{name}] {key}"
+
+
+UNITS = ROOT / "deploy" / "systemd"
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (.ci/run installs it)")
+    return path
+
+
+@pytest.mark.parametrize("name", ["driverlog-daemon.service", "driverlog-web.service"])
+def test_systemd_unit_verifies(tmp_path: Path, name: str) -> None:
+    tool = _tool("systemd-analyze")
+    unit = tmp_path / name
+    script = shutil.which("driverlog-daemon") or str(Path(sys.executable).parent / "driverlog-daemon")
+    unit.write_text((UNITS / name).read_text().replace("/opt/driverlog/bin/driverlog-daemon", script))
+    if name == "driverlog-web.service":  # verify checks the units it names: the daemon's beside it
+        (tmp_path / "driverlog-daemon.service").write_text(
+            (UNITS / "driverlog-daemon.service").read_text().replace("/opt/driverlog/bin/driverlog-daemon", script))
+    proc = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False,
+                          cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stderr.strip() == "", proc.stderr
+
+
+@pytest.mark.parametrize("name", ["driverlog-daemon.service", "driverlog-web.service"])
+def test_systemd_unit_exposure_at_most_2(name: str) -> None:
+    tool = _tool("systemd-analyze")
+    proc = subprocess.run([tool, "security", "--offline=yes", str(UNITS / name)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    line = next(x for x in proc.stdout.splitlines() if "Overall exposure level" in x)
+    exposure = float(line.split(":")[1].split()[0])
+    assert exposure <= 2.0, line
+    text = (UNITS / name).read_text()
+    needed = ("DynamicUser=yes", "ConfigurationDirectory=driverlog", "Restart=on-failure", "RestartSec=")
+    if name == "driverlog-daemon.service":
+        needed += ("Type=notify", "WatchdogSec=", "StateDirectory=driverlog", "RuntimeDirectory=driverlog",
+                   "LoadCredential=gerrit-key:")
+    else:  # the web tier cannot write the database or the daemon's state
+        needed += ("User=driverlog-daemon", "BindReadOnlyPaths=/var/lib/private/driverlog:/var/lib/driverlog",
+                   "ReadOnlyPaths=/run/driverlog", "ReadWritePaths=/run/driverlog/metrics")
+        assert "StateDirectory=" not in text and "LoadCredential" not in text
+    for item in needed:
+        assert item in text, item
+
+
+def test_alert_rules_pass_promtool() -> None:
+    tool = _tool("promtool")
+    proc = subprocess.run([tool, "check", "rules", str(ROOT / "deploy" / "prometheus" / "alerts.yml")],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS: 9 rules found" in proc.stdout

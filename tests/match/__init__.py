@@ -1,0 +1,1 @@
+"""The match stage: DriverLog's rules, from a CI comment to verifications."""

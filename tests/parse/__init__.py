@@ -1,0 +1,1 @@
+"""The parse stage: scanning blocks of stream lines and decoding events."""

@@ -1,0 +1,1 @@
+"""The driver registry: loading, validating, both of its forms."""

@@ -1,0 +1,72 @@
+"""The pure step (scan + match of a block, or of backfilled messages) and the counting of what it found."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+from driverlog_daemon.match.rules import examine, examine_messages, new_scanner
+from driverlog_daemon.model import ChangeFact, CommentAdded
+from driverlog_daemon.parse.events import parse_line
+from driverlog_daemon.registry.load import Registry
+from driverlog_daemon.store.pipeline import Pending, Pipeline
+from driverlog_daemon.store.store import Store
+from driverlog_daemon.testing.db import query
+from driverlog_daemon.testing.events import T, ci_line, comment_event, line, other_event, state_event
+
+
+def block() -> bytes:
+    return b"".join([
+        ci_line(1),  # a success of the Acme FC driver
+        line(comment_event(author="acme-storage-ci", comment="Patch Set 1:\n\nnothing to see", number=2)),  # unmatched
+        line(comment_event(author="jdev", comment="lgtm", number=3)),  # a person
+        line(state_event("change-merged", 1, 1)),  # the change of the result merged
+        line(state_event("change-merged", 9, 1, project="openstack/horizon")),  # not a review project
+        line(other_event("dropped-output", 1_750_000_100)),
+        b"not json\n",
+    ])
+
+
+def test_a_blocks_findings_hold_every_count_result_and_change_fact(registry: Registry) -> None:
+    found = examine(new_scanner(registry), registry, block())
+    assert found.lines == 7 and found.dropped_output == 1
+    assert [(v.change_number, v.result) for v in found.verifications] == [(1, "success")]
+    assert found.ci_comments == {"acme-storage-ci": 2} and found.unmatched == {"acme-storage-ci": 1}
+    assert sorted(found.changes.rows) == [1, 2]  # change 1 merged, and the changes of both CI comments
+    assert found.changes.rows[1][3] == "MERGED"
+    assert [m.reason for m in found.malformed] == ["invalid_json"]
+    assert found.comments == []  # matched, then forgotten
+
+
+def test_findings_cross_processes_whole(registry: Registry) -> None:
+    found = examine(new_scanner(registry), registry, block())
+    again = pickle.loads(pickle.dumps(found))
+    for field in ("lines", "by_type", "malformed", "ci_comments", "unmatched", "verifications", "newest_event_time"):
+        assert getattr(again, field) == getattr(found, field), field
+    assert again.changes.rows == found.changes.rows
+    assert type(again.verifications[0]) is type(found.verifications[0])  # named tuples again
+
+
+def test_backfilled_messages_keep_only_the_review_projects_change_facts(registry: Registry) -> None:
+    comment = parse_line(ci_line(5))
+    assert isinstance(comment, CommentAdded)
+    horizon = ChangeFact(7, "openstack/horizon", "master", "MERGED", 1, 1, 1, 1)
+    cinder = ChangeFact(8, "openstack/cinder", "master", "MERGED", 1, 1, 1, 1)
+    found = examine_messages([comment], [horizon, cinder], registry)
+    assert [v.change_number for v in found.verifications] == [5]
+    assert sorted(found.changes.rows) == [5, 8]
+
+
+def test_counted_once_and_committed_with_the_cursor(tmp_path: Path, registry: Registry) -> None:
+    pipeline = Pipeline(registry, Store(tmp_path / "d.sqlite"), server="gerrit:29418")
+    pending = Pending()
+    pipeline.absorb(pipeline.examine(block()), pending)
+    assert pipeline.stats.lines == 7 and pipeline.stats.ci_comments == 2
+    assert pipeline.metrics.registry.get_sample_value("driverlog_malformed_lines_total",
+                                                      {"reason": "invalid_json"}) == 1
+    result = pipeline.commit(pending, "stream")
+    assert result.inserted == 1 and pipeline.stats.recorded == 1
+    db = tmp_path / "d.sqlite"
+    assert query(db, "SELECT change_number, source FROM verifications") == [(1, "stream")]
+    assert query(db, "SELECT last_event_time FROM stream_state") == [(T,)]  # the newest event: the merge
+    assert pending.verifications == [] and len(pending.changes) == 0

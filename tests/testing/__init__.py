@@ -1,0 +1,1 @@
+"""The test tools themselves (driverlog_daemon.testing): the Gerrit test server."""
