@@ -23,6 +23,7 @@ class Received:
     raw: bytes
     answered: int  # the status it was answered with (0: held, then dropped)
     at: float
+    signature: str  # the X-DriverLog-Signature header as sent
 
 
 class Receiver:
@@ -73,7 +74,8 @@ class Receiver:
 
     def _answer(self, handler: BaseHTTPRequestHandler, raw: bytes) -> None:
         wanted = "sha256=" + hmac.new(self.secret, raw, hashlib.sha256).hexdigest()
-        signature_ok = hmac.compare_digest(wanted, handler.headers.get("X-DriverLog-Signature", ""))
+        signature = handler.headers.get("X-DriverLog-Signature", "")
+        signature_ok = hmac.compare_digest(wanted, signature)
         with self._lock:
             mode = self.mode
             if mode == "flaky":
@@ -87,7 +89,7 @@ class Receiver:
             with self._lock:
                 self.holding -= 1
                 self.received.append(Received(handler.headers.get("X-DriverLog-Delivery", ""), signature_ok,
-                                              json.loads(raw), raw, 0, time.time()))
+                                              json.loads(raw), raw, 0, time.time(), signature))
             handler.close_connection = True
             return
         status = {"ok": 204, "error": 500, "hang": 200}[mode]
@@ -99,7 +101,7 @@ class Receiver:
                 self.holding -= 1
         with self._lock:
             self.received.append(Received(handler.headers.get("X-DriverLog-Delivery", ""), signature_ok,
-                                          json.loads(raw), raw, status, time.time()))
+                                          json.loads(raw), raw, status, time.time(), signature))
         try:
             handler.send_response(status)
             handler.send_header("Content-Length", "0" if status != 500 else "13")

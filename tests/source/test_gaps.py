@@ -61,16 +61,17 @@ def test_a_failed_backfill_keeps_its_window_and_is_retried(ssh_env: SSHEnv, tmp_
         ssh_env.server.refuse_connections(0.5)
         ssh_env.server.drop_connections()
         ssh_env.server.record_only(ci_event(8002, t - 10))  # while disconnected: only backfill can find it
-        ssh_env.server.fail_queries(3, "exit")  # the reconnect's backfill and two retries fail; the stream stays
+        ssh_env.server.fail_queries(1, "exit")  # the reconnect's backfill fails; the stream stays
+        ssh_env.server.hold_queries(True, after=1, matching=".")  # and its retry hangs on the wire until released
         assert wait_until(lambda: h.metric("driverlog_backfill_failures_total") >= 1)
+        assert wait_until(lambda: ssh_env.server.queries_waiting >= 1)  # the retry, asked and unanswered
         ssh_env.server.push_event(ci_event(8003, t))  # live again, newer than the hole
         assert wait_until(lambda: 8003 in h.numbers())
         cursor, gaps = state(h.db)
-        assert 8002 not in h.numbers() or not gaps
-        if gaps:  # the live event did not move the cursor across the open gap
-            assert cursor is not None and cursor <= gaps[0].since < t
+        assert 8002 not in h.numbers() and len(gaps) == 1
+        assert cursor is not None and cursor <= gaps[0].since < t  # the live event did not carry the cursor across
+        ssh_env.server.hold_queries(False)
         assert wait_until(lambda: h.numbers() == [8001, 8002, 8003], timeout=20)
-        assert h.metric("driverlog_backfill_failures_total") >= 3
         assert h.metric("driverlog_backfills_total", {"trigger": "retry"}) >= 1
         assert wait_until(lambda: state(h.db)[1] == [])
         assert state(h.db)[0] == t

@@ -142,22 +142,34 @@ READER = textwrap.dedent("""
         conn.execute("COMMIT")
         assert n % batch == 0, f"half a batch visible: {n}"
         assert s == n, f"driver_status ({s}) out of step with verifications ({n})"
-        seen.add(n)
+        if n not in seen:
+            seen.add(n)
+            print(n, flush=True)  # each state seen, as it is seen: the writer waits for some of them
         if n == batch * batches:
             break
-    print(len(seen))
 """)
 
 
 def test_another_process_reads_while_the_writer_commits(store: Store, registry: Registry) -> None:
-    batch, batches = 200, 40
+    """A reader in another process, reading all along, never sees half a batch nor a summary out of step with the
+    rows. The writer waits, every ``step`` batches, until the reader has seen that state: it reads between
+    commits, not only before or after them all."""
+    batch, batches, step = 200, 40, 8
     reader = subprocess.Popen([sys.executable, "-c", READER, store.path, str(batch), str(batches)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert reader.stdout is not None
+    seen = [int(reader.stdout.readline())]  # it reads the empty file first
     for b in range(batches):
         store.commit(Batch("stream", [verification(registry, number=b * batch + i) for i in range(batch)]))
+        if (b + 1) % step == 0:
+            while seen[-1] != (b + 1) * batch:  # a state it skipped is fine; it cannot see one ahead of the writer
+                line = reader.stdout.readline()
+                assert line, reader.stderr.read() if reader.stderr else ""
+                seen.append(int(line))
     out, err = reader.communicate(timeout=60)
     assert reader.returncode == 0, err
-    assert int(out) >= 1
+    assert seen[0] == 0 and seen[-1] == batch * batches
+    assert len(seen) >= batches // step + 1  # the empty file and at least each state the writer waited for
 
 
 def test_batches_of_any_size_go_in_whole(store: Store, registry: Registry) -> None:
