@@ -166,7 +166,7 @@ def test_another_process_reads_while_the_writer_commits(store: Store, registry: 
                 line = reader.stdout.readline()
                 assert line, reader.stderr.read() if reader.stderr else ""
                 seen.append(int(line))
-    out, err = reader.communicate(timeout=60)
+    _, err = reader.communicate(timeout=60)
     assert reader.returncode == 0, err
     assert seen[0] == 0 and seen[-1] == batch * batches
     assert len(seen) >= batches // step + 1  # the empty file and at least each state the writer waited for
