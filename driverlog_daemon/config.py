@@ -1,6 +1,6 @@
 """Configuration: TOML file + ``DRIVERLOG_<SECTION>_<KEY>`` environment overrides, every key optional.
 
-The section and key names are a public interface (README "Configuration"). Unknown keys and wrong types are
+The section and key names are a public interface (docs/configuration.md). Unknown keys and wrong types are
 errors naming the key (``ConfigError.key``), so that ``check-config`` and ``run`` can exit 2 with it.
 """
 
@@ -72,7 +72,7 @@ class HealthConfig(NamedTuple):
 
 
 class HistoryConfig(NamedTuple):
-    """What the daemon imports from Gerrit's history (README "History")."""
+    """What the daemon imports from Gerrit's history (docs/history.md)."""
 
     enabled: bool = True  # the first start's import and each registry change's queries (false: none; a registry
     #                       change still judges again the comments the file holds)

@@ -1,4 +1,4 @@
-"""Prometheus metrics. The names and labels here are a public interface (README "Metrics").
+"""Prometheus metrics. The names and labels here are a public interface (docs/metrics.md).
 
 Each daemon (and each test) gets its own :class:`Metrics` with its own ``CollectorRegistry``, so nothing is
 global. Stages report in aggregates (per block, per batch), never per line, to keep the hot path cheap.

@@ -126,7 +126,7 @@ class ChangeFact(NamedTuple):
     merged_at: int | None  # the merge time, or an upper bound of it (a merged query row's lastUpdated)
 
 
-# import_work phases (README "History")
+# import_work phases (docs/history.md)
 WINDOW, SEARCH, DONE, FIRST, FINAL = "window", "search", "done", "first", "final"
 
 class Work(NamedTuple):

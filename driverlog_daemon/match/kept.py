@@ -1,7 +1,7 @@
 """Kept comments: every review message of a registered CI account, as the ``ci_comments`` table holds it.
 
 A registry change (a new binding, a fixed pattern, another review project, a release) judges the comments the file
-holds again instead of asking Gerrit for them (README "History"). So every source keeps what it read of the
+holds again instead of asking Gerrit for them (docs/history.md). So every source keeps what it read of the
 registered accounts, verdict or not: the message as Gerrit wrote it, compressed, with the change fields a
 verification copies. :func:`keep` makes the row (in the process that matched the comment: replay's workers
 compress in parallel), :func:`restore` gives back the :class:`CommentAdded` the matcher judges.

@@ -15,7 +15,7 @@ line's type and time are read from its tail. Then:
 
 The check is exact, never dropping a line that would match, for any JSON whose object keys are written without
 escapes (every Gerrit version and JSON library): a value with a backslash is always decoded. A property test holds
-it against a direct implementation of the rules (README "Matching").
+it against a direct implementation of the rules (docs/matching.md).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A binding (a driver's ``ci`` block) means: its CI account, its patterns (or the vote rule), its review project
 (``repo``, else ``project_id``) and the releases its results map to (ids, series, start dates) and that the mark
 search covers (``active``). When any of those changes, what the file holds for the driver must be judged again and
-Gerrit asked for what the file never held; an unchanged binding costs nothing (README "History").
+Gerrit asked for what the file never held; an unchanged binding costs nothing (docs/history.md).
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ def _compiled(pattern: str) -> re.Pattern[str]:
 
 class CIBinding(NamedTuple):
     """A driver's ``ci`` block: the Gerrit username that reports for it and its two patterns, or none (a 2014
-    ``ci_id``, or a ``ci`` without patterns): then the CI's Verified vote decides (README "Matching").
+    ``ci_id``, or a ``ci`` without patterns): then the CI's Verified vote decides (docs/matching.md).
 
     The patterns are compiled when first used: a start-up that matches nothing compiles none.
     """

@@ -1,4 +1,4 @@
-"""Source: history — the imports that answer, as DriverLog did, from Gerrit's whole history (README "History").
+"""Source: history — the imports that answer, as DriverLog did, from Gerrit's whole history (docs/history.md).
 
 An import's work lives in the file (``import_work``, planned by :mod:`registry_apply`); :class:`Importer` does it
 one step at a time — one page of one ``gerrit query``, or one driver judged again — on the backfill worker's

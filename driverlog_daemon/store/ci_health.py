@@ -1,4 +1,4 @@
-"""CI health, by its public definitions (README "CI health"), on plain data: each mark's history, pass rates,
+"""CI health, by its public definitions (docs/health.md), on plain data: each mark's history, pass rates,
 coverage of merged changes, silence.
 
 The store keeps the transitions with :func:`transitions`; the reads turn the database's counts into the numbers;

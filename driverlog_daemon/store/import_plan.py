@@ -1,4 +1,4 @@
-"""What a history import has to do, on plain data: the first start's, and a registry change's (README "History").
+"""What a history import has to do, on plain data: the first start's, and a registry change's (docs/history.md).
 
 The first start imports, for every CI account, its comments over the window (``[history] days``), the review
 projects' merges over the same window, then searches older merged changes for the marks still missing. A registry

@@ -1,5 +1,5 @@
 """DriverLog's mark and its history, on the writer's connection: the candidates, the mark, the transitions and the
-webhook deliveries they queue, in the transaction of the batch that caused them (README "CI health").
+webhook deliveries they queue, in the transaction of the batch that caused them (docs/health.md).
 
 A verification is a *candidate* once its change has merged at its patch set (and its release is known); the mark of
 a driver x release is its best candidate; the writer recomputes a pair's history from the earliest effective time

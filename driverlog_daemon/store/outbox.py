@@ -1,5 +1,5 @@
 """The webhook outbox, the writer's side: which hooks a transition passes, the body each is sent, and the rows
-queued in the transaction that records the transition (README "Webhooks"). The deliveries themselves are
+queued in the transaction that records the transition (docs/notifications.md). The deliveries themselves are
 ``expose.webhooks``'s.
 """
 
@@ -54,7 +54,7 @@ def passes(hook: WebhookConfig, driver_id: int, key: tuple[str, str, str], relea
 
 
 def payload(kind: str, t: Transition, key: tuple[str, str, str], review_url: str | None) -> str:
-    """The JSON body of a delivery (README "Webhooks"): ``type``, ``transition``, ``driver``."""
+    """The JSON body of a delivery (docs/notifications.md): ``type``, ``transition``, ``driver``."""
     return json.dumps({"type": kind, **transition_notice(t, key, review_url)}, separators=(",", ":"),
                       ensure_ascii=False)
 

@@ -1,4 +1,4 @@
-"""The reads of CI health (README "CI health"), beside :mod:`reads`, on the caller's connection: the horizon, each
+"""The reads of CI health (docs/health.md), beside :mod:`reads`, on the caller's connection: the horizon, each
 driver's runs, pass rates, coverage and silence, its missed changes, its mark history and the newest transitions
 (the feeds). The definitions themselves are :mod:`ci_health`'s, on plain data.
 """
@@ -46,7 +46,7 @@ def _runs(conn: sqlite3.Connection, driver_id: int, start: float, end: float) ->
 
 
 def ci_health_of_drivers(conn: sqlite3.Connection, now: float, silence_days: float) -> dict[int, dict[str, Any]]:
-    """Every CI driver's health, by the README's definitions: runs, passes and pass rate over 7, 30 and 90 days,
+    """Every CI driver's health, by docs/health.md's definitions: runs, passes and pass rate over 7, 30 and 90 days,
     coverage of its review project's merged changes over 30 days, the newest success, and at_risk."""
     known_since = horizon(conn)
     drivers = conn.execute("SELECT id, review_project FROM drivers WHERE ci_account IS NOT NULL").fetchall()

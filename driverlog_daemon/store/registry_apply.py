@@ -1,5 +1,5 @@
 """Applying a registry to the file, in one transaction: the drivers synced, the registry recorded as a version when
-it differs from the last one applied, and the history import it calls for planned (README "History").
+it differs from the last one applied, and the history import it calls for planned (docs/history.md).
 
 The registry last applied is the file's own record (``registry_versions``), so a change is found whether it came by
 SIGHUP, by a restart with another file, or while the daemon was down. The first start with a Gerrit server plans

@@ -1,6 +1,6 @@
 """The database's schema and its migrations: each a named, numbered step, recorded in the file.
 
-The file is a public interface (README "Database schema" documents every table). The steps are the SQL files in
+The file is a public interface (docs/schema.md documents every table). The steps are the SQL files in
 ``migrations/`` (``0001_initial.sql``, …); ``PRAGMA user_version`` is the schema version, and
 ``schema_migrations`` lists the steps a file went through, with when. Adding a migration means adding one file; a
 step runs in one transaction with the version bump and its record.

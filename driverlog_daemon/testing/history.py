@@ -126,7 +126,7 @@ class Mark(NamedTuple):
 
 
 def _sha(comment: str) -> str:
-    """The natural key's hash, from its definition (README "verifications"): the ``Patch Set N:`` line dropped,
+    """The natural key's hash, from its definition (docs/schema.md): the ``Patch Set N:`` line dropped,
     lines stripped, blank ones dropped."""
     lines = comment.split("\n")
     if re.match(r"Patch Set \d+:", comment):

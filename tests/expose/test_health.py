@@ -1,4 +1,4 @@
-"""CI health by its definitions (README "CI health"): pass rates, coverage, silence, each mark's history — against
+"""CI health by its definitions (docs/health.md): pass rates, coverage, silence, each mark's history — against
 direct implementations, in random histories; and the API's answers."""
 
 from __future__ import annotations

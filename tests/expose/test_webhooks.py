@@ -178,7 +178,7 @@ def test_every_transition_arrives_signed_and_in_order_while_the_receiver_misbeha
     assert sample.body["transition"]["cause"] in ("verification", "merge")
     assert set(sample.body["driver"]) == {"id", "project_id", "vendor", "name"}
     wanted = "sha256=" + hmac.new(SECRET, sample.raw, hashlib.sha256).hexdigest()
-    assert sample.signature == wanted  # the README's recipe, computed here, gives the header the daemon sent
+    assert sample.signature == wanted  # docs/notifications.md's recipe, computed here, gives the header the daemon sent
     assert all(r.signature_ok for r in got)
 
 
