@@ -29,6 +29,7 @@ from driverlog_daemon.expose.web.tier import WebTier
 from driverlog_daemon.expose.webhooks import Deliverer
 from driverlog_daemon.metrics import Metrics
 from driverlog_daemon.registry.load import Registry, RegistryError, read_registry
+from driverlog_daemon.source import query
 from driverlog_daemon.source.backfill import Backfiller
 from driverlog_daemon.source.history import Importer
 from driverlog_daemon.source.stream import Backoff, StreamHooks, StreamListener
@@ -52,7 +53,8 @@ class Service:
     def __init__(self, config: Config, *, metrics: Metrics | None = None, backoff: Backoff | None = None,
                  poll_interval: float = 0.5, notifier: Notifier | None = None, http: bool = True,
                  clock: Callable[[], float] = time.time, command_timeout: float = 120.0,
-                 stall_check_seconds: float | None = None, probe_timeout: float | None = None) -> None:
+                 stall_check_seconds: float | None = None, probe_timeout: float | None = None,
+                 backfill_retry_base: float = 1.0, backfill_page_size: int | None = None) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
         self.notifier = notifier or Notifier("")
@@ -79,6 +81,8 @@ class Service:
                                      self._cursor, projects=lambda: self.pipeline.registry.review_projects,
                                      unknown_merges=self._unknown_merges, gaps=self.open_gaps,
                                      client=self._current_client, clock=clock,
+                                     retry_base=backfill_retry_base,
+                                     page_size=backfill_page_size or query.PAGE_SIZE,
                                      retry_cap=max(g.reconnect_max_delay_seconds, 0.1), first_start=first_start,
                                      command_timeout=command_timeout,
                                      on_idle=lambda: self.importer.wake())
@@ -336,10 +340,7 @@ class Service:
         live = self.live()
         if self.web is not None:
             detail["web_tier_restarts"] = self.web.restarts
-        runtime.write_state(self.runtime_dir, {
-            "server": self.server_name, "healthy": ok, "health": detail,
-            "live": {"gerrit": live.gerrit, "newest_event_time": live.newest_event_time, "open_gap": live.open_gap},
-        })
+        runtime.write_state(self.runtime_dir, runtime.DaemonState(self.server_name, ok, detail, live))
 
     def status_line(self) -> str:
         stats, listener = self.pipeline.stats, self.listener

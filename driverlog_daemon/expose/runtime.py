@@ -28,6 +28,38 @@ class Live:
     importing: str | None = None  # a history import under way, in words ("importing history: 3 of 12 bindings")
 
 
+@dataclass(frozen=True, slots=True)
+class DaemonState:
+    """All the daemon hands its web tier each second (``state.json``): its Gerrit server, its process health (as
+    ``/healthz`` answers it), the live state of the page's header, and who wrote it when."""
+
+    server: str
+    healthy: bool
+    health: dict[str, Any]
+    live: Live
+    pid: int = 0
+    written_at: float = 0.0
+
+    def to_json(self) -> bytes:
+        return json.dumps({"server": self.server, "healthy": self.healthy, "health": self.health,
+                           "live": {"gerrit": self.live.gerrit, "newest_event_time": self.live.newest_event_time,
+                                    "open_gap": self.live.open_gap},
+                           "pid": self.pid, "written_at": self.written_at}).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> DaemonState | None:
+        """The state written by :meth:`to_json`; None for anything else (a file half-made by hand, another
+        version's)."""
+        try:
+            s = json.loads(data)
+            live = s["live"]
+            return cls(str(s["server"]), bool(s["healthy"]), dict(s["health"]),
+                       Live(str(live["gerrit"]), live["newest_event_time"], live["open_gap"]),
+                       int(s["pid"]), float(s["written_at"]))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+
+
 ENV = "DRIVERLOG_RUNTIME_DIR"
 STATE = "state.json"
 REGISTRY = "registry.json"  # the registry in force: the web tier shows what the daemon matches with
@@ -76,15 +108,17 @@ def write_registry(root: Path, data: bytes) -> None:
     _replace(root, REGISTRY, data)
 
 
-def write_state(root: Path, state: dict[str, Any]) -> None:
-    """Replace ``state.json`` atomically (a reader sees the old state or the new one, never half)."""
-    _replace(root, STATE, json.dumps({**state, "pid": os.getpid(), "written_at": time.time()}).encode())
+def write_state(root: Path, state: DaemonState) -> None:
+    """Replace ``state.json`` atomically (a reader sees the old state or the new one, never half), signed with this
+    process's pid and the time."""
+    from dataclasses import replace
+
+    _replace(root, STATE, replace(state, pid=os.getpid(), written_at=time.time()).to_json())
 
 
-def read_state(root: Path) -> dict[str, Any] | None:
+def read_state(root: Path) -> DaemonState | None:
     """The daemon's last state, or None when there is none (yet) or it cannot be read."""
     try:
-        state = json.loads((root / STATE).read_bytes())
-    except (OSError, ValueError):
+        return DaemonState.from_json((root / STATE).read_bytes())
+    except OSError:
         return None
-    return state if isinstance(state, dict) else None

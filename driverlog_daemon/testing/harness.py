@@ -21,14 +21,16 @@ class Harness:
     def __init__(self, env: SSHEnv, tmp: Path, *, registry: Path = DEFAULT_REGISTRY_PATH,
                  history: HistoryConfig | None = None,
                  webhooks: tuple[WebhookConfig, ...] = (), probe_timeout: float | None = None,
-                 stall_check_seconds: float | None = None, **gerrit: Any) -> None:
+                 stall_check_seconds: float | None = None, backfill_retry_base: float = 1.0,
+                 backfill_page_size: int | None = None, **gerrit: Any) -> None:
         self.env = env
         self.db = tmp / "d.sqlite"
         cfg = Config(gerrit=env.config(**gerrit), registry=RegistryConfig(str(registry)),
                      database=DatabaseConfig(str(self.db)), history=history or HistoryConfig(), webhooks=webhooks)
         self.backoff = Backoff(base=0.01, cap=0.08, rng=lambda: 1.0)
         self.service = Service(cfg, backoff=self.backoff, poll_interval=0.05, http=False, command_timeout=5,
-                               probe_timeout=probe_timeout, stall_check_seconds=stall_check_seconds)
+                               probe_timeout=probe_timeout, stall_check_seconds=stall_check_seconds,
+                               backfill_retry_base=backfill_retry_base, backfill_page_size=backfill_page_size)
 
     def __enter__(self) -> Harness:
         self.service.start()

@@ -51,8 +51,7 @@ def state(db: Path) -> tuple[int | None, list[Any]]:
 
 def test_a_failed_backfill_keeps_its_window_and_is_retried(ssh_env: SSHEnv, tmp_path: Path) -> None:
     # No overlap: only the gap's own window can find what was lost (an overlap would hide a forgotten gap).
-    h = Harness(ssh_env, tmp_path, backfill_overlap_minutes=0)
-    h.service.backfiller.retry_base = 0.3
+    h = Harness(ssh_env, tmp_path, backfill_overlap_minutes=0, backfill_retry_base=0.3)
     with h:
         assert wait_until(h.settled)
         t = int(time.time())

@@ -176,8 +176,7 @@ def test_initial_import_pages_through_history(ssh_env: SSHEnv, tmp_path: Path) -
     for i in range(7):
         ssh_env.server.record_only(ci_event(9000 + i, t=now - 3600 + i))
     ssh_env.server.record_only(ci_event(8999, t=now - 200 * 3600))  # older than backfill_max_age_hours
-    h = Harness(ssh_env, tmp_path)
-    h.service.backfiller.page_size = 2
+    h = Harness(ssh_env, tmp_path, backfill_page_size=2)
     with h:
         assert wait_until(lambda: h.numbers() == list(range(9000, 9007)))
         assert wait_until(h.service.backfiller.idle)

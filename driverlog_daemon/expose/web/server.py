@@ -176,18 +176,18 @@ def build_app(config: Config) -> Any:
     database = os.path.expanduser(config.database.path)
     root = runtime.current()
     registry = _Registry(Path(config.registry.path))  # under `run`: the daemon's copy of the one in force
-    state: Callable[[], dict[str, Any] | None] = (lambda: runtime.read_state(root)) if root else (lambda: None)
+    state: Callable[[], runtime.DaemonState | None] = (lambda: runtime.read_state(root)) if root else (lambda: None)
 
     def daemon_pid() -> int | None:
         s = state()
-        return int(s["pid"]) if s and isinstance(s.get("pid"), int) else None
+        return s.pid if s is not None else None
 
     metrics = WebMetrics(multiprocess=True, daemon_pid=daemon_pid)
     reader = reads.Reader(database)
 
     def read_gaps() -> tuple[list[reads.Gap], int | None, int | None]:
-        s = state() or {}
-        server = s.get("server") or ""
+        s = state()
+        server = s.server if s is not None else ""
         if not server:
             return [], None, None
         with reader.snapshot() as conn:
@@ -242,21 +242,22 @@ def build_app(config: Config) -> Any:
         s = state()
         if s is None:
             return False, {"writer": "the ingest daemon has not reported yet"}
-        age = time.time() - float(s.get("written_at", 0))
-        detail = dict(s.get("health") or {})
+        age = time.time() - s.written_at
+        detail = dict(s.health)
         if age > runtime.STATE_FRESH_SECONDS:
             return False, {**detail, "writer": f"the ingest daemon has not reported for {age:.0f} s"}
-        return bool(s.get("healthy")), detail
+        return s.healthy, detail
 
     def live() -> Live:
-        s = (state() or {}).get("live") or {}
+        s = state()
         try:  # from the file: `serve` alone shows an import under way too
             with reader.snapshot() as conn:
                 importing = reads_history.progress(conn).text()
         except sqlite3.Error:
             importing = None
-        return Live(gerrit=str(s.get("gerrit", "not configured" if root is None else "unknown")),
-                    newest_event_time=s.get("newest_event_time"), open_gap=s.get("open_gap"), importing=importing)
+        if s is None:
+            return Live(gerrit="not configured" if root is None else "unknown", importing=importing)
+        return Live(s.live.gerrit, s.live.newest_event_time, s.live.open_gap, importing)
 
     h = config.http
     return App(database, registry.current, metrics, process_health, live=live,
