@@ -7,6 +7,7 @@ the web tier and updates systemd's STATUS line.
 
 from __future__ import annotations
 
+import faulthandler
 import signal
 import sqlite3
 import threading
@@ -15,10 +16,13 @@ from types import FrameType
 import structlog
 
 from driverlog_daemon.config import Config
-from driverlog_daemon.daemon.service import Service
+from driverlog_daemon.daemon.service import STOP_TIMEOUT, Service
 from driverlog_daemon.daemon.systemd import Notifier, watchdog_interval
 
 log = structlog.get_logger("driverlog.daemon")
+
+#: Past the stop's own bound, before the process is ended with every thread's stack printed.
+STOP_GRACE = 4.0
 
 
 def run(config: Config) -> int:
@@ -56,6 +60,9 @@ def run(config: Config) -> int:
             service.reload()
         if stop.is_set():
             break
+        if not service.writer.alive:  # nothing more would be recorded: end, so that systemd starts it again
+            log.critical("daemon_exiting", reason="the writer thread died", hint="see writer_died above")
+            break
         if interval and service.writer_ok():
             notifier.send("WATCHDOG=1")
         try:
@@ -68,6 +75,9 @@ def run(config: Config) -> int:
             last_status = status
     notifier.send("STOPPING=1", "STATUS=stopping: committing queued events")
     log.info("daemon_stopping")
+    # Stopping is bounded (STOP_TIMEOUT per stage); should anything still hang, systemd's stop timeout is not the
+    # only way out: every thread's stack goes to stderr (the journal) and the process ends, not clean.
+    faulthandler.dump_traceback_later(STOP_TIMEOUT + STOP_GRACE, exit=True)
     finished = service.stop()
     log.info("daemon_stopped", clean=finished, events=service.pipeline.stats.lines,
              verifications_recorded=service.pipeline.stats.recorded)

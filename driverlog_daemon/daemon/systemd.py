@@ -10,17 +10,23 @@ from collections.abc import Sequence
 
 from driverlog_daemon.store.reads import Gap
 
+#: At most this long per message (seconds).
+SEND_TIMEOUT = 0.5
+
 
 class Notifier:
     """Sends ``READY=1``, ``STATUS=…``, ``WATCHDOG=1``, ``STOPPING=1``; does nothing outside systemd."""
 
-    def __init__(self, address: str | None = None) -> None:
+    def __init__(self, address: str | None = None, *, send_timeout: float = SEND_TIMEOUT) -> None:
         address = os.environ.get("NOTIFY_SOCKET") if address is None else address
         self.address: str | None = None
         self._sock: socket.socket | None = None
         if address:
             self.address = "\0" + address[1:] if address.startswith("@") else address
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            # A receiver whose queue is full (10 datagrams by default) must not stop the main loop, which also
+            # handles SIGTERM: a message that cannot go within this is dropped (the next tick sends it again).
+            self._sock.settimeout(send_timeout)
 
     @property
     def enabled(self) -> bool:
