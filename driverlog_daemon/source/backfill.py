@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent import futures
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -150,12 +151,12 @@ class Backfiller:
         ``stuck_after`` seconds (waiting for the query budget or the writer is not being stuck)."""
         answer: Future[BatchResult] = Future()
         self._schedule(_Request(client, trigger, None, [answer]))
-        while True:
-            try:
-                return answer.result(timeout=max(0.01, stuck_after / 4))
-            except TimeoutError:
-                if self.stuck(stuck_after):
-                    raise
+        # futures.wait, not result(timeout): a backfill that failed with a TimeoutError of its own (a command's
+        # deadline) is its answer, not a reason to keep waiting (result() raises the same type for both).
+        while not futures.wait([answer], timeout=max(0.01, stuck_after / 4)).done:
+            if self.stuck(stuck_after):
+                raise TimeoutError(f"a backfill command has been on the wire for {stuck_after:.0f} s")
+        return answer.result()
 
     def stuck(self, seconds: float) -> bool:
         """A command has been on the wire for ``seconds`` without an answer."""

@@ -104,7 +104,9 @@ class Importer:
     def _run(self) -> None:
         while True:
             with self._wake:
-                timeout = max(0.0, self._not_before - time.monotonic()) if self._ready else None
+                # Ready but not quiet waits for a wake (the backfill worker's on_idle), not a zero timeout: that spins.
+                now = time.monotonic()
+                timeout = self._not_before - now if self._ready and now < self._not_before else None
                 self._wake.wait_for(lambda: self._stopped or self._due(), timeout)
                 if self._stopped:
                     return

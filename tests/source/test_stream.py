@@ -111,6 +111,21 @@ def test_stall_probe_fails_then_reconnect(ssh_env: SSHEnv, tmp_path: Path) -> No
         assert wait_until(lambda: h.numbers() == [6001])
 
 
+def test_a_stall_check_whose_backfill_times_out_ends_with_it(ssh_env: SSHEnv, tmp_path: Path) -> None:
+    # The probe answers but the quiet window's queries hang: the backfill fails on its command deadline (5 s here),
+    # and that failure must end the check (a new connection decides), however long "stuck" is judged to take.
+    h = Harness(ssh_env, tmp_path, stall_timeout_seconds=0.3, stall_check_seconds=300)
+    with h:
+        assert wait_until(h.settled)
+        ssh_env.server.hold_queries(True)
+        assert wait_until(lambda: h.metric("driverlog_backfill_failures_total") >= 1, timeout=15)
+        assert wait_until(lambda: h.metric("driverlog_gerrit_reconnects_total", {"reason": "stall"}) >= 1,
+                          timeout=3)
+        ssh_env.server.hold_queries(False)
+        ssh_env.server.push_event(ci_event(6101))
+        assert wait_until(lambda: h.numbers() == [6101])
+
+
 def test_quiet_but_alive_does_not_reconnect(ssh_env: SSHEnv, tmp_path: Path) -> None:
     h = Harness(ssh_env, tmp_path, stall_timeout_seconds=0.2)
     with h:
