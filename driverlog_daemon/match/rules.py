@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from driverlog_daemon.match.kept import keep
 from driverlog_daemon.model import Approval, ChangeFact, CommentAdded, Result, Verification
-from driverlog_daemon.parse.events import comment_fact
+from driverlog_daemon.parse.events import Malformed, comment_fact, excerpt
 from driverlog_daemon.parse.scanner import Findings, Scanner
 from driverlog_daemon.registry.load import CIBinding, Registry
 
@@ -209,14 +209,57 @@ def new_scanner(registry: Registry) -> Scanner:
 
 
 def examine(scanner: Scanner, registry: Registry, block: bytes, start: int = 0, end: int | None = None) -> Findings:
-    """Scan a block of complete lines and match its CI comments. No state, no I/O: safe in any process."""
-    return match_findings(scanner.scan(block, start, end), registry)
+    """Scan a block of complete lines and match its CI comments. No state, no I/O: safe in any process.
+
+    A line no rule foresaw (a bug it reaches) costs that line alone: the block is examined again line by line,
+    and the line that fails is malformed, ``internal_error:<exception>``."""
+    try:
+        return match_findings(scanner.scan(block, start, end), registry)
+    except Exception:
+        return _line_by_line(scanner, registry, block, start, len(block) if end is None else end)
+
+
+def _line_by_line(scanner: Scanner, registry: Registry, block: bytes, start: int, end: int) -> Findings:
+    findings = Findings()
+    pos = start
+    while pos < end:
+        line_end = block.find(b"\n", pos, end)
+        line_end = end if line_end < 0 else line_end
+        try:
+            findings.merge(match_findings(scanner.scan(block, pos, line_end), registry))
+        except Exception as exc:
+            findings.lines += 1
+            findings.malformed.append(Malformed(f"internal_error:{type(exc).__name__}", excerpt(block[pos:line_end])))
+        pos = line_end + 1
+    return findings
 
 
 def examine_messages(comments: Iterable[CommentAdded], changes: Iterable[ChangeFact], registry: Registry) -> Findings:
-    """Backfill's equivalent of :func:`examine`: review messages already decoded, and change facts."""
+    """Backfill's equivalent of :func:`examine`: review messages already decoded, and change facts. A message no
+    rule foresaw costs itself alone, as a line does."""
+    comments, changes = list(comments), list(changes)
+    try:
+        return _messages(comments, changes, registry)
+    except Exception:
+        findings = Findings()
+        for comment in comments:
+            try:
+                findings.merge(_messages([comment], [], registry))
+            except Exception as exc:
+                findings.malformed.append(Malformed(f"internal_error:{type(exc).__name__}",
+                                                    f"change {comment.change.number!r}"))
+        for fact in changes:
+            try:
+                findings.merge(_messages([], [fact], registry))
+            except Exception as exc:
+                findings.malformed.append(Malformed(f"internal_error:{type(exc).__name__}",
+                                                    f"change {fact.number!r}"))
+        return findings
+
+
+def _messages(comments: list[CommentAdded], changes: list[ChangeFact], registry: Registry) -> Findings:
     findings = Findings()
-    findings.comments = list(comments)
+    findings.comments = comments
     projects = registry.review_projects
     for fact in changes:
         if fact.project in projects:

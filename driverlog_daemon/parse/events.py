@@ -10,12 +10,13 @@ a block of lines, deciding on raw bytes which lines need decoding at all, is :mo
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import cache
 from types import ModuleType
 from typing import Any, NamedTuple
 
 from driverlog_daemon.model import CHANGE_STATE_EVENTS, Account, Approval, Change, ChangeFact, CommentAdded
+from driverlog_daemon.parse.bounds import deeper_than, in_range, valid_text
 
 EXCERPT_BYTES = 120
 
@@ -28,7 +29,8 @@ class OtherEvent(NamedTuple):
 
 
 class Malformed(NamedTuple):
-    reason: str  # invalid_utf8, invalid_json, not_object, missing_field:<path>, invalid_field:<path>
+    reason: str  # invalid_utf8, invalid_json, too_deep, not_object, missing_field:<path>, invalid_field:<path>,
+    #              out_of_range:<path>, invalid_unicode:<path>
     excerpt: str
 
 
@@ -65,6 +67,10 @@ def _get(obj: Mapping[str, Any], path: str, kind: type | tuple[type, ...]) -> An
         node = node[part]
     if not isinstance(node, kind) or isinstance(node, bool):
         raise _Missing(f"invalid_field:{path}")
+    if type(node) is int and not in_range(node):
+        raise _Missing(f"out_of_range:{path}")
+    if type(node) is str and not valid_text(node):
+        raise _Missing(f"invalid_unicode:{path}")
     return node
 
 
@@ -72,9 +78,13 @@ def str_or_none(value: Any) -> str | None:
     return value if type(value) is str else None
 
 
-def _opt_str(obj: Any, key: str) -> str | None:
+def _opt_str(obj: Any, key: str, path: str = "") -> str | None:
     value = obj.get(key) if type(obj) is dict else None
-    return value if type(value) is str else None
+    if type(value) is not str:
+        return None
+    if not valid_text(value):
+        raise _Missing(f"invalid_unicode:{path or key}")
+    return value
 
 
 def _number(obj: Mapping[str, Any], path: str) -> int:
@@ -85,6 +95,8 @@ def _number(obj: Mapping[str, Any], path: str) -> int:
         raise _Missing(f"invalid_field:{path}") from None
     if number < 0:
         raise _Missing(f"invalid_field:{path}")
+    if not in_range(number):
+        raise _Missing(f"out_of_range:{path}")
     return number
 
 
@@ -96,7 +108,17 @@ def _approvals(raw: Any) -> tuple[Approval, ...]:
         if isinstance(a, dict) and isinstance(a.get("type"), str) and isinstance(a.get("value"), str):
             out.append(Approval(type=a["type"], value=a["value"], description=_opt_str(a, "description"),
                                 old_value=_opt_str(a, "oldValue")))
+    if not _valid_approvals(out):
+        raise _Missing("invalid_unicode:approvals")
     return tuple(out)
+
+
+def _valid_approvals(approvals: Iterable[Approval]) -> bool:
+    return all(valid_text(x) for a in approvals for x in a if x is not None)
+
+
+def _valid_optional(*values: Any) -> bool:
+    return all(type(v) is not str or valid_text(v) for v in values)
 
 
 def common_comment(username: Any, name: Any, email: Any, project: Any, branch: Any, number: Any, change_id: Any,
@@ -106,7 +128,9 @@ def common_comment(username: Any, name: Any, email: Any, project: Any, branch: A
     they were decoded), else None: the caller decodes the line in full for the exact reason."""
     if (type(username) is str and type(project) is str and type(branch) is str and type(number) is int
             and type(patch_set) is int and type(created) is int and type(comment) is str
-            and number >= 0 and patch_set >= 0):
+            and in_range(number) and in_range(patch_set) and in_range(created)
+            and _valid_optional(username, project, branch, comment, name, email, change_id, url, status)
+            and _valid_approvals(approvals)):
         return CommentAdded(
             author=Account(username, str_or_none(name), str_or_none(email)),
             change=Change(project, branch, number, str_or_none(change_id), str_or_none(url), str_or_none(status)),
@@ -135,16 +159,18 @@ def _comment_added_checked(obj: Mapping[str, Any]) -> CommentAdded:
     comment = obj.get("comment", "")
     if not isinstance(comment, str):
         raise _Missing("invalid_field:comment")
+    if not valid_text(comment):
+        raise _Missing("invalid_unicode:comment")
     return CommentAdded(
-        author=Account(username=_get(obj, "author.username", str), name=_opt_str(author, "name"),
-                       email=_opt_str(author, "email")),
+        author=Account(username=_get(obj, "author.username", str), name=_opt_str(author, "name", "author.name"),
+                       email=_opt_str(author, "email", "author.email")),
         change=Change(
             project=_get(obj, "change.project", str),
             branch=_get(obj, "change.branch", str),
             number=_number(obj, "change.number"),
-            id=_opt_str(change, "id"),
-            url=_opt_str(change, "url"),
-            status=_opt_str(change, "status"),
+            id=_opt_str(change, "id", "change.id"),
+            url=_opt_str(change, "url", "change.url"),
+            status=_opt_str(change, "status", "change.status"),
         ),
         patch_set=_number(obj, "patchSet.number"),
         comment=comment,
@@ -160,7 +186,8 @@ def state_fact(kind: str, number: Any, project: Any, branch: Any, status: Any, c
                 patch_set: Any) -> ChangeFact | None:
     """The :class:`ChangeFact` of a change-state event of the common well-formed shape, else None."""
     if (type(number) is int and type(patch_set) is int and type(created) is int and type(project) is str
-            and type(branch) is str and number >= 0 and patch_set >= 0):
+            and type(branch) is str and in_range(number) and in_range(patch_set) and in_range(created)
+            and _valid_optional(project, branch, status)):
         merged = kind == "change-merged"
         status = _STATUS_BY_EVENT.get(kind) or status
         return ChangeFact(number, project, branch, status if type(status) is str else None, created, patch_set,
@@ -186,7 +213,8 @@ def change_event_from(obj: Mapping[str, Any], kind: str) -> ChangeEvent:
     merged = kind == "change-merged"
     fact = ChangeFact(
         number=_number(obj, "change.number"), project=_get(obj, "change.project", str),
-        branch=_get(obj, "change.branch", str), status=_STATUS_BY_EVENT.get(kind) or _opt_str(change, "status"),
+        branch=_get(obj, "change.branch", str),
+        status=_STATUS_BY_EVENT.get(kind) or _opt_str(change, "status", "change.status"),
         time=created, patch_set=patch_set, merged_patch_set=patch_set if merged else None,
         merged_at=created if merged else None)
     return ChangeEvent(kind, created, fact)
@@ -210,15 +238,21 @@ def parse_line(line: bytes) -> Event | Malformed:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
             return Malformed("invalid_utf8", excerpt(line))
+        if deeper_than(line):  # before json recurses into it
+            return Malformed("too_deep", excerpt(line))
         try:
             obj = json.loads(text)
         except ValueError:
             return Malformed("invalid_json", excerpt(line))
+        except RecursionError:  # deep for this thread's stack, though within the limit
+            return Malformed("too_deep", excerpt(line))
     if not isinstance(obj, dict):
         return Malformed("not_object", excerpt(line))
     kind = obj.get("type")
     if not isinstance(kind, str):
         return Malformed("missing_field:type" if kind is None else "invalid_field:type", excerpt(line))
+    if not valid_text(kind):
+        return Malformed("invalid_unicode:type", excerpt(line))
     if kind == "comment-added":
         try:
             return comment_added_from(obj)
@@ -230,7 +264,9 @@ def parse_line(line: bytes) -> Event | Malformed:
         except _Missing as missing:
             return Malformed(missing.reason, excerpt(line))
     created = obj.get("eventCreatedOn")
-    return OtherEvent(kind, created if isinstance(created, int) and not isinstance(created, bool) else None)
+    if type(created) is int and not in_range(created):
+        return Malformed("out_of_range:eventCreatedOn", excerpt(line))
+    return OtherEvent(kind, created if type(created) is int else None)
 
 
 @cache

@@ -40,7 +40,8 @@ from driverlog_daemon.parse.events import (
 
 # Gerrit writes the event's own type and time last: `…,"type":"comment-added","eventCreatedOn":1718901234}`.
 _TYPE = b'"type":"'
-_TAIL = re.compile(rb'"type":"([^"\\]+)","eventCreatedOn":(\d+)\}\s*$')
+# (At most 18 digits: within SQLite's 63 bits; a longer time is decoded in full, and refused with its reason.)
+_TAIL = re.compile(rb'"type":"([^"\\]+)","eventCreatedOn":(\d{1,18})\}\s*$')
 _COMMENT_ADDED = b"comment-added"
 _STATE_KINDS = frozenset(k.encode() for k in CHANGE_STATE_EVENTS)
 
@@ -80,6 +81,18 @@ class Findings:
     def dropped_output(self) -> int:
         """How many ``{"type":"dropped-output"}`` lines (Gerrit discarded events before them)."""
         return self.by_type.get("dropped-output", 0)
+
+    def merge(self, other: Findings) -> None:
+        """Add what another (matched) block yielded: the isolating path puts a block together again line by line."""
+        self.lines += other.lines
+        self.by_type.update(other.by_type)
+        self.note_time(other.newest_event_time)
+        self.malformed.extend(other.malformed)
+        self.changes.merge(other.changes)
+        self.ci_comments.update(other.ci_comments)
+        self.unmatched.update(other.unmatched)
+        self.verifications.extend(other.verifications)
+        self.kept.extend(other.kept)
 
     def note_time(self, t: int | None) -> None:
         if t is not None and (self.newest_event_time is None or t > self.newest_event_time):

@@ -22,8 +22,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
+
 from driverlog_daemon.match.rules import message_patch_set
 from driverlog_daemon.model import Account, Change, ChangeFact, CommentAdded
+from driverlog_daemon.parse.bounds import in_range, valid_text
+
+log = structlog.get_logger("driverlog.query")
 
 ACCOUNTS_PER_QUERY = 10
 PROJECTS_PER_QUERY = 10
@@ -97,17 +102,19 @@ def last_updated(row: dict[str, Any]) -> int | None:
 
 
 def _int(value: Any) -> int | None:
+    """An integer the database can hold, else None (the row or message is then passed over)."""
     try:
-        return int(value)
+        number = int(value)
     except (TypeError, ValueError):
         return None
+    return number if in_range(number) else None
 
 
 def fact_from_row(row: dict[str, Any]) -> ChangeFact | None:
     """What a change row says of the change's state (a merged row's current patch set is the one that merged)."""
     number, updated = _int(row.get("number")), _int(row.get("lastUpdated"))
-    project, branch, status = row.get("project"), row.get("branch"), row.get("status")
-    if number is None or updated is None or not isinstance(project, str) or not isinstance(branch, str):
+    project, branch, status = _str(row.get("project")), _str(row.get("branch")), row.get("status")
+    if number is None or updated is None or project is None or branch is None:
         return None
     current = row.get("currentPatchSet")
     patch_set = _int(current.get("number")) if isinstance(current, dict) else None
@@ -119,14 +126,15 @@ def fact_from_row(row: dict[str, Any]) -> ChangeFact | None:
 
 
 def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+    """Text the database can hold, else None."""
+    return value if isinstance(value, str) and valid_text(value) else None
 
 
 def comments_from_row(row: dict[str, Any], accounts: frozenset[str], since: int) -> Iterator[CommentAdded]:
     """The CI review messages of one change row of ``gerrit query`` output."""
     number = _int(row.get("number"))
-    project, branch = row.get("project"), row.get("branch")
-    if number is None or not isinstance(project, str) or not isinstance(branch, str):
+    project, branch = _str(row.get("project")), _str(row.get("branch"))
+    if number is None or project is None or branch is None:
         return
     change = Change(project=project, branch=branch, number=number, id=_str(row.get("id")), url=_str(row.get("url")),
                     status=_str(row.get("status")))
@@ -135,13 +143,14 @@ def comments_from_row(row: dict[str, Any], accounts: frozenset[str], since: int)
             continue
         reviewer = message.get("reviewer") or {}
         username = reviewer.get("username") if isinstance(reviewer, dict) else None
-        text, timestamp = message.get("message"), _int(message.get("timestamp"))
-        if username not in accounts or not isinstance(text, str) or timestamp is None or timestamp < since:
+        text, timestamp = _str(message.get("message")), _int(message.get("timestamp"))
+        if username not in accounts or text is None or timestamp is None or timestamp < since:
             continue
         patch_set = message_patch_set(text)
         if patch_set is None:
             continue  # not a review result ("Uploaded patch set 2.", …)
-        yield CommentAdded(author=Account(username=username, name=reviewer.get("name"), email=reviewer.get("email")),
+        yield CommentAdded(author=Account(username=username, name=_str(reviewer.get("name")),
+                                          email=_str(reviewer.get("email"))),
                            change=change, patch_set=patch_set, comment=text, created_on=timestamp)
 
 
@@ -282,6 +291,9 @@ def _page(output: bytes) -> tuple[list[dict[str, Any]], bool]:
             obj = json.loads(raw)
         except ValueError as exc:
             raise BackfillError(f"gerrit query wrote a line that is not JSON: {raw[:120]!r}") from exc
+        except RecursionError:  # a row nested past any change's shape: it costs only itself
+            log.warning("query_row_too_deep", excerpt=raw[:120].decode("utf-8", "backslashreplace"))
+            continue
         if not isinstance(obj, dict):
             continue
         kind = obj.get("type")

@@ -9,6 +9,7 @@ drives it is ``writer.Writer`` (live) or ``source.replay``.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 from driverlog_daemon.logs import get_logger
 from driverlog_daemon.match.rules import examine, examine_messages, new_scanner
 from driverlog_daemon.model import BackfillRun, ChangeFact, CommentAdded, KeptComment, Source, Verification
+from driverlog_daemon.parse.bounds import in_range, unstorable
 from driverlog_daemon.parse.changes import ChangeRows
 from driverlog_daemon.parse.scanner import Findings, Scanner
 from driverlog_daemon.registry.load import Registry
@@ -30,6 +32,9 @@ if TYPE_CHECKING:  # imported when used: replay's start-up need not pay for it
     from driverlog_daemon.store.registry_apply import Applied, HistorySettings
 
 log = get_logger("driverlog.pipeline")
+
+#: What sqlite3 raises for a value it cannot bind: an integer past 63 bits, a lone surrogate, a type it lacks.
+_UNBINDABLE = (OverflowError, UnicodeEncodeError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
 
 
 class _Unmeasured:
@@ -177,6 +182,33 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------------ commit
 
+    def _drop_unstorable(self, pending: Pending, cursor: tuple[str, int] | None) -> bool:
+        """Drop from ``pending`` the rows sqlite3 cannot bind, each counted and logged as malformed
+        (``unstorable:<why>``). True when something was dropped."""
+        dropped = 0
+
+        def storable(row: tuple[Any, ...], what: str) -> bool:
+            nonlocal dropped
+            reason = unstorable(row)
+            if reason is None:
+                return True
+            dropped += 1
+            self.stats.malformed[f"unstorable:{reason}"] += 1
+            self.metrics.malformed.labels(f"unstorable:{reason}").inc()
+            log.error("unstorable_row", kind=what, reason=reason, change=repr(row[0])[:40])
+            return False
+
+        pending.verifications = [v for v in pending.verifications if storable(v, "verification")]
+        pending.kept = [k for k in pending.kept if storable(k, "ci_comment")]
+        rows = pending.changes.rows
+        for number in [n for n, row in rows.items() if not storable(row, "change")]:
+            del rows[number]
+        if cursor is not None and not in_range(cursor[1]):
+            dropped += 1
+            log.error("unstorable_row", kind="cursor", reason="out_of_range")
+            pending.newest_event_time = None
+        return dropped > 0
+
     def commit(self, pending: Pending, source: Source, close_gaps_up_to: int | None = None,
                backfill: BackfillRun | None = None, *, step: ImportStep | None = None,
                context: str | None = None) -> BatchResult:
@@ -192,8 +224,19 @@ class Pipeline:
         if self.server is not None and close_gaps_up_to is not None:
             close = (self.server, close_gaps_up_to, self.stream_newest)
         ran = (self.server, backfill) if self.server is not None and backfill is not None else None
-        result = self.store.commit(Batch(source, pending.verifications, pending.kept, pending.changes, cursor, close,
-                                         ran, step, context))
+
+        def batch() -> Batch:
+            return Batch(source, pending.verifications, pending.kept, pending.changes, cursor, close, ran, step,
+                         context)
+
+        try:
+            result = self.store.commit(batch())
+        except _UNBINDABLE:  # parse refuses such values; should one pass, it costs its row, never the writer
+            if not self._drop_unstorable(pending, cursor):
+                raise
+            if cursor is not None and pending.newest_event_time is None:
+                cursor = None
+            result = self.store.commit(batch())
         if cursor is not None and (self.stream_newest is None or cursor[1] > self.stream_newest):
             self.stream_newest = cursor[1]
         for gap_id, reason, opened_at in result.closed_gaps:

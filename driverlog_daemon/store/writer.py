@@ -16,12 +16,23 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from driverlog_daemon.logs import get_logger
 from driverlog_daemon.model import BackfillRun, ChangeFact, CommentAdded, Source
 from driverlog_daemon.registry.load import Registry
 from driverlog_daemon.store.pipeline import Pending, Pipeline
+from driverlog_daemon.store.queue_items import (
+    Backfilled,
+    Delivery,
+    GapFailed,
+    Imported,
+    ImportFailed,
+    OpenGap,
+    QueuedBatch,
+    Rejudge,
+    Reload,
+)
 from driverlog_daemon.store.retry import DEFAULT_RETRY, Retry, retrying
 from driverlog_daemon.store.store import Batch, BatchResult
 
@@ -34,79 +45,6 @@ if TYPE_CHECKING:
 
 log = get_logger("driverlog.writer")
 _T = TypeVar("_T")
-
-
-# What the queue carries besides blocks of stream lines (plain classes: a block is a tuple).
-
-class _Backfilled:
-    __slots__ = ("changes", "close_gaps_up_to", "comments", "done", "run")
-
-    def __init__(self, comments: list[CommentAdded], changes: list[ChangeFact], done: Future[BatchResult],
-                 close_gaps_up_to: int | None = None, run: BackfillRun | None = None) -> None:
-        self.comments, self.changes, self.done, self.close_gaps_up_to = comments, changes, done, close_gaps_up_to
-        self.run = run
-
-
-class _Reload:
-    __slots__ = ("done", "history", "raw", "registry")
-
-    def __init__(self, registry: Registry, done: Future[Applied | None], raw: bytes | None = None,
-                 history: HistorySettings | None = None) -> None:
-        self.registry, self.done, self.raw, self.history = registry, done, raw, history
-
-
-class _Imported:
-    """A step of a history import: review messages and change facts read, and the step's progress."""
-
-    __slots__ = ("changes", "comments", "context", "done", "step")
-
-    def __init__(self, comments: list[CommentAdded], changes: list[ChangeFact], step: ImportStep, context: str,
-                 done: Future[BatchResult]) -> None:
-        self.comments, self.changes, self.step, self.context, self.done = comments, changes, step, context, done
-
-
-class _Rejudge:
-    __slots__ = ("done", "driver_id", "step")
-
-    def __init__(self, driver_id: int, step: ImportStep, done: Future[int]) -> None:
-        self.driver_id, self.step, self.done = driver_id, step, done
-
-
-class _OpenGap:
-    __slots__ = ("done", "fallback_since", "reason")
-
-    def __init__(self, reason: str, fallback_since: int, done: Future[tuple[int, int]]) -> None:
-        self.reason = reason
-        self.fallback_since = fallback_since  # when nothing was ever committed from the stream: the initial import
-        self.done = done  # (gap id, since)
-
-
-class _ImportFailed:
-    __slots__ = ("error", "import_id")
-
-    def __init__(self, import_id: int, error: str) -> None:
-        self.import_id, self.error = import_id, error
-
-
-class _Batch:
-    __slots__ = ("batch", "done")
-
-    def __init__(self, batch: Batch, done: Future[BatchResult]) -> None:
-        self.batch, self.done = batch, done
-
-
-class _Delivery:
-    __slots__ = ("done", "outcome")
-
-    def __init__(self, outcome: DeliveryOutcome, done: Future[None]) -> None:
-        self.outcome, self.done = outcome, done
-
-
-class _GapFailed:
-    __slots__ = ("error", "up_to")
-
-    def __init__(self, up_to: int, error: str) -> None:
-        self.up_to, self.error = up_to, error
 
 
 class Writer:
@@ -122,8 +60,8 @@ class Writer:
                  retry: Retry = DEFAULT_RETRY, clock: Callable[[], float] = time.monotonic) -> None:
         self.pipeline = pipeline
         self.retry = retry
-        self.queue: queue.Queue[tuple[bytes, float] | bytes | _Backfilled | _Reload | _OpenGap | _GapFailed
-                                | _Imported | _Rejudge | _ImportFailed | _Batch | _Delivery | None] = (
+        self.queue: queue.Queue[tuple[bytes, float] | bytes | Backfilled | Reload | OpenGap | GapFailed
+                                | Imported | Rejudge | ImportFailed | QueuedBatch | Delivery | None] = (
             queue.Queue(maxsize=max_queue))
         self.batch_rows = batch_rows
         self.flush_seconds = flush_seconds
@@ -131,6 +69,7 @@ class Writer:
         self.clock = clock
         self.last_progress = clock()
         self.failing = False  # the last commit attempt failed
+        self.died: BaseException | None = None  # why the thread ended, when it did not end by stop()
         self._pending = Pending()
         self._pending_since: float | None = None
         self._thread = threading.Thread(target=self._run, name="driverlog-writer", daemon=True)
@@ -148,7 +87,7 @@ class Writer:
         from concurrent.futures import Future
 
         done: Future[BatchResult] = Future()
-        self.queue.put(_Backfilled(comments, changes or [], done, close_gaps_up_to, run))
+        self.queue.put(Backfilled(comments, changes or [], done, close_gaps_up_to, run))
         return done
 
     def open_gap(self, reason: str, fallback_since: int) -> Future[tuple[int, int]]:
@@ -156,21 +95,21 @@ class Writer:
         from concurrent.futures import Future
 
         done: Future[tuple[int, int]] = Future()
-        self.queue.put(_OpenGap(reason, fallback_since, done))
+        self.queue.put(OpenGap(reason, fallback_since, done))
         return done
 
     def gap_failed(self, up_to: int, error: str) -> None:
-        self.queue.put(_GapFailed(up_to, error))
+        self.queue.put(GapFailed(up_to, error))
 
     def import_failed(self, import_id: int, error: str) -> None:
-        self.queue.put(_ImportFailed(import_id, error))
+        self.queue.put(ImportFailed(import_id, error))
 
     def put_batch(self, batch: Batch) -> Future[BatchResult]:
         """Commit a batch made elsewhere (a tool, a test) as it is, after everything already queued."""
         from concurrent.futures import Future
 
         done: Future[BatchResult] = Future()
-        self.queue.put(_Batch(batch, done))
+        self.queue.put(QueuedBatch(batch, done))
         return done
 
     def record_delivery(self, outcome: DeliveryOutcome) -> Future[None]:
@@ -178,7 +117,7 @@ class Writer:
         from concurrent.futures import Future
 
         done: Future[None] = Future()
-        self.queue.put(_Delivery(outcome, done))
+        self.queue.put(Delivery(outcome, done))
         return done
 
     def reload(self, registry: Registry, raw: bytes | None = None,
@@ -187,7 +126,7 @@ class Writer:
         from concurrent.futures import Future
 
         done: Future[Applied | None] = Future()
-        self.queue.put(_Reload(registry, done, raw, history))
+        self.queue.put(Reload(registry, done, raw, history))
         return done
 
     def put_import(self, comments: list[CommentAdded], changes: list[ChangeFact], step: ImportStep, *,
@@ -197,7 +136,7 @@ class Writer:
         from concurrent.futures import Future
 
         done: Future[BatchResult] = Future()
-        self.queue.put(_Imported(comments, changes, step, context, done))
+        self.queue.put(Imported(comments, changes, step, context, done))
         return done
 
     def rejudge(self, driver_id: int, step: ImportStep) -> Future[int]:
@@ -206,7 +145,7 @@ class Writer:
         from concurrent.futures import Future
 
         done: Future[int] = Future()
-        self.queue.put(_Rejudge(driver_id, step, done))
+        self.queue.put(Rejudge(driver_id, step, done))
         return done
 
     # ---------------------------------------------------------------------------------------- thread
@@ -215,109 +154,138 @@ class Writer:
         self._thread.start()
 
     def stop(self, timeout: float = 4.0) -> bool:
-        """Commit everything queued, then end the thread. False if it did not finish within ``timeout``."""
-        self.queue.put(None)
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        """Commit everything queued, then end the thread. False if it did not finish within ``timeout``, or had
+        died before (then what it had taken was not all committed)."""
+        deadline = time.monotonic() + timeout
+        while self._thread.is_alive():
+            try:
+                self.queue.put(None, timeout=0.1)
+                break
+            except queue.Full:  # a writer alive but behind; a dead one never takes it
+                if time.monotonic() > deadline:
+                    return False
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        return not self._thread.is_alive() and self.died is None
 
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
 
     def _run(self) -> None:
-        while True:
-            wait = self.flush_seconds if self._pending_since is not None else 1.0
+        try:
+            while self._step():
+                pass
+        except BaseException as exc:  # not a line's fault (those cost only themselves): the process must end
+            self.died = exc
+            log.critical("writer_died", error=f"{type(exc).__name__}: {exc}", exc_info=True,
+                         uncommitted=len(self._pending.verifications))
+            raise
+
+    def _step(self) -> bool:
+        """Take one item from the queue and do it; False after the last (``None``: stop)."""
+        wait = self.flush_seconds if self._pending_since is not None else 1.0
+        try:
+            item = self.queue.get(timeout=wait)
+        except queue.Empty:
+            item = _TICK
+        self.pipeline.metrics.queue_depth.set(self.queue.qsize())
+        if item is None:
+            self._commit_stream(final=True)
+            return False
+        try:
+            self._handle(item)
+        except BaseException as exc:  # whoever waits on it hears why, rather than waiting for good
+            done = getattr(item, "done", None)
+            if done is not None and not done.done():
+                done.set_exception(exc)
+            raise
+        due = self._pending_since is not None and self.clock() - self._pending_since >= self.flush_seconds
+        if len(self._pending.verifications) + len(self._pending.changes) >= self.batch_rows or due or (
+                self._pending.newest_event_time is not None and self.queue.empty()):
+            self._commit_stream()
+        self.last_progress = self.clock()
+        return True
+
+    def _handle(self, item: Any) -> None:
+        """Do what one queue item asks (a block, a backfill, a gap, a reload, …)."""
+        if isinstance(item, tuple):  # a block of stream lines and when it was read
+            block, read_at = item
+            newest_before = max(self.pipeline.stream_newest or 0, self._pending.newest_event_time or 0) or None
+            before = len(self._pending.verifications)
+            findings = self.pipeline.examine(block)
+            self.pipeline.absorb(findings, self._pending)
+            dropped = findings.dropped_output
+            if len(self._pending.verifications) > before:
+                self._pending.read_at.append((read_at, len(self._pending.verifications) - before))
+            for v in self._pending.verifications[before:]:
+                log.info("ci_result", ci_account=v.ci_account, change=v.change_number, patch_set=v.patch_set,
+                         driver="/".join(v.driver_key), result=v.result, release=v.release or None)
+            if self._pending.verifications and self._pending_since is None:
+                self._pending_since = self.clock()
+            if dropped:
+                self._commit_stream()
+                # Gerrit discarded events before the marker: what came before this block is all we know
+                gap = self._open_gap("dropped-output", newest_before)
+                if self.on_dropped_output is not None:
+                    self.on_dropped_output(gap[1] if gap else newest_before)
+        elif isinstance(item, Backfilled):
+            self._commit_stream()
+            batch = Pending()
+            self.pipeline.absorb(self.pipeline.examine_messages(item.comments, item.changes), batch)
+            result = self._commit(batch, "backfill", item.close_gaps_up_to, run=item.run)
+            item.done.set_result(result)
+        elif isinstance(item, OpenGap):
+            self._commit_stream()
             try:
-                item = self.queue.get(timeout=wait)
-            except queue.Empty:
-                item = _TICK
-            self.pipeline.metrics.queue_depth.set(self.queue.qsize())
-            if item is None:
-                self._commit_stream(final=True)
-                return
-            if isinstance(item, tuple):  # a block of stream lines and when it was read
-                block, read_at = item
-                newest_before = max(self.pipeline.stream_newest or 0, self._pending.newest_event_time or 0) or None
-                before = len(self._pending.verifications)
-                findings = self.pipeline.examine(block)
-                self.pipeline.absorb(findings, self._pending)
-                dropped = findings.dropped_output
-                if len(self._pending.verifications) > before:
-                    self._pending.read_at.append((read_at, len(self._pending.verifications) - before))
-                for v in self._pending.verifications[before:]:
-                    log.info("ci_result", ci_account=v.ci_account, change=v.change_number, patch_set=v.patch_set,
-                             driver="/".join(v.driver_key), result=v.result, release=v.release or None)
-                if self._pending.verifications and self._pending_since is None:
-                    self._pending_since = self.clock()
-                if dropped:
-                    self._commit_stream()
-                    # Gerrit discarded events before the marker: what came before this block is all we know
-                    gap = self._open_gap("dropped-output", newest_before)
-                    if self.on_dropped_output is not None:
-                        self.on_dropped_output(gap[1] if gap else newest_before)
-            elif isinstance(item, _Backfilled):
-                self._commit_stream()
-                batch = Pending()
-                self.pipeline.absorb(self.pipeline.examine_messages(item.comments, item.changes), batch)
-                result = self._commit(batch, "backfill", item.close_gaps_up_to, run=item.run)
-                item.done.set_result(result)
-            elif isinstance(item, _OpenGap):
-                self._commit_stream()
-                try:
-                    opened = self._open_gap(item.reason, self.pipeline.stream_newest or item.fallback_since)
-                except sqlite3.Error as exc:
-                    item.done.set_exception(exc)
+                opened = self._open_gap(item.reason, self.pipeline.stream_newest or item.fallback_since)
+            except sqlite3.Error as exc:
+                item.done.set_exception(exc)
+            else:
+                if opened is None:
+                    item.done.set_exception(RuntimeError("no Gerrit server: no gap to open"))
                 else:
-                    if opened is None:
-                        item.done.set_exception(RuntimeError("no Gerrit server: no gap to open"))
-                    else:
-                        item.done.set_result(opened)
-            elif isinstance(item, _GapFailed):
-                if self.pipeline.server is not None:
-                    self._retrying(functools.partial(self.pipeline.store.gap_failed, self.pipeline.server,
-                                                     item.up_to, item.error))
-            elif isinstance(item, _Batch):
-                self._commit_stream()
-                item.done.set_result(self._retrying(functools.partial(self.pipeline.store.commit, item.batch)))
-            elif isinstance(item, _Delivery):
-                self._retrying(functools.partial(self.pipeline.store.record_delivery, item.outcome))
-                item.done.set_result(None)
-            elif isinstance(item, _ImportFailed):
-                self._retrying(functools.partial(self.pipeline.store.import_failed, item.import_id, item.error))
-            elif isinstance(item, _Reload):
-                self._commit_stream()
-                try:
-                    applied = self.pipeline.swap_registry(item.registry, item.raw, item.history)
-                except Exception as exc:  # keep the old registry; the caller reports it
-                    item.done.set_exception(exc)
-                else:
-                    item.done.set_result(applied)
-            elif isinstance(item, _Imported):
-                self._commit_stream()
-                batch = Pending()
-                self.pipeline.absorb(self.pipeline.examine_messages(item.comments, item.changes), batch)
-                item.done.set_result(self._commit(batch, "backfill", step=item.step, context=item.context))
-            elif isinstance(item, _Rejudge):
-                self._commit_stream()
-                registry = self.pipeline.registry
-                try:
-                    changed = self._retrying(functools.partial(self._rejudge, item, registry))
-                except Exception as exc:  # a bug, not the database: reported by the import, which retries
-                    item.done.set_exception(exc)
-                else:
-                    item.done.set_result(changed)
-            due = self._pending_since is not None and self.clock() - self._pending_since >= self.flush_seconds
-            if len(self._pending.verifications) + len(self._pending.changes) >= self.batch_rows or due or (
-                    self._pending.newest_event_time is not None and self.queue.empty()):
-                self._commit_stream()
-            self.last_progress = self.clock()
+                    item.done.set_result(opened)
+        elif isinstance(item, GapFailed):
+            if self.pipeline.server is not None:
+                self._retrying(functools.partial(self.pipeline.store.gap_failed, self.pipeline.server,
+                                                 item.up_to, item.error))
+        elif isinstance(item, QueuedBatch):
+            self._commit_stream()
+            item.done.set_result(self._retrying(functools.partial(self.pipeline.store.commit, item.batch)))
+        elif isinstance(item, Delivery):
+            self._retrying(functools.partial(self.pipeline.store.record_delivery, item.outcome))
+            item.done.set_result(None)
+        elif isinstance(item, ImportFailed):
+            self._retrying(functools.partial(self.pipeline.store.import_failed, item.import_id, item.error))
+        elif isinstance(item, Reload):
+            self._commit_stream()
+            try:
+                applied = self.pipeline.swap_registry(item.registry, item.raw, item.history)
+            except Exception as exc:  # keep the old registry; the caller reports it
+                item.done.set_exception(exc)
+            else:
+                item.done.set_result(applied)
+        elif isinstance(item, Imported):
+            self._commit_stream()
+            batch = Pending()
+            self.pipeline.absorb(self.pipeline.examine_messages(item.comments, item.changes), batch)
+            item.done.set_result(self._commit(batch, "backfill", step=item.step, context=item.context))
+        elif isinstance(item, Rejudge):
+            self._commit_stream()
+            registry = self.pipeline.registry
+            try:
+                changed = self._retrying(functools.partial(self._rejudge, item, registry))
+            except Exception as exc:  # a bug, not the database: reported by the import, which retries
+                item.done.set_exception(exc)
+            else:
+                item.done.set_result(changed)
 
     def _commit_stream(self, final: bool = False) -> None:
         if self._pending.verifications or self._pending.newest_event_time is not None:
             self._commit(self._pending, "stream", final=final)
         self._pending_since = None
 
-    def _rejudge(self, item: _Rejudge, registry: Registry) -> int:
+    def _rejudge(self, item: Rejudge, registry: Registry) -> int:
         changed = self.pipeline.store.rejudge(item.driver_id, registry, item.step)
         return changed.total
 

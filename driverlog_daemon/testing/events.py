@@ -71,3 +71,21 @@ def state_event(kind: str, number: int, ps: int, project: str = PROJECT, t: int 
             "change": {"project": project, "branch": "stable/2024.1", "id": "I" + "1" * 40, "number": number,
                        "url": f"https://review.example.org/c/{project}/+/{number}", "status": status},
             "project": project, "refName": "refs/heads/stable/2024.1", "type": kind, "eventCreatedOn": t}
+
+
+def poison_events(number: int, t: int) -> list[tuple[dict[str, Any], str]]:
+    """Registered CI comments (the shipped registry's Acme FC) no database can hold as they are, each with the
+    malformed reason it is counted under: a lone surrogate (JSON's ``\\ud800``, which UTF-8 cannot encode) in the
+    comment or the branch, an integer past SQLite's 63 bits as change number, patch set or event time."""
+    e = ci_event(number, t)
+    return [
+        ({**e, "comment": e["comment"] + "\ud800"}, "invalid_unicode:comment"),
+        ({**e, "change": {**e["change"], "branch": "master\udfff"}}, "invalid_unicode:change.branch"),
+        ({**e, "change": {**e["change"], "number": 1 << 63}}, "out_of_range:change.number"),
+        ({**e, "patchSet": {**e["patchSet"], "number": 1 << 64}}, "out_of_range:patchSet.number"),
+        ({**e, "eventCreatedOn": 1 << 63}, "out_of_range:eventCreatedOn"),
+    ]
+
+
+#: A 2.4 KB line nested 1,200 deep: a recursive decoder's RecursionError.
+DEEP_LINE = b'{"type":"comment-added","x":' + b"[" * 1200 + b"]" * 1200 + b"}\n"

@@ -19,7 +19,7 @@ from driverlog_daemon.store.pipeline import Pipeline
 from driverlog_daemon.store.store import Store
 from driverlog_daemon.testing import DATA
 from driverlog_daemon.testing.db import count, query
-from driverlog_daemon.testing.events import comment_event, line, other_event
+from driverlog_daemon.testing.events import DEEP_LINE, ci_event, comment_event, line, other_event, poison_events
 
 CLI = [sys.executable, "-m", "driverlog_daemon"]
 
@@ -219,3 +219,24 @@ def test_a_short_replay_imports_only_what_it_uses(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", probe, *args], env=env, check=True, capture_output=True, text=True,
                          timeout=60).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_poison_lines_cost_only_themselves_in_replay(tmp_path: Path, jobs: str) -> None:
+    # Each of these once aborted replay with a traceback and nothing committed.
+    t = 1_750_000_000
+    poison = poison_events(500, t)
+    out, good = [], []
+    for i, (event, _) in enumerate(poison * 40):  # past one worker's span with --jobs 2
+        out.append(line(event))
+        out.append(line(ci_event(100 + i, t + i)))
+        good.append(100 + i)
+    out.append(DEEP_LINE)
+    f = tmp_path / "poison.jsonl"
+    f.write_bytes(b"".join(out))
+    proc = subprocess.run([*CLI, "replay", str(f), "--database", str(tmp_path / "d.sqlite"), "--registry",
+                           str(DATA), "--jobs", jobs], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert [r[0] for r in rows(tmp_path / "d.sqlite")] == good
+    for reason in {r for _, r in poison} | {"too_deep"}:
+        assert reason in proc.stdout, (reason, proc.stdout)

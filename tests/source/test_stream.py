@@ -106,7 +106,9 @@ def test_stall_probe_fails_then_reconnect(ssh_env: SSHEnv, tmp_path: Path) -> No
         ssh_env.server.stall(True)
         assert wait_until(lambda: h.metric("driverlog_gerrit_reconnects_total", {"reason": "stall"}) >= 1)
         ssh_env.server.stall(False)
-        assert wait_until(lambda: h.settled() and ssh_env.server.connections >= 2)
+        # Not settled(): with a 0.3 s stall timeout a quiet stream is checked (a gap and its backfill) about twice
+        # a second, so the moments with no backfill running are too short to sample reliably on a loaded machine.
+        assert wait_until(lambda: h.connected() and ssh_env.server.connections >= 2)
         ssh_env.server.push_event(ci_event(6001))
         assert wait_until(lambda: h.numbers() == [6001])
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 from driverlog_daemon.testing import wait_until
-from driverlog_daemon.testing.events import ci_event, comment_event, line
+from driverlog_daemon.testing.events import DEEP_LINE, ci_event, comment_event, line, poison_events
 from driverlog_daemon.testing.gerrit.setup import SSHEnv
 from driverlog_daemon.testing.harness import Harness
 
@@ -50,3 +51,39 @@ def test_bad_lines_are_counted_by_reason_and_later_results_still_land(ssh_env: S
         assert h.metric("driverlog_ci_comments_unmatched_total", {"ci_account": "acme-storage-ci"}) >= 1
 
 
+
+
+def test_lines_no_database_can_hold_cost_only_themselves_live_and_after_a_restart(
+        ssh_env: SSHEnv, tmp_path: Path) -> None:
+    """Each of these once killed the writer thread for good; the same comments then came back through the start
+    backfill after a restart, and killed it again."""
+    t = int(time.time())
+    poison = poison_events(500, t)
+    good = []
+    with Harness(ssh_env, tmp_path) as h:
+        assert wait_until(h.settled)
+        for i, (event, _) in enumerate(poison):
+            ssh_env.server.push_event(event)
+            ssh_env.server.push_event(ci_event(100 + i, t))
+            good.append(100 + i)
+        ssh_env.server.push_raw(DEEP_LINE)
+        ssh_env.server.push_raw(line({"type": "ref-updated", "eventCreatedOn": 10 ** 20}))
+        ssh_env.server.push_event(ci_event(199, t))
+        good.append(199)
+        assert wait_until(lambda: h.numbers() == good, timeout=30), h.numbers()
+        reasons = Counter([reason for _, reason in poison] + ["too_deep", "out_of_range:eventCreatedOn"])
+        for reason, n in reasons.items():
+            assert h.metric("driverlog_malformed_lines_total", {"reason": reason}) == n, reason
+        assert h.service.writer.alive and h.service.writer_ok()
+    for i, (event, _) in enumerate(poison_events(600, t + 1)):  # while it is down: only a query finds them
+        ssh_env.server.record_only(event)
+        ssh_env.server.record_only(ci_event(200 + i, t + 1))
+        good.append(200 + i)
+    with Harness(ssh_env, tmp_path) as h:
+        # Gerrit's query form of the comment with the impossible patch set is sound (its message says "Patch Set
+        # 2:"), so the backfill records it: that is the one result the poisoned changes 500 and 600 yield.
+        assert wait_until(lambda: set(good) <= set(h.numbers()) and h.settled(), timeout=30), h.numbers()
+        assert set(h.numbers()) - set(good) <= {500, 600}
+        ssh_env.server.push_event(ci_event(300, t + 2))
+        assert wait_until(lambda: 300 in h.numbers())
+        assert h.service.writer.alive and h.open_gaps() == 0

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from driverlog_daemon.match import rules
 from driverlog_daemon.match.rules import examine, examine_messages, new_scanner
 from driverlog_daemon.model import ChangeFact, CommentAdded
 from driverlog_daemon.parse.events import parse_line
@@ -13,6 +17,7 @@ from driverlog_daemon.store.pipeline import Pending, Pipeline
 from driverlog_daemon.store.store import Store
 from driverlog_daemon.testing.db import query
 from driverlog_daemon.testing.events import T, ci_line, comment_event, line, other_event, state_event
+from driverlog_daemon.testing.site import verification
 
 
 def block() -> bytes:
@@ -70,3 +75,39 @@ def test_counted_once_and_committed_with_the_cursor(tmp_path: Path, registry: Re
     assert query(db, "SELECT change_number, source FROM verifications") == [(1, "stream")]
     assert query(db, "SELECT last_event_time FROM stream_state") == [(T,)]  # the newest event: the merge
     assert pending.verifications == [] and len(pending.changes) == 0
+
+
+def test_a_line_no_rule_foresaw_costs_itself_alone(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = rules.match_comment
+
+    def match_comment(event: CommentAdded, reg: Registry, **kw: Any) -> Any:
+        if event.change.number == 2:
+            raise RuntimeError("a bug only this comment reaches")
+        return real(event, reg, **kw)
+
+    monkeypatch.setattr(rules, "match_comment", match_comment)
+    found = examine(new_scanner(registry), registry, ci_line(1) + ci_line(2) + ci_line(3))
+    assert [v.change_number for v in found.verifications] == [1, 3]
+    assert [m.reason for m in found.malformed] == ["internal_error:RuntimeError"]
+    assert found.lines == 3
+    comments = [parse_line(ci_line(n)) for n in (4, 2, 5)]
+    again = examine_messages([c for c in comments if isinstance(c, CommentAdded)], [], registry)
+    assert [v.change_number for v in again.verifications] == [4, 5]
+    assert [m.reason for m in again.malformed] == ["internal_error:RuntimeError"]
+
+
+def test_a_row_sqlite_cannot_bind_costs_its_row_alone(tmp_path: Path, registry: Registry) -> None:
+    path = tmp_path / "d.sqlite"
+    with Store(path) as store:
+        pipeline = Pipeline(registry, store, server="gerrit:29418")
+        pending = Pending()
+        good = verification(registry, number=7)
+        pending.verifications += [good._replace(change_number=2 ** 63), good,
+                                  good._replace(change_number=8, evidence="\ud800")]
+        pending.newest_event_time = 2 ** 64
+        result = pipeline.commit(pending, "stream")
+        assert result.inserted == 1 and store.cursor("gerrit:29418") is None
+    assert query(path, "SELECT change_number FROM verifications") == [(7,)]
+    sample = pipeline.metrics.registry.get_sample_value
+    assert sample("driverlog_malformed_lines_total", {"reason": "unstorable:out_of_range"}) == 1
+    assert sample("driverlog_malformed_lines_total", {"reason": "unstorable:invalid_unicode"}) == 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from driverlog_daemon.registry.load import Registry
 from driverlog_daemon.store.pipeline import Pipeline
 from driverlog_daemon.store.retry import Retry, retrying
@@ -94,3 +96,24 @@ def test_storage_faults_are_retried_until_they_clear(tmp_path: Path, registry: R
     store.conn.execute("PRAGMA query_only = OFF")
     assert wait_until(lambda: not writer.failing and count(path) == 200)
     assert writer.stop()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_writer_that_dies_says_so_to_its_waiters_and_its_stop(tmp_path: Path, registry: Registry) -> None:
+    # Not a line's fault (those cost only themselves): the thread ends loudly, and nobody waits on it for good.
+    pipeline = Pipeline(registry, Store(tmp_path / "d.sqlite"))
+    writer = Writer(pipeline, max_queue=2)
+
+    def absorb(*_: object) -> None:
+        raise RuntimeError("a bug in the writer itself")
+
+    pipeline.absorb = absorb  # type: ignore[method-assign]
+    writer.start()
+    done = writer.put_backfill([])
+    with pytest.raises(RuntimeError, match="a bug in the writer itself"):
+        done.result(timeout=10)
+    assert wait_until(lambda: not writer.alive)
+    assert isinstance(writer.died, RuntimeError)
+    writer.queue.put_nowait((b"", 0.0))
+    writer.queue.put_nowait((b"", 0.0))  # full, and nobody takes from it
+    assert writer.stop(timeout=1.0) is False
