@@ -55,6 +55,16 @@ def test_hostile_comments_and_urls_are_inert_in_the_feed(site: Site) -> None:
     assert iscsi.summary_detail.type == "text/plain" and iscsi.summary.startswith(XSS_ATTR + " (change 100")
 
 
+def test_characters_xml_forbids_never_reach_the_feed(site: Site) -> None:
+    hostile = "- job\x01 fc\x1f : FAILURE\ufffe \x0b"
+    site.store.commit(Batch("stream", [vote(site.registry, FC, 400, 1, NOW - 100, "failure", "Gazpacho",
+                                            evidence=hostile)], changes=[merged(400, 1, NOW - 50)]))
+    feed, _ = parse(site, "/feed.atom")  # no bozo: well-formed XML
+    assert feed.entries[0].summary.startswith("- job fc : FAILURE  (change 400")
+    echoed, body = parse(site, "/feed.atom?vendor=%01acme%EF%BF%BE")  # the filter is echoed in the title
+    assert b"\x01" not in body and echoed.feed.title == "DriverLog marks (vendor acme)"
+
+
 @pytest.mark.parametrize(("query", "titles"), [
     ("vendor=hooli", [f"{NOVA}, Flamingo: no mark → passing"]),
     ("project_id=openstack/cinder&release_id=gazpacho", [f"{FC}, Gazpacho: no mark → passing",

@@ -64,7 +64,8 @@ class App:
         self.clock = clock
         self.public_cache = f"public, max-age={max_age}, stale-while-revalidate={stale_while_revalidate}"
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
-                                      undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+                                      undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                                      finalize=pages.xml_safe)
         self.env.filters.update(safe_url=pages.safe_url, utc=pages.utc)
         self.env.globals.update(ago=self._ago, query_link=pages.query_link, percent=pages.percent,
                                 verification_levels=legacy.VERIFICATION_LEVELS)

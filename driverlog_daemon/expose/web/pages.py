@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
+
+from markupsafe import Markup
 
 from driverlog_daemon.expose.web import api
 from driverlog_daemon.registry.load import Registry
@@ -65,6 +68,20 @@ def chart(days: Sequence[tuple[int, int, int]]) -> dict[str, Any]:
     if busiest is not None and busiest[1] + busiest[2]:
         summary += f"; the busiest day had {busiest[1] + busiest[2]} runs"
     return {"bars": bars, "width": CHART_WIDTH, "height": CHART_HEIGHT, "summary": summary, "top": top}
+
+
+#: What XML 1.0 forbids in a document (C0 controls but tab, newline and return; lone surrogates; U+FFFE, U+FFFF):
+#: one such character from Gerrit in a feed or a badge would make the whole document unreadable.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_safe(value: object) -> object:
+    """Every ``{{ }}`` output of the templates (Jinja's ``finalize``): text without the characters XML forbids
+    (HTML forbids them too). Markup stays Markup, so it is not escaped twice."""
+    if isinstance(value, str) and _NOT_XML.search(value):
+        cleaned = _NOT_XML.sub("", value)
+        return Markup(cleaned) if isinstance(value, Markup) else cleaned
+    return value
 
 
 def safe_url(url: object) -> str | None:
