@@ -244,6 +244,11 @@ def _webhooks(tables: Any) -> tuple[WebhookConfig, ...]:
         parts = urlsplit(hook.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"{where}.url", f"must be an http:// or https:// URL, got {hook.shown()!r}")
+        if any(c.isspace() or not c.isprintable() for c in hook.url):  # http.client refuses it at each delivery
+            raise ConfigError(f"{where}.url", f"must not hold spaces or control characters, got {hook.shown()!r}")
+        if "@" in parts.netloc:  # http.client would drop them silently; the signature is the credential
+            raise ConfigError(f"{where}.url", "must not hold user:password@ (the receiver checks the signature, "
+                                              f"made with secret_file or secret_credential), got {hook.shown()!r}")
         if bool(hook.secret_file) == bool(hook.secret_credential):
             raise ConfigError(f"{where}.secret_file", "give secret_file or secret_credential (one of them)")
         if hook.timeout_seconds <= 0:

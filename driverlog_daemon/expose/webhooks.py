@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from driverlog_daemon.logs import get_logger
 from driverlog_daemon.store import schema
@@ -179,16 +179,28 @@ class Deliverer:
                 "X-DriverLog-Delivery": delivery.delivery_id, "X-DriverLog-Event": delivery.kind,
                 "X-DriverLog-Signature": signature(self._secret, body)})
             response = connection.getresponse()
-            excerpt = response.read(EXCERPT).decode("utf-8", "replace")
-        except (OSError, http.client.HTTPException) as exc:
-            return Reply(None, f"{type(exc).__name__}: {exc}"[:EXCERPT])
+            response.read(EXCERPT)  # read before the close, but never kept (see below)
+        except (OSError, http.client.HTTPException, ValueError) as exc:  # (ValueError: a URL http.client refuses)
+            return Reply(None, self.redacted(f"{type(exc).__name__}: {exc}")[:EXCERPT])
         finally:
             connection.close()
         if 200 <= response.status < 300:
             return Reply(response.status, "")
         if 300 <= response.status < 400:
             return Reply(response.status, "a redirect (not followed)")
-        return Reply(response.status, f"HTTP {response.status}: {excerpt.strip()}"[:EXCERPT])
+        # The status and its reason phrase, never the body: receivers echo the request path in their error pages
+        # (Express's 404 does), and the path may be the secret.
+        return Reply(response.status, self.redacted(f"HTTP {response.status} {response.reason}".strip())[:EXCERPT])
+
+    def redacted(self, text: str) -> str:
+        """``text`` without the hook URL's path or query, in any of the forms a receiver or a library may echo."""
+        parts = urlsplit(self.hook.url)
+        secrets = {self.hook.url, parts.path + (f"?{parts.query}" if parts.query else ""), parts.query,
+                   parts.path if parts.path not in ("", "/") else ""}
+        secrets |= {quote(x, safe="/?=&") for x in secrets} | {repr(x)[1:-1] for x in secrets}
+        for secret in sorted((x for x in secrets if len(x) > 1), key=len, reverse=True):
+            text = text.replace(secret, "…")
+        return text
 
     def _report(self, conn: sqlite3.Connection, delivery: Delivery, reply: Reply) -> None:
         """Report the attempt's outcome to the writer and wait until it is committed: the next look at the outbox

@@ -29,7 +29,8 @@ class Received:
 class Receiver:
     """``mode``: ``ok`` (204), ``error`` (500), ``hang`` (hold each request ``hang_seconds``, then 200), ``hold``
     (hold each request until :meth:`release`, then close it unanswered: not accepted), or ``flaky`` (500 or a hang
-    now and then, at random, else 204). ``down()``/``up()`` close and reopen the port."""
+    now and then, at random, else 204), ``echo`` (404 with the request path in its reason and body, as Express answers
+an unknown route). ``down()``/``up()`` close and reopen the port."""
 
     def __init__(self, secret: bytes, *, mode: str = "ok", hang_seconds: float = 3.0, seed: int = 0,
                  error_share: float = 0.2, hang_share: float = 0.05) -> None:
@@ -91,6 +92,16 @@ class Receiver:
                 self.received.append(Received(handler.headers.get("X-DriverLog-Delivery", ""), signature_ok,
                                               json.loads(raw), raw, 0, time.time(), signature))
             handler.close_connection = True
+            return
+        if mode == "echo":  # as Express's default 404 does: the request path, in the reason and in the body
+            body = f"Cannot POST {handler.path}".encode()
+            with self._lock:
+                self.received.append(Received(handler.headers.get("X-DriverLog-Delivery", ""), signature_ok,
+                                              json.loads(raw), raw, 404, time.time(), signature))
+            handler.send_response(404, f"Not Found: {handler.path}")
+            handler.send_header("Content-Length", str(len(body)))
+            handler.end_headers()
+            handler.wfile.write(body)
             return
         status = {"ok": 204, "error": 500, "hang": 200}[mode]
         if mode == "hang":

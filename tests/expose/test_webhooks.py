@@ -219,9 +219,30 @@ def test_a_delivery_is_dead_after_its_retry_time_and_the_next_one_goes(
     state = reads.webhook_outbox(__import__("sqlite3").connect(store.path), time.time())
     assert state["test"]["dead"] == 1 and state["test"]["delivered"] == 1 and state["test"]["pending"] == 0
     dead = [e for e in logs if e["event"] == "webhook_dead"]
-    assert dead and dead[0]["error"] == "HTTP 500: internal oops" and dead[0]["url"] == "http://127.0.0.1:" + \
+    assert dead and dead[0]["error"] == "HTTP 500 Internal Server Error" and dead[0]["url"] == "http://127.0.0.1:" + \
         f"{receiver.port}/…"  # no path, no query: a Slack URL's path is its credential
     assert not any(SECRET.decode() in repr(e) or "token=x" in repr(e) for e in logs)
+
+
+def test_a_receiver_that_echoes_the_path_never_gets_the_secret_into_logs_or_the_file(
+        hooked: Callable[..., Hooked], registry: Registry, receiver: Receiver) -> None:
+    receiver.mode = "echo"
+    secret_url = receiver.url.replace("/hooks/driverlog", "/hooks/T0SECRET/B0SECRET")
+    h = hook(secret_url, retry_for_hours=1.0)
+    store = hooked(h)
+    d = store.deliverer(h, start=False)
+    with capture_logs() as logs:
+        d.start()
+        try:
+            flips(registry, store, FC, 10, ["success"])
+            assert wait_until(lambda: len(receiver.deliveries()) >= 2, timeout=10)  # failed, then retried
+        finally:
+            d.stop()
+    failed = [e for e in logs if e["event"] == "webhook_failed"]
+    assert failed and failed[0]["error"] == "HTTP 404 Not Found: …"  # the status and the reason, redacted
+    errors = query(store.path, "SELECT last_error FROM webhook_outbox")
+    assert [e[0] for e in errors] == ["HTTP 404 Not Found: …"]  # stored as logged: no body, no path
+    assert not any("SECRET" in repr(e) or "token=x" in repr(e) for e in logs)
 
 
 def test_redirects_are_not_followed(hooked: Callable[..., Hooked], registry: Registry, tmp_path: Path) -> None:
@@ -280,6 +301,8 @@ def test_webhook_tables_are_checked_key_by_key(tmp_path: Path) -> None:
         "Acme Storage",)
     for table, key in (({**good, "url": "file:///etc/passwd"}, "webhook[0].url"),
                        ({**good, "url": "ftp://x/"}, "webhook[0].url"),
+                       ({**good, "url": "https://user:pass@hooks.example.org/x"}, "webhook[0].url"),
+                       ({**good, "url": "https://hooks.example.org/T0 SECRET"}, "webhook[0].url"),
                        ({"url": good["url"]}, "webhook[0].secret_file"),
                        ({**good, "secret_credential": "x"}, "webhook[0].secret_file"),
                        ({**good, "format": "xml"}, "webhook[0].format"),
