@@ -211,6 +211,8 @@ class Writer:
         if isinstance(item, tuple):  # a block of stream lines and when it was read
             block, read_at = item
             newest_before = max(self.pipeline.stream_newest or 0, self._pending.newest_event_time or 0) or None
+            if newest_before is None and self.pipeline.server is not None:  # no event yet on this run: the
+                newest_before = self.pipeline.store.cursor(self.pipeline.server)  # proven ground is where it starts
             before = len(self._pending.verifications)
             findings = self.pipeline.examine(block)
             self.pipeline.absorb(findings, self._pending)

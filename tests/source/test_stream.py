@@ -99,6 +99,26 @@ def test_dropped_output_triggers_a_backfill(harness: Harness) -> None:
     assert harness.metric("driverlog_gerrit_dropped_output_total") == 1
 
 
+def test_what_dropped_output_lost_is_recovered_after_failing_backfills_while_the_stream_moves_on(
+        ssh_env: SSHEnv, tmp_path: Path) -> None:
+    # Only the gap that dropped-output opens remembers where the loss began: the stream's later events move the
+    # cursor, so a backfill from the cursor (no overlap here, as none is wide enough for a long outage) misses it.
+    h = Harness(ssh_env, tmp_path, backfill_overlap_minutes=0, backfill_retry_base=0.05)
+    server = ssh_env.server
+    t = int(time.time())
+    with h:
+        assert wait_until(h.settled)
+        server.record_only(ci_event(5101, t))  # discarded by Gerrit's per-connection queue
+        server.fail_queries(10_000)  # Gerrit answers no query for now
+        server.push_raw(b'{"type":"dropped-output"}\n')
+        server.push_event(ci_event(5102, t + 600))  # the stream goes on, ten minutes later
+        assert wait_until(lambda: h.numbers() == [5102])
+        assert wait_until(lambda: h.metric("driverlog_backfill_failures_total") >= 2)
+        server.fail_queries(0)  # Gerrit answers again
+        assert wait_until(lambda: h.numbers() == [5101, 5102] and h.open_gaps() == 0)
+        assert h.closed_gaps("dropped-output") == 1
+
+
 def test_stall_probe_fails_then_reconnect(ssh_env: SSHEnv, tmp_path: Path) -> None:
     h = Harness(ssh_env, tmp_path, stall_timeout_seconds=0.3, probe_timeout=0.3)
     with h:

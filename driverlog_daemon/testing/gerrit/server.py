@@ -148,8 +148,11 @@ class GerritTestServer:
 
     def fail_queries(self, count: int = 1, mode: str = "exit") -> None:
         """The next ``count`` queries fail: ``exit`` answers status 1, ``drop`` sends half of the output and then
-        drops the whole connection abruptly (a backfill whose connection dies half-way)."""
+        drops the whole connection abruptly (a backfill whose connection dies half-way). ``count`` 0: the faults
+        still to come are forgotten (Gerrit recovers)."""
         with self._lock:
+            if count == 0:
+                self._query_faults.clear()
             self._query_faults.extend([mode] * count)
 
     def hold_queries(self, on: bool = True, *, after: int = 0, matching: str = "") -> None:
