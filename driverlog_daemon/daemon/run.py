@@ -52,6 +52,7 @@ def run(config: Config) -> int:
     interval = watchdog_interval()
     tick = min(interval, 1.0) if interval else 1.0  # the web tier's view of the daemon is at most this old
     last_status = ""
+    failed = False  # ended for a fault, not asked to: exit non-zero whatever the stop
     while not stop.is_set():
         wakeup.wait(tick)
         wakeup.clear()
@@ -62,6 +63,11 @@ def run(config: Config) -> int:
             break
         if not service.writer.alive:  # nothing more would be recorded: end, so that systemd starts it again
             log.critical("daemon_exiting", reason="the writer thread died", hint="see writer_died above")
+            break
+        gone = service.database_gone()
+        if gone:  # systemd starts it again on the file at the configured path; the start backfill fills the gap
+            log.critical("daemon_exiting", reason=f"the database file {gone}", database=service.store.path)
+            failed = True
             break
         if interval and service.writer_ok():
             notifier.send("WATCHDOG=1")
@@ -82,4 +88,4 @@ def run(config: Config) -> int:
     log.info("daemon_stopped", clean=finished, events=service.pipeline.stats.lines,
              verifications_recorded=service.pipeline.stats.recorded)
     notifier.close()
-    return 0 if finished else 1
+    return 0 if finished and not failed else 1

@@ -11,6 +11,7 @@ Nothing here parses, matches, stores, reads the database or renders text: each o
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -70,6 +71,7 @@ class Service:
         self._stall_check_seconds = stall_check_seconds if stall_check_seconds is not None else max(
             5.0, min(60.0, config.gerrit.stall_timeout_seconds))
         self.store = Store(Path(config.database.path).expanduser(), webhooks=config.webhooks)
+        self._database_identity = _identity(self.store.path)
         first_start = bool(self.server_name) and reads.cursor(self.store.conn, self.server_name) is None
         self.pipeline = Pipeline(registry, self.store, metrics=self.metrics, server=self.server_name or None)
         # The registry in force against the one the file last applied: the history import it calls for
@@ -288,6 +290,17 @@ class Service:
 
     # ------------------------------------------------------------------------------ process health
 
+    def database_gone(self) -> str | None:
+        """Why the file at the configured path is no longer the one this process writes (deleted, moved away or
+        replaced: its writes would land in an inode nobody reads, or mix with another file's WAL), or None."""
+        try:
+            now = _identity(self.store.path)
+        except FileNotFoundError:
+            return "was deleted or moved away"
+        except OSError as exc:
+            return f"cannot be checked ({exc.strerror})"
+        return None if now == self._database_identity else "was replaced by another file"
+
     def writer_ok(self) -> bool:
         """The writer thread is alive, went round its loop lately (it does at least once a second, idle or
         not) and its last commit did not fail."""
@@ -349,3 +362,8 @@ class Service:
                            stats.last_verification_time, self.open_gaps())
         importing = self.history().text()
         return f"{line}; {importing}" if importing else line
+
+
+def _identity(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino

@@ -234,6 +234,25 @@ def test_sigterm_commits_every_received_event(daemon: Daemon, ssh_env: SSHEnv) -
     assert "STOPPING=1" in daemon.receive(lambda m: "STOPPING=1" in m)
 
 
+@pytest.mark.parametrize("fault", ["deleted", "replaced"])
+def test_a_database_file_deleted_or_replaced_ends_the_daemon_non_zero(daemon: Daemon, ssh_env: SSHEnv,
+                                                                      fault: str) -> None:
+    # Its writes would go on into an inode nobody reads (or mix with another file's WAL) while pages answer 500:
+    # it ends instead, and systemd starts it again on the file at the configured path.
+    daemon.receive(lambda m: "READY=1" in m)
+    assert wait_until(lambda: ssh_env.server.stream_count == 1)
+    if fault == "deleted":
+        daemon.db.unlink()
+    else:
+        other = daemon.tmp / "other.sqlite"
+        sqlite3.connect(other).close()
+        os.replace(other, daemon.db)
+    assert daemon.proc.wait(timeout=15) == 1
+    exiting = [e for e in daemon.log_events() if e["event"] == "daemon_exiting"]
+    wanted = "was deleted or moved away" if fault == "deleted" else "was replaced by another file"
+    assert exiting and exiting[0]["reason"] == f"the database file {wanted}", exiting
+
+
 @pytest.fixture
 def daemon_with_webhook(tmp_path: Path, ssh_env: SSHEnv) -> Iterator[tuple[Daemon, Receiver]]:
     registry = tmp_path / "registry.json"
