@@ -44,10 +44,16 @@ def test_unknown_path_404_and_bad_values_400_in_one_line(site: Site) -> None:
     assert site.get("/nope")[0] == 404
     assert site.get("/drivers/99999")[0] == 404
     assert site.get("/api/1.0/drivers/99999")[0] == 404
+    for huge in ("/drivers/99999999999999999999", "/api/1.0/drivers/99999999999999999999",
+                 "/drivers/99999999999999999999/feed.atom"):
+        assert site.get(huge)[0] == 404, huge  # past 63 bits: no such driver, not a 500
     assert site.get("/api/1.0/list/project_ids/openstack/swift")[0] == 404
     for path, reason in (("/api/1.0/verifications?limit=x", b"limit must be an integer, not 'x'\n"),
                          ("/api/1.0/verifications?driver=-1", b"driver must be at least 0\n"),
-                         ("/drivers/1?page=0", b"page must be at least 1\n")):
+                         ("/drivers/1?page=0", b"page must be at least 1\n"),
+                         ("/drivers/1?page=99999999999999999999", b"page must be at most 9223372036854775807\n"),
+                         ("/api/1.0/verifications?driver=99999999999999999999",
+                          b"driver must be at most 9223372036854775807\n")):
         status, headers, body = site.get(path)
         assert (status, body) == (400, reason), path
         assert headers["content-type"].startswith("text/plain")

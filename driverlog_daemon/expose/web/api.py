@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from driverlog_daemon.parse.bounds import MAX_INT, in_range
 from driverlog_daemon.registry.load import Driver, Registry
 from driverlog_daemon.store.reads import DriverRow
 
@@ -129,4 +130,6 @@ def int_param(query: Mapping[str, str], name: str, default: int | None, *, minim
         raise BadRequest(f"{name} must be an integer, not {raw[:40]!r}") from None
     if value < minimum:
         raise BadRequest(f"{name} must be at least {minimum}")
+    if maximum is None and not in_range(value):  # SQLite's integers end at 63 bits
+        raise BadRequest(f"{name} must be at most {MAX_INT}")
     return min(value, maximum) if maximum is not None else value

@@ -84,6 +84,8 @@ class Router:
                 continue
             try:
                 groups = tuple(urllib.parse.unquote(g) for g in m.groups())
+                if any(g.isdigit() and len(g) > 18 for g in groups):  # past SQLite's 63 bits: no row has it (not 500)
+                    return route.name, text_response("404 Not Found", "not found")
                 if route.cached is None:
                     return route.name, route.handler(query, *groups)
                 items = tuple(sorted(query.items()))
