@@ -242,18 +242,13 @@ def examine_messages(comments: Iterable[CommentAdded], changes: Iterable[ChangeF
         return _messages(comments, changes, registry)
     except Exception:
         findings = Findings()
-        for comment in comments:
+        one_by_one: list[tuple[list[CommentAdded], list[ChangeFact], int]] = [
+            *(([c], [], c.change.number) for c in comments), *(([], [f], f.number) for f in changes)]
+        for one_comment, one_fact, number in one_by_one:
             try:
-                findings.merge(_messages([comment], [], registry))
+                findings.merge(_messages(one_comment, one_fact, registry))
             except Exception as exc:
-                findings.malformed.append(Malformed(f"internal_error:{type(exc).__name__}",
-                                                    f"change {comment.change.number!r}"))
-        for fact in changes:
-            try:
-                findings.merge(_messages([], [fact], registry))
-            except Exception as exc:
-                findings.malformed.append(Malformed(f"internal_error:{type(exc).__name__}",
-                                                    f"change {fact.number!r}"))
+                findings.malformed.append(Malformed(f"internal_error:{type(exc).__name__}", f"change {number!r}"))
         return findings
 
 
