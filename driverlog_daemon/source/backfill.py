@@ -154,6 +154,8 @@ class Backfiller:
         # futures.wait, not result(timeout): a backfill that failed with a TimeoutError of its own (a command's
         # deadline) is its answer, not a reason to keep waiting (result() raises the same type for both).
         while not futures.wait([answer], timeout=max(0.01, stuck_after / 4)).done:
+            if self._stopped:  # the worker has ended: this request is never answered
+                raise BackfillError("stopping: the backfill worker has ended")
             if self.stuck(stuck_after):
                 raise TimeoutError(f"a backfill command has been on the wire for {stuck_after:.0f} s")
         return answer.result()

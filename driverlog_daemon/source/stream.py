@@ -181,7 +181,8 @@ class StreamListener:
             try:
                 data = channel.recv(1 << 16)
             except TimeoutError:
-                if self.clock() - last_bytes >= self.cfg.stall_timeout_seconds:
+                # (not while stopping: a stall check then would open a gap no backfill is left to close)
+                if self.clock() - last_bytes >= self.cfg.stall_timeout_seconds and not self.stop.is_set():
                     self._stalled(client, channel, last_bytes_wall)
                     last_bytes, last_bytes_wall = self.clock(), time.time()
                     quiet = True
