@@ -112,6 +112,10 @@ class Metrics(_Watching):
                                             "Comment time of the newest verification recorded.",
                                             registry=r, multiprocess_mode=_LATEST)
         # stream / backfill
+        self.gerrit_clock_offset = Gauge("driverlog_gerrit_clock_offset_seconds",
+                                         "Gerrit's clock minus the daemon's, as the stream's events show it "
+                                         "(0 until enough events were seen).", registry=r,
+                                         multiprocess_mode=_LATEST)
         self.connected = Gauge("driverlog_gerrit_connected", "1 while the event stream is connected.",
                                registry=r, multiprocess_mode=_LATEST)
         self.connect_attempts = Counter("driverlog_gerrit_connect_attempts", "SSH connection attempts.",

@@ -73,7 +73,8 @@ class Service:
         self.store = Store(Path(config.database.path).expanduser(), webhooks=config.webhooks)
         self._database_identity = _identity(self.store.path)
         first_start = bool(self.server_name) and reads.cursor(self.store.conn, self.server_name) is None
-        self.pipeline = Pipeline(registry, self.store, metrics=self.metrics, server=self.server_name or None)
+        self.pipeline = Pipeline(registry, self.store, metrics=self.metrics, server=self.server_name or None,
+                                 clock=clock)
         # The registry in force against the one the file last applied: the history import it calls for
         applied = self.pipeline.apply_registry(registry, raw, self._history_settings())
         self.pipeline.warm_up()
@@ -87,7 +88,8 @@ class Service:
                                      page_size=backfill_page_size or query.PAGE_SIZE,
                                      retry_cap=max(g.reconnect_max_delay_seconds, 0.1), first_start=first_start,
                                      command_timeout=command_timeout,
-                                     on_idle=lambda: self.importer.wake())
+                                     on_idle=lambda: self.importer.wake(),
+                                     gerrit_clock=self.pipeline.gerrit_clock.now)
         self.importer = Importer(self.reader, lambda: self.pipeline.registry, self.writer,
                                  executor=self._history_executor, quiet=self.backfiller.quiet, clock=clock,
                                  retry_cap=max(g.reconnect_max_delay_seconds, 0.1))
@@ -197,7 +199,7 @@ class Service:
         read again when a search ends), with a day's margin when it has not spoken yet."""
         h, g = self.config.history, self.config.gerrit
         now = self.clock()
-        newest = self.pipeline.stream_newest
+        newest = self.pipeline.stream_position
         overlap = g.backfill_overlap_minutes * 60
         gerrit_now = int(min(now, newest) - overlap) if newest else int(now - 86400)
         return HistorySettings(h.days, h.mark_search_days, first=bool(self.server_name), gerrit_now=gerrit_now,

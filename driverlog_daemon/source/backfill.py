@@ -32,6 +32,7 @@ from driverlog_daemon.source.query import (
     QueryBudget,
     fetch,
     gerrit_time,
+    newest_update,
 )
 from driverlog_daemon.store.reads import Gap
 from driverlog_daemon.store.store import BatchResult
@@ -97,7 +98,8 @@ class Backfiller:
                  clock: Callable[[], float] = time.time, command_timeout: float = 120.0,
                  accounts_per_query: int = ACCOUNTS_PER_QUERY, page_size: int = PAGE_SIZE,
                  retry_base: float = 1.0, retry_cap: float = 60.0, budget: QueryBudget | None = None,
-                 first_start: bool = False, on_idle: Callable[[], None] = lambda: None) -> None:
+                 first_start: bool = False, on_idle: Callable[[], None] = lambda: None,
+                 gerrit_clock: Callable[[], float | None] = lambda: None) -> None:
         self.gerrit = gerrit
         self.accounts = accounts
         self.writer = writer
@@ -108,6 +110,7 @@ class Backfiller:
         self.gaps = gaps
         self.client = client
         self.clock = clock
+        self.gerrit_clock = gerrit_clock  # Gerrit's time now as the stream shows it (None: not known yet)
         self.command_timeout = command_timeout
         self.accounts_per_query = accounts_per_query
         self.page_size = page_size
@@ -233,35 +236,40 @@ class Backfiller:
 
     def _backfill(self, client: paramiko.SSHClient, trigger: str) -> BatchResult:
         """Backfill the open gaps (or, with none, from the stored cursor) minus the overlap; the writer's result."""
-        now = int(self.clock())
         overlap = int(self.gerrit.backfill_overlap_minutes * 60)
         max_age = int(self.gerrit.backfill_max_age_hours * 3600)
         gaps = self.gaps()
         up_to = max((g.id for g in gaps), default=None)
-        w = window(min(g.since for g in gaps) if gaps else self.cursor(), now, overlap, max_age)
+        history = self.first_start and trigger == "start"
+        since = None if history else min(g.since for g in gaps) if gaps else self.cursor()
+        execute = self.executor(client, trigger)
+        known = self.gerrit_clock()
+        w = window(since, int(self.clock() if known is None else known), overlap, max_age)
+        probes = 0
+        if known is None and (w.capped or since is None):  # how far back it reaches rests on our clock alone
+            probes = 1
+            try:
+                w = window(since, self._gerrit_now(execute), overlap, max_age)
+            except Exception as exc:
+                self._failed_backfill(trigger, w, exc, up_to, len(gaps))
+                raise
         self.metrics.backfills.labels(trigger).inc()
         if w.capped:
             self.metrics.backfill_gap_exceeded.inc()
             log.warning("backfill_gap_exceeds_max_age", trigger=trigger,
                         max_age_hours=self.gerrit.backfill_max_age_hours, since=gerrit_time(w.since))
         started, started_at = time.monotonic(), self.clock()
-        execute = self.executor(client, trigger)
-        history = self.first_start and trigger == "start"
         try:
             report = fetch(execute, list(self.accounts()), w.since, projects=list(self.projects()),
                            changes=list(self.unknown_merges()), accounts_per_query=self.accounts_per_query,
                            page_size=self.page_size)
+            report.pages += probes  # the ledger's commands: every one this backfill sent
             run = BackfillRun(trigger, w.since, started_at, report.queries, report.pages, report.repasses,
                               report.changes, len(report.comments), execute.throttled, w.capped, history)
             result = self.writer.put_backfill(report.comments, report.facts, close_gaps_up_to=up_to,
                                               run=run).result(timeout=self.command_timeout)
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            self.metrics.backfill_failures.inc()
-            if up_to is not None:
-                self.writer.gap_failed(up_to, error)
-            log.error("backfill_failed", trigger=trigger, since=gerrit_time(w.since), error=error,
-                      open_gaps=len(gaps))
+            self._failed_backfill(trigger, w, exc, up_to, len(gaps))
             raise
         self.metrics.backfill_messages.inc(len(report.comments))
         self.last_report = report
@@ -274,6 +282,27 @@ class Backfiller:
                  gaps_closed=len(result.closed_gaps), seconds=round(time.monotonic() - started, 3))
         return result
 
+
+    def _failed_backfill(self, trigger: str, w: Window, exc: Exception, up_to: int | None, gaps: int) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        self.metrics.backfill_failures.inc()
+        if up_to is not None:
+            self.writer.gap_failed(up_to, error)
+        log.error("backfill_failed", trigger=trigger, since=gerrit_time(w.since), error=error, open_gaps=gaps)
+
+    def _gerrit_now(self, execute: Executor) -> int:
+        """Gerrit's time now before the stream has shown its clock, for how far back a backfill reaches: ours,
+        unless the newest change a CI account commented on is older (a daemon clock days ahead would put the whole
+        window in Gerrit's future, and a first start would prove a day it never read). Reaching further back than
+        needed costs queries, never results."""
+        local = int(self.clock())
+        newest = newest_update(execute, sorted(self.accounts())[:self.accounts_per_query])
+        if newest is None or newest >= local:
+            return local
+        if local - newest > self.gerrit.backfill_max_age_hours * 3600:
+            log.warning("clock_ahead_of_gerrit", newest_ci_change=gerrit_time(newest), ahead_seconds=local - newest,
+                        hint="this host's clock may be wrong (check NTP); backfilling from Gerrit's newest change")
+        return newest
 
 
 class Executor:

@@ -97,6 +97,13 @@ def page(execute: Exec, query: str, start: int = 0, *, comments: bool = True) ->
     return _page(execute(command(query, start, comments=comments)))
 
 
+def newest_update(execute: Exec, accounts: Sequence[str]) -> int | None:
+    """When the change a CI account commented on most recently was last updated (Gerrit's clock; one row: Gerrit
+    orders rows newest-updated first), or None when there is none."""
+    rows, _ = page(execute, query_text(accounts, 0, page_size=1), comments=False)
+    return max((t for t in map(last_updated, rows) if t is not None), default=None)
+
+
 def last_updated(row: dict[str, Any]) -> int | None:
     return _int(row.get("lastUpdated"))
 

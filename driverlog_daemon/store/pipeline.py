@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 from driverlog_daemon.logs import get_logger
@@ -21,6 +21,7 @@ from driverlog_daemon.match.rules import examine, examine_messages, new_scanner
 from driverlog_daemon.model import BackfillRun, ChangeFact, CommentAdded, KeptComment, Source, Verification
 from driverlog_daemon.parse.bounds import in_range, unstorable
 from driverlog_daemon.parse.changes import ChangeRows
+from driverlog_daemon.parse.clock import SKEW_WARNING_SECONDS, GerritClock, last_stamp
 from driverlog_daemon.parse.scanner import Findings, Scanner
 from driverlog_daemon.registry.load import Registry
 from driverlog_daemon.store import reads
@@ -71,15 +72,16 @@ class Stats:
 
 
 class Pending:
-    """Verifications matched and change facts read but not yet committed, with the newest event time they cover."""
+    """Verifications matched and change facts read but not yet committed; for the stream's, the position they
+    prove (``parse.clock``: its last block's credible time, Gerrit's clock), which the cursor moves to."""
 
-    __slots__ = ("changes", "kept", "newest_event_time", "read_at", "verifications")
+    __slots__ = ("changes", "kept", "position", "read_at", "verifications")
 
     def __init__(self, changes: ChangeRows | None = None) -> None:
         self.verifications: list[Verification] = []
         self.kept: list[KeptComment] = []  # the CI comments read, as ci_comments keeps them
         self.changes = ChangeRows() if changes is None else changes  # merged by change as they come
-        self.newest_event_time: int | None = None
+        self.position: int | None = None
         self.read_at: list[tuple[float, int]] = []  # (monotonic time a block was read, its rows)
 
 
@@ -91,7 +93,7 @@ def warm_up(scanner: Scanner, registry: Registry) -> None:
 
 class Pipeline:
     def __init__(self, registry: Registry, store: Store, *, metrics: Metrics | None = None,
-                 server: str | None = None) -> None:
+                 server: str | None = None, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         if metrics is None:
             from driverlog_daemon.metrics import Metrics
@@ -99,8 +101,14 @@ class Pipeline:
             metrics = Metrics()
         self.metrics = metrics
         self.server = server  # the cursor key in stream_state; None: do not move any cursor (replay)
-        #: newest eventCreatedOn committed from the live stream (Gerrit's clock); a gap opened now starts there
-        self.stream_newest = reads.newest_event_time(store.conn, server) if server else None
+        #: Gerrit's clock as the stream shows it: which stamps may prove ground
+        self.gerrit_clock = GerritClock(wall=clock)
+        #: the position the live stream last committed (Gerrit's clock); a gap opened now starts there. After a
+        #: restart, the stored cursor, unless it is past the daemon's clock by more than a day (a stamp far ahead
+        #: stored by a version that trusted every stamp): then the daemon's clock, which reads more, never less
+        stored = reads.cursor(store.conn, server) if server else None
+        self.stream_position = None if stored is None else min(stored, int(clock()) + 86400)
+        self._skewed = False
         self.stats = Stats()
         self._lock = threading.Lock()
         self.registry = registry
@@ -151,6 +159,28 @@ class Pipeline:
             registry = self.registry
         return examine_messages(comments, changes, registry)
 
+    def locate(self, block: bytes, read_at: float, into: Pending) -> None:
+        """A stream block read at ``read_at`` (monotonic): the position it proves becomes ``into``'s (the latest
+        block's, not the newest: see ``parse.clock``), and Gerrit's clock learns from it."""
+        stamp = last_stamp(block)
+        if stamp is None or not in_range(stamp):
+            return
+        clock = self.gerrit_clock
+        known = clock.known
+        into.position = clock.observe(stamp, read_at)
+        offset = clock.offset()
+        if offset is None:
+            return
+        self.metrics.gerrit_clock_offset.set(round(offset))
+        skewed = abs(offset) > SKEW_WARNING_SECONDS
+        if skewed != self._skewed or (skewed and not known):
+            self._skewed = skewed
+            log.warning("gerrit_clock_offset", offset_seconds=round(offset), skewed=skewed,
+                        hint="Gerrit's clock and this host's differ: check NTP on both (the cursor follows "
+                             "Gerrit's clock either way)" if skewed else None)
+        if into.position < stamp:
+            log.warning("event_stamp_ahead", stamp=stamp, counted_up_to=into.position)
+
     def absorb(self, findings: Findings, into: Pending) -> None:
         """Count what a block or a backfill yielded (stats, metrics, log) and add its results to ``into``."""
         stats = self.stats
@@ -171,12 +201,9 @@ class Pipeline:
         into.kept.extend(findings.kept)
         into.changes.merge(findings.changes)
         t = findings.newest_event_time
-        if t is not None:
-            if into.newest_event_time is None or t > into.newest_event_time:
-                into.newest_event_time = t
-            if stats.newest_event_time is None or t > stats.newest_event_time:
-                stats.newest_event_time = t
-                self.metrics.last_event_time.set(t)
+        if t is not None and (stats.newest_event_time is None or t > stats.newest_event_time):
+            stats.newest_event_time = t
+            self.metrics.last_event_time.set(t)
         if findings.dropped_output:
             self.metrics.dropped_output.inc(findings.dropped_output)
 
@@ -206,7 +233,7 @@ class Pipeline:
         if cursor is not None and not in_range(cursor[1]):
             dropped += 1
             log.error("unstorable_row", kind="cursor", reason="out_of_range")
-            pending.newest_event_time = None
+            pending.position = None
         return dropped > 0
 
     def commit(self, pending: Pending, source: Source, close_gaps_up_to: int | None = None,
@@ -219,10 +246,10 @@ class Pipeline:
         if backfill is not None and backfill.history:
             context = "import"
         cursor = close = None
-        if self.server is not None and pending.newest_event_time is not None and source == "stream":
-            cursor = (self.server, pending.newest_event_time)
+        if self.server is not None and pending.position is not None and source == "stream":
+            cursor = (self.server, pending.position)
         if self.server is not None and close_gaps_up_to is not None:
-            close = (self.server, close_gaps_up_to, self.stream_newest)
+            close = (self.server, close_gaps_up_to, self.stream_position)
         ran = (self.server, backfill) if self.server is not None and backfill is not None else None
 
         def batch() -> Batch:
@@ -234,11 +261,11 @@ class Pipeline:
         except _UNBINDABLE:  # parse refuses such values; should one pass, it costs its row, never the writer
             if not self._drop_unstorable(pending, cursor):
                 raise
-            if cursor is not None and pending.newest_event_time is None:
+            if cursor is not None and pending.position is None:
                 cursor = None
             result = self.store.commit(batch())
-        if cursor is not None and (self.stream_newest is None or cursor[1] > self.stream_newest):
-            self.stream_newest = cursor[1]
+        if cursor is not None:  # the latest, not the newest: after a step back of Gerrit's clock, it is older
+            self.stream_position = cursor[1]
         for gap_id, reason, opened_at in result.closed_gaps:
             log.info("gap_closed", server=self.server, gap=gap_id, reason=reason,
                      open_seconds=round(time.time() - opened_at, 3), recorded=result.inserted)
@@ -265,5 +292,5 @@ class Pipeline:
         pending.verifications = []
         pending.kept = []
         pending.changes = ChangeRows()
-        pending.newest_event_time = None
+        pending.position = None
         return result

@@ -87,22 +87,23 @@ def kept(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
         conn.execute(sql, values)
 
 
-def advance_cursor(conn: sqlite3.Connection, server: str, event_time: int, now: float) -> None:
-    """The stream committed events up to ``event_time``: that is proven, unless an open gap starts earlier."""
+def advance_cursor(conn: sqlite3.Connection, server: str, position: int, now: float) -> None:
+    """The stream committed events up to ``position`` (``parse.clock``): that is proven, unless an open gap
+    starts earlier. ``newest_event_time`` is the stream's position, as the cursor would be without gaps."""
     conn.execute(
         """INSERT INTO stream_state (server, last_event_time, newest_event_time, updated_at) VALUES (?1, ?2, ?2, ?3)
-           ON CONFLICT (server) DO UPDATE SET
-               newest_event_time = max(coalesce(newest_event_time, 0), excluded.newest_event_time)""",
-        (server, event_time, now))
-    prove(conn, server, event_time, now)
+           ON CONFLICT (server) DO UPDATE SET newest_event_time = excluded.newest_event_time""",
+        (server, position, now))
+    prove(conn, server, position, now)
 
 
 def prove(conn: sqlite3.Connection, server: str, up_to: int, now: float) -> None:
-    """Move the cursor to ``up_to``, but never across an open gap, and never back."""
+    """Move the cursor to ``up_to``, but never across an open gap. Back too: after a step back of Gerrit's
+    clock, what comes next is stamped before the old cursor, which then claims what nobody has seen yet."""
     conn.execute(
         """UPDATE stream_state SET
-               last_event_time = max(last_event_time, min(?2, coalesce(
-                   (SELECT min(since) FROM gaps WHERE server = ?1 AND closed_at IS NULL), ?2))),
+               last_event_time = min(?2, coalesce(
+                   (SELECT min(since) FROM gaps WHERE server = ?1 AND closed_at IS NULL), ?2)),
                updated_at = ?3
            WHERE server = ?1""", (server, up_to, now))
 
@@ -116,7 +117,7 @@ def open_gap(conn: sqlite3.Connection, server: str, since: int, reason: str, now
     return int(cur.lastrowid or 0)
 
 
-def close_gaps(conn: sqlite3.Connection, server: str, up_to_id: int, stream_newest: int | None,
+def close_gaps(conn: sqlite3.Connection, server: str, up_to_id: int, stream_position: int | None,
                closed_by: int | None, now: float) -> list[tuple[int, str, float]]:
     """Close the open gaps with id <= ``up_to_id`` (a backfill covered them: its ``backfills`` id is
     ``closed_by``) and prove what the stream has committed since. Returns (id, reason, opened_at) of each."""
@@ -125,8 +126,8 @@ def close_gaps(conn: sqlite3.Connection, server: str, up_to_id: int, stream_newe
         (server, up_to_id))]
     conn.execute("UPDATE gaps SET closed_at = ?, closed_by = ? WHERE server = ? AND closed_at IS NULL AND id <= ?",
                  (now, closed_by, server, up_to_id))
-    if stream_newest is not None:
-        prove(conn, server, stream_newest, now)
+    if stream_position is not None:
+        prove(conn, server, stream_position, now)
     return closed
 
 

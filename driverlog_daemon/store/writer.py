@@ -201,7 +201,7 @@ class Writer:
             raise
         due = self._pending_since is not None and self.clock() - self._pending_since >= self.flush_seconds
         if len(self._pending.verifications) + len(self._pending.changes) >= self.batch_rows or due or (
-                self._pending.newest_event_time is not None and self.queue.empty()):
+                self._pending.position is not None and self.queue.empty()):
             self._commit_stream()
         self.last_progress = self.clock()
         return True
@@ -210,12 +210,15 @@ class Writer:
         """Do what one queue item asks (a block, a backfill, a gap, a reload, …)."""
         if isinstance(item, tuple):  # a block of stream lines and when it was read
             block, read_at = item
-            newest_before = max(self.pipeline.stream_newest or 0, self._pending.newest_event_time or 0) or None
-            if newest_before is None and self.pipeline.server is not None:  # no event yet on this run: the
-                newest_before = self.pipeline.store.cursor(self.pipeline.server)  # proven ground is where it starts
+            # the stream's position before this block (on this run, or the stored cursor): proven ground
+            position_before = (self._pending.position if self._pending.position is not None
+                               else self.pipeline.stream_position)
+            if position_before is None and self.pipeline.server is not None:  # no event yet on this run
+                position_before = self.pipeline.store.cursor(self.pipeline.server)
             before = len(self._pending.verifications)
             findings = self.pipeline.examine(block)
             self.pipeline.absorb(findings, self._pending)
+            self.pipeline.locate(block, read_at, self._pending)
             dropped = findings.dropped_output
             if len(self._pending.verifications) > before:
                 self._pending.read_at.append((read_at, len(self._pending.verifications) - before))
@@ -227,9 +230,9 @@ class Writer:
             if dropped:
                 self._commit_stream()
                 # Gerrit discarded events before the marker: what came before this block is all we know
-                gap = self._open_gap("dropped-output", newest_before)
+                gap = self._open_gap("dropped-output", position_before)
                 if self.on_dropped_output is not None:
-                    self.on_dropped_output(gap[1] if gap else newest_before)
+                    self.on_dropped_output(gap[1] if gap else position_before)
         elif isinstance(item, Backfilled):
             self._commit_stream()
             batch = Pending()
@@ -239,7 +242,8 @@ class Writer:
         elif isinstance(item, OpenGap):
             self._commit_stream()
             try:
-                opened = self._open_gap(item.reason, self.pipeline.stream_newest or item.fallback_since)
+                position = self.pipeline.stream_position
+                opened = self._open_gap(item.reason, item.fallback_since if position is None else position)
             except sqlite3.Error as exc:
                 item.done.set_exception(exc)
             else:
@@ -283,7 +287,7 @@ class Writer:
                 item.done.set_result(changed)
 
     def _commit_stream(self, final: bool = False) -> None:
-        if self._pending.verifications or self._pending.newest_event_time is not None:
+        if self._pending.verifications or self._pending.position is not None:
             self._commit(self._pending, "stream", final=final)
         self._pending_since = None
 

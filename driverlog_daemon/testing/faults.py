@@ -46,6 +46,9 @@ class Scenario:
     stall_seconds: float = 2.5
     dead_seconds: float = 3.0
     pace: float = 0.004  # seconds between events
+    #: (event index, jump) Gerrit's clock jumps once there: "ahead" one event an hour ahead, "month" one 30 days
+    #: ahead, "back" every event from there on an hour behind (its clock was fast and is set right)
+    jumps: list[tuple[int, str]] = field(default_factory=list)
 
     @classmethod
     def suite(cls, skew: int) -> Scenario:
@@ -55,8 +58,10 @@ class Scenario:
                                                    "dropped-output-backfill-fails"]
         random.Random(skew).shuffle(kinds)
         n = 2000
-        return cls(seed=3, events=n, skew=skew, faults=[(100 + i * (n - 200) // len(kinds), k)
-                                                         for i, k in enumerate(kinds)])
+        faults = [(100 + i * (n - 200) // len(kinds), k) for i, k in enumerate(kinds)]
+        drops = [i for i, k in faults if k in ("drop", "drop-mid-line")]  # each jump just before a lost line
+        return cls(seed=3, events=n, skew=skew, faults=faults,
+                   jumps=[(drops[0] - 1, "ahead"), (drops[2] - 1, "month"), (drops[4] - 1, "back")])
 
     @classmethod
     def random(cls, seed: int) -> Scenario:
@@ -65,7 +70,8 @@ class Scenario:
         kinds = [rng.choice(FAULTS) for _ in range(rng.randint(6, 16))]
         at = sorted(rng.sample(range(50, n - 50), len(kinds)))
         return cls(seed=seed, events=n, skew=rng.choice([-1, 1]) * rng.randint(0, 4 * 3600),
-                   faults=list(zip(at, kinds, strict=True)), outage_seconds=rng.uniform(2, 10))
+                   faults=list(zip(at, kinds, strict=True)), outage_seconds=rng.uniform(2, 10),
+                   jumps=[(rng.choice(at) - 1, rng.choice(["ahead", "month", "back"]))])
 
 
 @dataclass
@@ -295,6 +301,9 @@ class FaultRun:
         now = int(time.time()) + s.skew
         events = list(sample_events(self.registry, s.events, seed=s.seed, start=now - int(s.events * 1.6),
                                     ci_share=s.ci_share))
+        for at, jump in s.jumps:
+            for ev in events[at:] if jump == "back" else events[at:at + 1]:
+                ev["eventCreatedOn"] += {"ahead": 3600, "month": 30 * 86400, "back": -3600}[jump]
         expected = reference(events, self.registry)
         self.start_daemon()
         faults = sorted(s.faults)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +11,7 @@ from driverlog_daemon.config import Config, DatabaseConfig, HistoryConfig, Regis
 from driverlog_daemon.daemon.service import Service
 from driverlog_daemon.registry.checks import DEFAULT_REGISTRY_PATH
 from driverlog_daemon.source.stream import Backoff
+from driverlog_daemon.store.store import Batch
 from driverlog_daemon.testing import wait_until
 from driverlog_daemon.testing.db import query
 from driverlog_daemon.testing.events import ci_event
@@ -22,7 +25,8 @@ class Harness:
                  history: HistoryConfig | None = None,
                  webhooks: tuple[WebhookConfig, ...] = (), probe_timeout: float | None = None,
                  stall_check_seconds: float | None = None, backfill_retry_base: float = 1.0,
-                 backfill_page_size: int | None = None, **gerrit: Any) -> None:
+                 backfill_page_size: int | None = None, clock: Callable[[], float] = time.time,
+                 **gerrit: Any) -> None:
         self.env = env
         self.db = tmp / "d.sqlite"
         cfg = Config(gerrit=env.config(**gerrit), registry=RegistryConfig(str(registry)),
@@ -30,7 +34,8 @@ class Harness:
         self.backoff = Backoff(base=0.01, cap=0.08, rng=lambda: 1.0)
         self.service = Service(cfg, backoff=self.backoff, poll_interval=0.05, http=False, command_timeout=5,
                                probe_timeout=probe_timeout, stall_check_seconds=stall_check_seconds,
-                               backfill_retry_base=backfill_retry_base, backfill_page_size=backfill_page_size)
+                               backfill_retry_base=backfill_retry_base, backfill_page_size=backfill_page_size,
+                               clock=clock)
 
     def __enter__(self) -> Harness:
         self.service.start()
@@ -38,6 +43,10 @@ class Harness:
 
     def __exit__(self, *exc: object) -> None:
         self.service.stop()
+
+    def flush(self) -> None:
+        """Returns once the writer has committed every block queued before."""
+        self.service.writer.put_batch(Batch("stream", [])).result(timeout=10)
 
     def rows(self) -> list[tuple[Any, ...]]:
         return query(self.db, "SELECT change_number, result, source FROM verifications ORDER BY change_number")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from driverlog_daemon.registry.load import Registry
 from driverlog_daemon.store.pipeline import Pending, Pipeline
 from driverlog_daemon.store.store import Store
 from driverlog_daemon.testing.db import query
-from driverlog_daemon.testing.events import T, ci_line, comment_event, line, other_event, state_event
+from driverlog_daemon.testing.events import ci_line, comment_event, line, other_event, state_event
 from driverlog_daemon.testing.site import verification
 
 
@@ -66,6 +67,7 @@ def test_counted_once_and_committed_with_the_cursor(tmp_path: Path, registry: Re
     pipeline = Pipeline(registry, Store(tmp_path / "d.sqlite"), server="gerrit:29418")
     pending = Pending()
     pipeline.absorb(pipeline.examine(block()), pending)
+    pipeline.locate(block(), time.monotonic(), pending)
     assert pipeline.stats.lines == 7 and pipeline.stats.ci_comments == 2
     assert pipeline.metrics.registry.get_sample_value("driverlog_malformed_lines_total",
                                                       {"reason": "invalid_json"}) == 1
@@ -73,7 +75,8 @@ def test_counted_once_and_committed_with_the_cursor(tmp_path: Path, registry: Re
     assert result.inserted == 1 and pipeline.stats.recorded == 1
     db = tmp_path / "d.sqlite"
     assert query(db, "SELECT change_number, source FROM verifications") == [(1, "stream")]
-    assert query(db, "SELECT last_event_time FROM stream_state") == [(T,)]  # the newest event: the merge
+    # the last stamped line's time, not the newest (the merge's, T)
+    assert query(db, "SELECT last_event_time FROM stream_state") == [(1_750_000_100,)]
     assert pending.verifications == [] and len(pending.changes) == 0
 
 
@@ -104,7 +107,7 @@ def test_a_row_sqlite_cannot_bind_costs_its_row_alone(tmp_path: Path, registry: 
         good = verification(registry, number=7)
         pending.verifications += [good._replace(change_number=2 ** 63), good,
                                   good._replace(change_number=8, evidence="\ud800")]
-        pending.newest_event_time = 2 ** 64
+        pending.position = 2 ** 64
         result = pipeline.commit(pending, "stream")
         assert result.inserted == 1 and store.cursor("gerrit:29418") is None
     assert query(path, "SELECT change_number FROM verifications") == [(7,)]

@@ -83,10 +83,13 @@ def test_view_for_people(store: Store, registry: Registry) -> None:
                    "last_result_at": "2025-06-15 15:06:40", "removed": 0}
 
 
-def test_cursor_moves_only_forward(store: Store, registry: Registry) -> None:
+def test_the_cursor_follows_the_stream_back_but_never_across_an_open_gap(store: Store, registry: Registry) -> None:
     store.commit(Batch("stream", cursor=("gerrit:29418", 100)))
-    store.commit(Batch("stream", cursor=("gerrit:29418", 90)))
-    assert store.cursor("gerrit:29418") == 100
+    store.commit(Batch("stream", cursor=("gerrit:29418", 90)))  # Gerrit's clock stepped back
+    assert store.cursor("gerrit:29418") == 90  # 90..100 is not proven any more: what comes next is stamped there
+    store.open_gap("gerrit:29418", 80, "reconnect")
+    store.commit(Batch("stream", cursor=("gerrit:29418", 120)))
+    assert store.cursor("gerrit:29418") == 80
     assert store.cursor("other") is None
 
 

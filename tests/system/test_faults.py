@@ -27,6 +27,7 @@ def run(work: Path, skew: int, registry: Path) -> Outcome:
     assert kinds.count("drop") + kinds.count("drop-mid-line") >= 10 and kinds.count("stall") == 2
     assert {"outage", "dead-stream", "kill", "kill-during-backfill", "backfill-drop", "dropped-output",
             "dropped-output-backfill-fails"} <= set(kinds)
+    assert {k for _, k in scenario.jumps} == {"ahead", "month", "back"}
     fault_run = FaultRun(work, scenario, registry, say=lambda _: None)
     try:
         return fault_run.run()
