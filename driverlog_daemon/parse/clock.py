@@ -10,7 +10,8 @@ should be when the block was read:
   few, cannot move a median; a lasting step of Gerrit's clock moves it within half the window);
 - before that, the lower of the blocks seen and the daemon's own wall clock (neither alone is trusted yet).
 
-A stamp past the cap counts only up to the cap, plus a slack for delivery jitter well within the backfill's overlap.
+A stamp within a slack of that estimate (delivery jitter) counts as it is; one past it counts only up to the
+estimate.
 Our monotonic clock, not the wall clock, measures the offset, so a step of the daemon's own clock moves nothing.
 """
 
@@ -57,12 +58,14 @@ class GerritClock:
         self._offsets: deque[float] = deque(maxlen=WINDOW)  # last stamp minus monotonic read time, per block
 
     def observe(self, stamp: int, read_at: float) -> int:
-        """A block's last stamp, read at ``read_at`` (monotonic): the position it proves (``stamp`` or the cap)."""
+        """A block's last stamp, read at ``read_at`` (monotonic): the position it proves. The stamp itself when
+        it is within the slack of where Gerrit's clock should be, else that estimate (what the stream has shown
+        up to now, stamped right)."""
         self._offsets.append(stamp - read_at)
-        cap = read_at + _median(self._offsets) + SLACK_SECONDS
+        estimate = read_at + _median(self._offsets)
         if len(self._offsets) < MIN_SAMPLES:
-            cap = min(cap, self._wall() - (self._monotonic() - read_at) + SLACK_SECONDS)
-        return stamp if stamp <= cap else int(cap)
+            estimate = min(estimate, self._wall() - (self._monotonic() - read_at))
+        return stamp if stamp <= estimate + SLACK_SECONDS else int(estimate)
 
     @property
     def known(self) -> bool:

@@ -1,8 +1,9 @@
 """The cursor against clock jumps: a stamp far ahead proves nothing, a step back widens the next gap, and a
 daemon whose own clock is wrong says so and still reads what Gerrit has.
 
-Each case posts a result over the stream, then loses the connection while more results are posted (only
-``gerrit query`` can tell of them): with the cursor fooled, the backfill starts past them and they are lost.
+Each case posts events over the stream, then loses the connection while results are posted (only ``gerrit
+query`` can tell of them): with the cursor fooled, the backfill starts past them and they are lost. No overlap:
+the backfill reads from exactly where the cursor says (an overlap would hide a cursor a little too far ahead).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from driverlog_daemon.config import HistoryConfig
 from driverlog_daemon.testing import wait_until
 from driverlog_daemon.testing.db import query
 from driverlog_daemon.testing.events import ci_event, other_event
@@ -20,19 +22,21 @@ HOUR = 3600
 DAY = 86400
 
 
-def outage_after(h: Harness, stamps: list[int], while_away: list[tuple[int, int]]) -> None:
+def outage_after(h: Harness, stamps: list[int], while_away: list[int]) -> None:
     """Events stamped ``stamps`` over the stream (unrelated ones), then the connection lost while the results
-    ``while_away`` ((change, stamp) each) are posted; waits until the stream is back and its backfill done."""
+    ``while_away`` (change numbers) are posted, stamped as Gerrit's clock (ours) says then; waits
+    until the stream is back and its backfill done."""
     server = h.env.server
-    for i, t in enumerate(stamps):
+    for i, t in enumerate(stamps):  # one block each (the clock learns per block)
+        lines = h.service.pipeline.stats.lines
         server.push_event(other_event(created_on=t) | {"n": i})
-    assert wait_until(lambda: h.service.pipeline.stats.lines >= len(stamps))
+        assert wait_until(lambda lines=lines: h.service.pipeline.stats.lines > lines)
     h.flush()
     reconnects = h.closed_gaps("reconnect")
     server.refuse_connections(0.3)
     server.drop_connections()
-    for number, t in while_away:
-        server.record_only(ci_event(number, t))
+    for number in while_away:
+        server.record_only(ci_event(number, int(time.time())))
     assert wait_until(lambda: h.closed_gaps("reconnect") > reconnects and h.settled() and h.open_gaps() == 0,
                       timeout=20)
 
@@ -43,9 +47,9 @@ def cursor(h: Harness) -> int:
 
 def test_one_event_stamped_an_hour_ahead_proves_nothing(ssh_env: SSHEnv, tmp_path: Path) -> None:
     now = int(time.time())
-    with Harness(ssh_env, tmp_path) as h:
+    with Harness(ssh_env, tmp_path, backfill_overlap_minutes=0) as h:
         assert wait_until(h.settled)
-        outage_after(h, [now - 5] * 6 + [now + HOUR], [(7101, now - 2), (7102, now)])
+        outage_after(h, [now - 5] * 6 + [now + HOUR], [7101, 7102])
         assert cursor(h) < now + 300
         assert {7101, 7102} <= set(h.numbers())
 
@@ -53,20 +57,20 @@ def test_one_event_stamped_an_hour_ahead_proves_nothing(ssh_env: SSHEnv, tmp_pat
 def test_a_stamp_thirty_days_ahead_proves_nothing_on_the_first_events_either(ssh_env: SSHEnv,
                                                                              tmp_path: Path) -> None:
     now = int(time.time())
-    with Harness(ssh_env, tmp_path) as h:
+    with Harness(ssh_env, tmp_path, backfill_overlap_minutes=0) as h:
         assert wait_until(h.settled)
-        outage_after(h, [now + 30 * DAY], [(7201, now - 1)])  # the very first event: no neighbours yet
-        outage_after(h, [now] * 6, [(7202, now + 1)])
+        outage_after(h, [now + 30 * DAY], [7201])  # the very first event: no neighbours yet
+        outage_after(h, [now] * 6, [7202])
         assert {7201, 7202} <= set(h.numbers())
         assert cursor(h) < now + 300
 
 
 def test_a_step_back_of_gerrits_clock_widens_the_next_gap(ssh_env: SSHEnv, tmp_path: Path) -> None:
     now = int(time.time())
-    with Harness(ssh_env, tmp_path) as h:
+    with Harness(ssh_env, tmp_path, backfill_overlap_minutes=0) as h:
         assert wait_until(h.settled)
         # Gerrit's clock was an hour fast, and is set right: the events after the step are older than the cursor
-        outage_after(h, [now + HOUR] * 8 + [now] * 2, [(7301, now + 2), (7302, now + 3)])
+        outage_after(h, [now + HOUR] * 8 + [now] * 2, [7301, 7302])
         assert {7301, 7302} <= set(h.numbers())
 
 
@@ -75,7 +79,8 @@ def test_a_daemon_clock_a_week_ahead_still_reads_the_recent_past_and_says_so(ssh
     now = int(time.time())
     for number, age in ((7401, 2 * HOUR), (7402, 20 * HOUR)):
         ssh_env.server.record_only(ci_event(number, now - age))
-    h = Harness(ssh_env, tmp_path, clock=lambda: time.time() + 7 * DAY)
+    # no history import (it reads 90 days, which would hide it): only the first start's backfill reads them
+    h = Harness(ssh_env, tmp_path, clock=lambda: time.time() + 7 * DAY, history=HistoryConfig(enabled=False))
     with h:
         assert wait_until(lambda: h.connected() and ssh_env.server.stream_count >= 1)
         for i in range(6):  # one block each: the stream's clock is known after five
