@@ -25,8 +25,9 @@ _KEY = b'"eventCreatedOn":'
 #: blocks whose offsets the median reads, and how many it needs before it is trusted alone
 WINDOW = 31
 MIN_SAMPLES = 5
-#: how far a block's last stamp may run ahead of the estimate and still count in full (delivery jitter)
-SLACK_SECONDS = 60
+#: how far a block's last stamp may run ahead of the estimate and still count in full: delivery jitter, a few
+#: seconds (what a wrong stamp within it could claim is of the order of Gerrit's one-second resolution)
+SLACK_SECONDS = 5
 #: Gerrit's clock and ours this far apart is worth a warning (the estimate is what counts either way)
 SKEW_WARNING_SECONDS = 300
 

@@ -104,10 +104,10 @@ class Pipeline:
         #: Gerrit's clock as the stream shows it: which stamps may prove ground
         self.gerrit_clock = GerritClock(wall=clock)
         #: the position the live stream last committed (Gerrit's clock); a gap opened now starts there. After a
-        #: restart, the stored cursor, unless it is past the daemon's clock by more than a day (a stamp far ahead
-        #: stored by a version that trusted every stamp): then the daemon's clock, which reads more, never less
-        stored = reads.cursor(store.conn, server) if server else None
-        self.stream_position = None if stored is None else min(stored, int(clock()) + 86400)
+        #: restart, the stored cursor, but not past the daemon's clock when it was stored: it may hold a stamp far
+        #: ahead that an earlier version trusted (what came after that moment is what the restart must read)
+        stored = reads.cursor_stored(store.conn, server) if server else None
+        self.stream_position = None if stored is None else min(stored[0], int(stored[1]))
         self._skewed = False
         self.stats = Stats()
         self._lock = threading.Lock()

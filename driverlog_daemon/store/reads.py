@@ -34,6 +34,12 @@ def cursor(conn: sqlite3.Connection, server: str) -> int | None:
     return None if row is None else int(row[0])
 
 
+def cursor_stored(conn: sqlite3.Connection, server: str) -> tuple[int, float] | None:
+    """The cursor and when it was last written (the daemon's clock)."""
+    row = conn.execute("SELECT last_event_time, updated_at FROM stream_state WHERE server = ?", (server,)).fetchone()
+    return None if row is None else (int(row[0]), float(row[1]))
+
+
 def newest_event_time(conn: sqlite3.Connection, server: str) -> int | None:
     """The newest ``eventCreatedOn`` committed from the server's stream."""
     row = conn.execute("SELECT newest_event_time FROM stream_state WHERE server = ?", (server,)).fetchone()

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 from driverlog_daemon.config import HistoryConfig
+from driverlog_daemon.registry.load import Registry
+from driverlog_daemon.store.store import Batch, Store
 from driverlog_daemon.testing import wait_until
 from driverlog_daemon.testing.db import query
 from driverlog_daemon.testing.events import ci_event, other_event
@@ -36,7 +38,7 @@ def outage_after(h: Harness, stamps: list[int], while_away: list[int]) -> None:
     server.refuse_connections(0.3)
     server.drop_connections()
     for number in while_away:
-        server.record_only(ci_event(number, int(time.time())))
+        server.record_only(ci_event(number, int(time.time())))  # after the drop: later than any event read
     assert wait_until(lambda: h.closed_gaps("reconnect") > reconnects and h.settled() and h.open_gaps() == 0,
                       timeout=20)
 
@@ -60,7 +62,10 @@ def test_a_stamp_thirty_days_ahead_proves_nothing_on_the_first_events_either(ssh
     with Harness(ssh_env, tmp_path, backfill_overlap_minutes=0) as h:
         assert wait_until(h.settled)
         outage_after(h, [now + 30 * DAY], [7201])  # the very first event: no neighbours yet
-        outage_after(h, [now] * 6, [7202])
+        # stamped after 7201, so this outage's backfill cannot find it: only the first one's can
+        stamped = int(time.time())
+        assert wait_until(lambda: int(time.time()) > stamped, interval=0.05)
+        outage_after(h, [int(time.time())] * 6, [7202])
         assert {7201, 7202} <= set(h.numbers())
         assert cursor(h) < now + 300
 
@@ -88,3 +93,18 @@ def test_a_daemon_clock_a_week_ahead_still_reads_the_recent_past_and_says_so(ssh
             assert wait_until(lambda i=i: h.service.pipeline.stats.lines > i)
         assert wait_until(lambda: h.settled() and {7401, 7402} <= set(h.numbers()), timeout=20)
         assert wait_until(lambda: h.metric("driverlog_gerrit_clock_offset_seconds") < -6 * DAY)
+
+
+def test_a_restart_does_not_trust_a_stored_cursor_far_ahead(ssh_env: SSHEnv, tmp_path: Path,
+                                                            registry: Registry) -> None:
+    # a file an earlier version wrote, after it trusted a stamp 30 days ahead; results came while it was down
+    with Store(tmp_path / "d.sqlite") as store:
+        store.sync_drivers(registry)
+        store.commit(Batch("stream", cursor=(f"{ssh_env.server.host}:{ssh_env.server.port}",
+                                             int(time.time()) + 30 * DAY)))
+    stored = int(time.time())
+    assert wait_until(lambda: int(time.time()) > stored, interval=0.05)
+    ssh_env.server.record_only(ci_event(7501, int(time.time())))
+    # no history import (the registry is new to the file, so it would read 90 days): only the start backfill
+    with Harness(ssh_env, tmp_path, backfill_overlap_minutes=0, history=HistoryConfig(enabled=False)) as h:
+        assert wait_until(lambda: h.settled() and 7501 in h.numbers())
