@@ -59,6 +59,7 @@ def run(config: Config) -> int:
         if reload_requested.is_set():
             reload_requested.clear()
             service.reload()
+        service.reloads.check()
         if stop.is_set():
             break
         if not service.writer.alive:  # nothing more would be recorded: end, so that systemd starts it again

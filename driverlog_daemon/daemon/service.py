@@ -16,6 +16,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +24,21 @@ import paramiko
 import structlog
 
 from driverlog_daemon.config import Config, webhook_secret
+from driverlog_daemon.daemon.reload import Reloads
 from driverlog_daemon.daemon.systemd import Notifier, gap_text, status_line
 from driverlog_daemon.expose import runtime
 from driverlog_daemon.expose.runtime import Live
 from driverlog_daemon.expose.web.tier import WebTier
 from driverlog_daemon.expose.webhooks import Deliverer
 from driverlog_daemon.metrics import Metrics
-from driverlog_daemon.registry.load import Registry, RegistryError, read_registry
+from driverlog_daemon.registry.load import Registry, read_registry
 from driverlog_daemon.source import query
 from driverlog_daemon.source.backfill import Backfiller
 from driverlog_daemon.source.history import Importer
 from driverlog_daemon.source.stream import Backoff, StreamHooks, StreamListener
 from driverlog_daemon.store import reads, reads_history
 from driverlog_daemon.store.pipeline import Pipeline
-from driverlog_daemon.store.registry_apply import HistorySettings
+from driverlog_daemon.store.registry_apply import Applied, HistorySettings
 from driverlog_daemon.store.store import Store
 from driverlog_daemon.store.writer import Writer
 
@@ -95,6 +97,7 @@ class Service:
                                  retry_cap=max(g.reconnect_max_delay_seconds, 0.1))
         if applied.import_id is not None:
             log.info("history_import_planned", import_id=applied.import_id, first=first_start)
+        self.reloads = Reloads(self.writer, self.metrics, self._history_settings, self._reloaded)
         self.listener: StreamListener | None = None
         if g.host:
             hooks = StreamHooks(deliver=self.writer.put_block, connected=self._connected,
@@ -162,29 +165,16 @@ class Service:
             self.store.close()
         return finished and readers_done
 
-    def reload(self) -> bool:
-        """SIGHUP: validate the registry file; on success sync drivers and swap, else keep the old one."""
-        path = self.config.registry.path
-        try:
-            registry, raw = read_registry(path, remember=True)
-            applied = self.writer.reload(registry, raw, self._history_settings()).result(timeout=30)
-            self._hand_over_registry(raw)
-        except RegistryError as exc:
-            self.metrics.registry_reloads.labels("error").inc()
-            log.error("registry_reload_failed", path=path, errors=exc.errors[:20], error_count=len(exc.errors),
-                      kept=self.pipeline.registry.summary())
-            return False
-        except Exception as exc:
-            self.metrics.registry_reloads.labels("error").inc()
-            log.error("registry_reload_failed", path=path, error=f"{type(exc).__name__}: {exc}")
-            return False
-        self.metrics.registry_reloads.labels("ok").inc()
-        log.info("registry_reloaded", path=path, summary=registry.summary(),
-                 history_import=applied.import_id if applied else None)
+    def reload(self) -> Future[Applied | None] | None:
+        """SIGHUP: validate the registry file and hand it to the writer, never waiting for it (``reload``);
+        the reload's future, or None when it was refused at once."""
+        return self.reloads.request(self.config.registry.path)
+
+    def _reloaded(self, registry: Registry, raw: bytes, applied: Applied | None) -> None:
+        self._hand_over_registry(raw)
         if applied is not None and applied.import_id is not None:
             self.importer.wake()
         self._count_2014_keys(registry)
-        return True
 
     # -------------------------------------------------------------------------------------- hooks
 

@@ -120,13 +120,15 @@ class Writer:
         self.queue.put(Delivery(outcome, done))
         return done
 
-    def reload(self, registry: Registry, raw: bytes | None = None,
-               history: HistorySettings | None = None) -> Future[Applied | None]:
-        """Use ``registry`` from the next block on; with its bytes, apply it to the file (version, import)."""
+    def reload(self, registry: Registry, raw: bytes | None = None, history: HistorySettings | None = None, *,
+               timeout: float | None = None) -> Future[Applied | None]:
+        """Use ``registry`` from the next block on; with its bytes, apply it to the file (version, import).
+        Cancelling the future before the writer takes it up means it is never applied (``queue.Full`` after
+        ``timeout`` seconds: not queued at all)."""
         from concurrent.futures import Future
 
         done: Future[Applied | None] = Future()
-        self.queue.put(Reload(registry, done, raw, history))
+        self.queue.put(Reload(registry, done, raw, history), timeout=timeout)
         return done
 
     def put_import(self, comments: list[CommentAdded], changes: list[ChangeFact], step: ImportStep, *,
@@ -264,6 +266,8 @@ class Writer:
         elif isinstance(item, ImportFailed):
             self._retrying(functools.partial(self.pipeline.store.import_failed, item.import_id, item.error))
         elif isinstance(item, Reload):
+            if not item.done.set_running_or_notify_cancel():  # cancelled while it waited: never applied
+                return
             self._commit_stream()
             try:
                 applied = self.pipeline.swap_registry(item.registry, item.raw, item.history)

@@ -225,7 +225,8 @@ def test_each_kind_of_registry_change_reaches_the_past(ssh_env: SSHEnv, tmp_path
                 before = len(ssh_env.server.commands)
                 outbox = query(h.db, "SELECT count(*) FROM webhook_outbox")[0][0]
                 path.write_text(json.dumps(doc))
-                assert h.service.reload(), what
+                reloaded = h.service.reload()
+                assert reloaded is not None and reloaded.result(timeout=30) is not None, what
                 assert wait_until(h.settled, timeout=60), what
                 check_marks(h.db, written[i], events)
                 asked = [c for c in ssh_env.server.commands[before:] if "commentby:" in c or "project:" in c]
