@@ -49,6 +49,7 @@ class RegistryConfig(NamedTuple):
 
 class DatabaseConfig(NamedTuple):
     path: str = "driverlog.sqlite"
+    max_queued_bytes: int = 64 * 1024 * 1024  # stream blocks read and not yet examined: the reader waits past it
 
 
 class HttpConfig(NamedTuple):

@@ -139,6 +139,9 @@ class Metrics(_Watching):
         self.stream_bytes = Counter("driverlog_stream_bytes", "Bytes read from the event stream.", registry=r)
         self.queue_depth = Gauge("driverlog_queue_depth", "Blocks waiting between the reader and the writer.",
                                  registry=r, multiprocess_mode=_LATEST)
+        self.queue_bytes = Gauge("driverlog_queue_bytes",
+                                 "Bytes of stream blocks waiting between the reader and the writer.", registry=r,
+                                 multiprocess_mode=_LATEST)
         self.backfills = Counter("driverlog_backfills", "Backfill runs, by trigger.", ["trigger"], registry=r)
         self.backfill_failures = Counter("driverlog_backfill_failures", "Backfill runs that failed.",
                                          registry=r)

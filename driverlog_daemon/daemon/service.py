@@ -80,7 +80,8 @@ class Service:
         # The registry in force against the one the file last applied: the history import it calls for
         applied = self.pipeline.apply_registry(registry, raw, self._history_settings())
         self.pipeline.warm_up()
-        self.writer = Writer(self.pipeline, on_dropped_output=self._dropped_output)
+        self.writer = Writer(self.pipeline, on_dropped_output=self._dropped_output,
+                             max_bytes=max(1, config.database.max_queued_bytes))
         self.reader = reads.Reader(self.store.path)  # the hooks' reads, on read-only connections
         self.backfiller = Backfiller(g, lambda: self.pipeline.registry.ci_accounts, self.writer, self.metrics,
                                      self._cursor, projects=lambda: self.pipeline.registry.review_projects,

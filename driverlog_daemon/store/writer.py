@@ -55,7 +55,8 @@ class Writer:
     A failing commit is retried with a growing delay and the batch kept, never dropped.
     """
 
-    def __init__(self, pipeline: Pipeline, *, max_queue: int = 4096, batch_rows: int = 500,
+    def __init__(self, pipeline: Pipeline, *, max_queue: int = 4096, max_bytes: int = 64 << 20,
+                 batch_rows: int = 500,
                  flush_seconds: float = 0.05, on_dropped_output: Callable[[int | None], None] | None = None,
                  retry: Retry = DEFAULT_RETRY, clock: Callable[[], float] = time.monotonic) -> None:
         self.pipeline = pipeline
@@ -72,13 +73,32 @@ class Writer:
         self.died: BaseException | None = None  # why the thread ended, when it did not end by stop()
         self._pending = Pending()
         self._pending_since: float | None = None
+        #: the stream's bytes queued and not yet examined: a reader ahead of the writer waits past ``max_bytes``
+        self.max_bytes = max_bytes
+        self.queued_bytes = 0
+        self._bytes_taken = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="driverlog-writer", daemon=True)
 
     # ------------------------------------------------------------------------------------ producers
 
     def put_block(self, block: bytes) -> None:
+        """Queue a block of stream lines; waits while the blocks queued hold ``max_bytes`` (one block always
+        passes, however large: the reader bounds a line by ``max_event_bytes``)."""
+        with self._bytes_taken:
+            while (self.queued_bytes and self.queued_bytes + len(block) > self.max_bytes
+                   and self._thread.is_alive()):
+                self._bytes_taken.wait(0.5)
+            self.queued_bytes += len(block)
         self.queue.put((block, time.monotonic()))
         self.pipeline.metrics.queue_depth.set(self.queue.qsize())
+        self.pipeline.metrics.queue_bytes.set(self.queued_bytes)
+
+    def _took(self, block: bytes) -> None:
+        """A block examined: its bytes are free (what it yielded is in the pending batch, bounded by rows)."""
+        with self._bytes_taken:
+            self.queued_bytes -= len(block)
+            self._bytes_taken.notify_all()
+        self.pipeline.metrics.queue_bytes.set(self.queued_bytes)
 
     def put_backfill(self, comments: list[CommentAdded], changes: list[ChangeFact] | None = None,
                      close_gaps_up_to: int | None = None, run: BackfillRun | None = None) -> Future[BatchResult]:
@@ -218,9 +238,12 @@ class Writer:
             if position_before is None and self.pipeline.server is not None:  # no event yet on this run
                 position_before = self.pipeline.store.cursor(self.pipeline.server)
             before = len(self._pending.verifications)
-            findings = self.pipeline.examine(block)
+            try:
+                findings = self.pipeline.examine(block)
+                self.pipeline.locate(block, read_at, self._pending)
+            finally:
+                self._took(block)
             self.pipeline.absorb(findings, self._pending)
-            self.pipeline.locate(block, read_at, self._pending)
             dropped = findings.dropped_output
             if len(self._pending.verifications) > before:
                 self._pending.read_at.append((read_at, len(self._pending.verifications) - before))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,29 @@ def test_a_writer_that_dies_says_so_to_its_waiters_and_its_stop(tmp_path: Path, 
     writer.queue.put_nowait((b"", 0.0))
     writer.queue.put_nowait((b"", 0.0))  # full, and nobody takes from it
     assert writer.stop(timeout=1.0) is False
+
+
+def test_the_queue_is_bounded_in_bytes_and_the_reader_waits_instead_of_dropping(tmp_path: Path,
+                                                                                 registry: Registry) -> None:
+    path = tmp_path / "d.sqlite"
+    store = Store(path)
+    store.conn.execute("PRAGMA busy_timeout = 10")
+    pipeline = Pipeline(registry, store)
+    blocks = [b"".join(ci_line(b * 300 + i) for i in range(300)) for b in range(10)]  # ~90 KB each
+    writer = Writer(pipeline, max_bytes=2 * len(blocks[0]), batch_rows=100, retry=Retry(quiet=(0.01,)))
+    writer.start()
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # the writer cannot commit: blocks pile up before it
+    reader = threading.Thread(target=lambda: [writer.put_block(b) for b in blocks])
+    try:
+        reader.start()
+        assert wait_until(lambda: writer.failing)
+        reader.join(1.0)
+        assert reader.is_alive()  # it waits: ten blocks do not fit
+        assert 0 < writer.queued_bytes <= writer.max_bytes
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    reader.join(30)
+    assert not reader.is_alive() and writer.stop()
+    assert count(path) == 3000 and writer.queued_bytes == 0
