@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from driverlog_daemon import __version__
+from driverlog_daemon.parse.bounds import utc_text
 
 if TYPE_CHECKING:
     from driverlog_daemon.config import Config
@@ -128,7 +129,7 @@ def cmd_health(args: argparse.Namespace) -> int:
         return "—" if x is None else f"{x:.0%}"
 
     def when(t: int | None) -> str:
-        return "never" if t is None else time.strftime("%Y-%m-%d", time.gmtime(t))
+        return "never" if t is None else utc_text(t, "%Y-%m-%d")
 
     print(f"{'vendor':<22} {'driver':<40} {'runs 30d':>8} {'pass 30d':>8} {'coverage 30d':>13} {'last success':>12} "
           f"at risk")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from collections.abc import Sequence
 
+from driverlog_daemon.parse.bounds import utc_text
 from driverlog_daemon.store.reads import Gap
 
 #: At most this long per message (seconds).
@@ -60,7 +60,7 @@ def watchdog_interval() -> float | None:
 
 
 def _utc(ts: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+    return utc_text(ts, "%Y-%m-%d %H:%M:%S UTC")
 
 
 def gap_text(gaps: Sequence[Gap]) -> str | None:

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+from driverlog_daemon.parse.bounds import utc_text
+
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 CHUNK_ROWS = 500  # rows a chunk: a few tens of kilobytes on the wire
 
@@ -55,7 +57,7 @@ def safe_cell(value: Any) -> Any:
 
 
 def iso(epoch: int | None) -> str:
-    return "" if epoch is None else datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return "" if epoch is None else utc_text(epoch, "%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(value: str, name: str) -> int:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import quote, urlsplit
 
 from driverlog_daemon.logs import get_logger
+from driverlog_daemon.parse.bounds import utc_text
 from driverlog_daemon.store import schema
 from driverlog_daemon.store.outbox import DeliveryOutcome, headline
 
@@ -56,7 +57,7 @@ def slack_body(body_json: str) -> str:
         return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
     link = f"<{escape(t['review_url'])}|{where}>" if t.get("review_url") else where
-    text = f"{escape(line)} ({link}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t['at']))})"
+    text = f"{escape(line)} ({link}, {utc_text(t['at'], '%Y-%m-%d %H:%M UTC')})"
     return json.dumps({"text": text}, ensure_ascii=False)
 
 

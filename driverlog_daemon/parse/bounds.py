@@ -5,6 +5,7 @@ within a limit. A value outside them makes its line malformed, with a reason: on
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable
 
 #: SQLite's INTEGER: anything larger raises OverflowError when bound.
@@ -17,6 +18,21 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 def in_range(n: int) -> bool:
     return 0 <= n <= MAX_INT
+
+
+#: 9999-12-31T23:59:59Z: the last second a four-digit year (ISO 8601, Atom, CSV, Python's datetime) can write.
+MAX_TIME = 253_402_300_799
+
+
+def in_time_range(t: int) -> bool:
+    """A Gerrit time (seconds since 1970) that every format we write can hold."""
+    return 0 <= t <= MAX_TIME
+
+
+def utc_text(epoch: int, fmt: str) -> str:
+    """``epoch`` in UTC by ``fmt`` (``time.strftime``); total: a time outside the years 1970-9999, which the
+    parser refuses but a file an earlier version wrote may hold, is written as the nearest it can be."""
+    return time.strftime(fmt, time.gmtime(min(max(int(epoch), 0), MAX_TIME)))
 
 
 def valid_text(s: str) -> bool:

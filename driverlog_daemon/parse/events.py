@@ -16,7 +16,7 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 from driverlog_daemon.model import CHANGE_STATE_EVENTS, Account, Approval, Change, ChangeFact, CommentAdded
-from driverlog_daemon.parse.bounds import deeper_than, in_range, valid_text
+from driverlog_daemon.parse.bounds import deeper_than, in_range, in_time_range, valid_text
 
 EXCERPT_BYTES = 120
 
@@ -67,7 +67,7 @@ def _get(obj: Mapping[str, Any], path: str, kind: type | tuple[type, ...]) -> An
         node = node[part]
     if not isinstance(node, kind) or isinstance(node, bool):
         raise _Missing(f"invalid_field:{path}")
-    if type(node) is int and not in_range(node):
+    if type(node) is int and not (in_time_range(node) if path == "eventCreatedOn" else in_range(node)):
         raise _Missing(f"out_of_range:{path}")
     if type(node) is str and not valid_text(node):
         raise _Missing(f"invalid_unicode:{path}")
@@ -128,7 +128,7 @@ def common_comment(username: Any, name: Any, email: Any, project: Any, branch: A
     they were decoded), else None: the caller decodes the line in full for the exact reason."""
     if (type(username) is str and type(project) is str and type(branch) is str and type(number) is int
             and type(patch_set) is int and type(created) is int and type(comment) is str
-            and in_range(number) and in_range(patch_set) and in_range(created)
+            and in_range(number) and in_range(patch_set) and in_time_range(created)
             and _valid_optional(username, project, branch, comment, name, email, change_id, url, status)
             and _valid_approvals(approvals)):
         return CommentAdded(
@@ -186,7 +186,7 @@ def state_fact(kind: str, number: Any, project: Any, branch: Any, status: Any, c
                 patch_set: Any) -> ChangeFact | None:
     """The :class:`ChangeFact` of a change-state event of the common well-formed shape, else None."""
     if (type(number) is int and type(patch_set) is int and type(created) is int and type(project) is str
-            and type(branch) is str and in_range(number) and in_range(patch_set) and in_range(created)
+            and type(branch) is str and in_range(number) and in_range(patch_set) and in_time_range(created)
             and _valid_optional(project, branch, status)):
         merged = kind == "change-merged"
         status = _STATUS_BY_EVENT.get(kind) or status
@@ -264,7 +264,7 @@ def parse_line(line: bytes) -> Event | Malformed:
         except _Missing as missing:
             return Malformed(missing.reason, excerpt(line))
     created = obj.get("eventCreatedOn")
-    if type(created) is int and not in_range(created):
+    if type(created) is int and not in_time_range(created):
         return Malformed("out_of_range:eventCreatedOn", excerpt(line))
     return OtherEvent(kind, created if type(created) is int else None)
 

@@ -19,14 +19,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
 from driverlog_daemon.match.rules import message_patch_set
 from driverlog_daemon.model import Account, Change, ChangeFact, CommentAdded
-from driverlog_daemon.parse.bounds import in_range, valid_text
+from driverlog_daemon.parse.bounds import in_range, in_time_range, utc_text, valid_text
 
 log = structlog.get_logger("driverlog.query")
 
@@ -43,7 +42,7 @@ class BackfillError(Exception):
 
 
 def gerrit_time(epoch: int) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S +0000")
+    return utc_text(epoch, "%Y-%m-%d %H:%M:%S +0000")
 
 
 def _any(operator: str, values: Sequence[str | int]) -> str:
@@ -105,7 +104,13 @@ def newest_update(execute: Exec, accounts: Sequence[str]) -> int | None:
 
 
 def last_updated(row: dict[str, Any]) -> int | None:
-    return _int(row.get("lastUpdated"))
+    return _time(row.get("lastUpdated"))
+
+
+def _time(value: Any) -> int | None:
+    """A Gerrit time every format we write can hold (years 1970-9999), else None."""
+    number = _int(value)
+    return number if number is not None and in_time_range(number) else None
 
 
 def _int(value: Any) -> int | None:
@@ -150,7 +155,7 @@ def comments_from_row(row: dict[str, Any], accounts: frozenset[str], since: int)
             continue
         reviewer = message.get("reviewer") or {}
         username = reviewer.get("username") if isinstance(reviewer, dict) else None
-        text, timestamp = _str(message.get("message")), _int(message.get("timestamp"))
+        text, timestamp = _str(message.get("message")), _time(message.get("timestamp"))
         if username not in accounts or text is None or timestamp is None or timestamp < since:
             continue
         patch_set = message_patch_set(text)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 from driverlog_daemon.logs import get_logger
 from driverlog_daemon.match.rules import examine, examine_messages, new_scanner
 from driverlog_daemon.model import BackfillRun, ChangeFact, CommentAdded, KeptComment, Source, Verification
-from driverlog_daemon.parse.bounds import in_range, unstorable
+from driverlog_daemon.parse.bounds import in_range, in_time_range, unstorable
 from driverlog_daemon.parse.changes import ChangeRows
 from driverlog_daemon.parse.clock import SKEW_WARNING_SECONDS, GerritClock, last_stamp
 from driverlog_daemon.parse.scanner import Findings, Scanner
@@ -163,7 +163,7 @@ class Pipeline:
         """A stream block read at ``read_at`` (monotonic): the position it proves becomes ``into``'s (the latest
         block's, not the newest: see ``parse.clock``), and Gerrit's clock learns from it."""
         stamp = last_stamp(block)
-        if stamp is None or not in_range(stamp):
+        if stamp is None or not in_time_range(stamp):
             return
         clock = self.gerrit_clock
         known = clock.known

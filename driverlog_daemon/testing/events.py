@@ -76,7 +76,8 @@ def state_event(kind: str, number: int, ps: int, project: str = PROJECT, t: int 
 def poison_events(number: int, t: int) -> list[tuple[dict[str, Any], str]]:
     """Registered CI comments (the shipped registry's Acme FC) no database can hold as they are, each with the
     malformed reason it is counted under: a lone surrogate (JSON's ``\\ud800``, which UTF-8 cannot encode) in the
-    comment or the branch, an integer past SQLite's 63 bits as change number, patch set or event time."""
+    comment or the branch, an integer past SQLite's 63 bits as change number, patch set or event time, an event
+    time past the year 9999 (no date format we write holds it)."""
     e = ci_event(number, t)
     return [
         ({**e, "comment": e["comment"] + "\ud800"}, "invalid_unicode:comment"),
@@ -84,6 +85,7 @@ def poison_events(number: int, t: int) -> list[tuple[dict[str, Any], str]]:
         ({**e, "change": {**e["change"], "number": 1 << 63}}, "out_of_range:change.number"),
         ({**e, "patchSet": {**e["patchSet"], "number": 1 << 64}}, "out_of_range:patchSet.number"),
         ({**e, "eventCreatedOn": 1 << 63}, "out_of_range:eventCreatedOn"),
+        ({**e, "eventCreatedOn": 300_000_000_000}, "out_of_range:eventCreatedOn"),  # the year 11476
     ]
 
 

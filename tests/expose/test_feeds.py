@@ -102,3 +102,20 @@ def test_the_feed_changes_only_when_its_entries_do(site: Site) -> None:
     changed = site.get("/feed.atom", headers={"If-None-Match": headers["etag"]})
     assert changed[0] == 200 and changed[1]["etag"] != headers["etag"]
     assert feedparser.parse(changed[2]).entries[0].title == f"{ISCSI}, Gazpacho: failing → passing"
+
+
+def test_a_time_past_year_9999_breaks_no_page_feed_or_export(site: Site) -> None:
+    # a file an earlier version wrote (the parser now refuses such stamps): every answer is whole
+    far = 300_000_000_000  # the year 11476
+    site.store.commit(Batch("stream", [vote(site.registry, FC, 401, 1, far, "failure", "Gazpacho")],
+                            changes=[merged(401, 1, far)]))
+    driver = site.driver_id(FC)
+    for path in ("/", f"/drivers/{driver}", f"/drivers/{driver}/feed.atom", "/api/1.0/drivers",
+                 f"/api/1.0/drivers/{driver}", f"/api/1.0/drivers/{driver}/history", "/api/1.0/verifications",
+                 "/export/verifications.csv", "/export/marks.csv"):
+        status, _, body = site.get(path)
+        assert status == 200, (path, body[:300])
+    feed, _ = parse(site, "/feed.atom")
+    assert feed.entries[0].updated.startswith("9999-12-31")  # as far as the format reaches
+    rows = site.get("/export/verifications.csv")[2].decode().splitlines()
+    assert any(",401," in r and "9999-12-31T23:59:59Z" in r for r in rows)  # the CSV is whole

@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from markupsafe import Markup
 
 from driverlog_daemon.expose.web import api
+from driverlog_daemon.parse.bounds import utc_text
 from driverlog_daemon.registry.load import Registry
 
 CHART_WIDTH, CHART_HEIGHT = 540, 90
@@ -101,7 +101,7 @@ def ago(seconds: float) -> str:
 
 
 def utc(ts: int | None) -> str:
-    return "" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return "" if ts is None else utc_text(ts, "%Y-%m-%d %H:%M UTC")
 
 def query_link(query: Mapping[str, str], **changes: str | None) -> str:
     """``?…`` with ``changes`` applied to ``query`` (None removes a key): the page's filter links."""
