@@ -67,6 +67,19 @@ def test_etag_304_and_gzip(site: Site) -> None:
     status, zipped_headers, zipped = site.get("/", headers={"Accept-Encoding": "gzip, br"})
     assert zipped_headers["content-encoding"] == "gzip" and gzip.decompress(zipped) == body
     assert "Accept-Encoding" in zipped_headers["vary"]
+    for refused in ("gzip;q=0", "gzip; q=0.0, identity", "*;q=0", "br, *;q=0", "identity"):
+        status, plain_headers, plain = site.get("/", headers={"Accept-Encoding": refused})
+        assert "content-encoding" not in plain_headers and plain == body, refused
+    for taken in ("gzip;q=0.5", "*", "br;q=1, *;q=0.1", "GZIP"):
+        assert site.get("/", headers={"Accept-Encoding": taken})[1].get("content-encoding") == "gzip", taken
+
+
+def test_only_a_200_is_not_modified(site: Site) -> None:
+    for path, status in (("/drivers/424242", 404), ("/api/1.0/verifications?limit=0", 400)):
+        first = site.get(path)
+        assert first[0] == status and first[1].get("etag")
+        again = site.get(path, headers={"If-None-Match": first[1]["etag"]})
+        assert again[0] == status and again[2] == first[2], path
 
 
 def test_cached_answers_follow_the_database(site: Site) -> None:

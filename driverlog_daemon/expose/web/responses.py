@@ -64,14 +64,33 @@ def text_response(status: str, text: str) -> Response:
     return response(status, "text/plain; charset=utf-8", text.encode() + b"\n")
 
 
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` header takes gzip (RFC 9110 12.5.3): named, or ``*``, with a q-value
+    above 0; ``gzip;q=0`` refuses it, whatever ``*`` says."""
+    weights: dict[str, float] = {}
+    for part in accept_encoding.lower().split(","):
+        coding, _, params = part.partition(";")
+        q = 1.0
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        weights[coding.strip()] = q
+    weight = weights.get("gzip", weights.get("x-gzip", weights.get("*", 0.0)))
+    return weight > 0
+
+
 def send(environ: dict[str, Any], start_response: StartResponse, r: Response, head: bool) -> Iterable[bytes]:
     """Answer ``r``: the security headers, gzip for clients that take it (its own strong ETag), 304 for a
-    validator that matches."""
+    validator that matches a 200's (an error is never "not modified")."""
     headers = [("Content-Type", r.content_type), ("X-Content-Type-Options", "nosniff"),
                ("Content-Security-Policy", CSP), ("Referrer-Policy", "no-referrer"), *r.headers,
                ("Cache-Control", r.cache)]
     body, etag = r.body, r.etag
-    gzipped = "gzip" in environ.get("HTTP_ACCEPT_ENCODING", "") and len(body) >= GZIP_MIN_BYTES
+    gzipped = len(body) >= GZIP_MIN_BYTES and accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", ""))
     if gzipped:
         if r.gzipped is None:
             r.gzipped = gzip.compress(body, 6)
@@ -79,7 +98,7 @@ def send(environ: dict[str, Any], start_response: StartResponse, r: Response, he
         etag = etag and etag[:-1] + '-gzip"'  # a strong validator names one representation
     if etag:
         headers += [("ETag", etag), ("Vary", "Accept-Encoding")]
-        if etag in [t.strip() for t in environ.get("HTTP_IF_NONE_MATCH", "").split(",")]:
+        if r.status.startswith("200") and etag in [t.strip() for t in environ.get("HTTP_IF_NONE_MATCH", "").split(",")]:
             start_response("304 Not Modified", headers[1:])
             return [b""]
     if gzipped:
