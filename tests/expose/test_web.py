@@ -324,3 +324,16 @@ def test_answers_never_wait_on_a_rebuild_within_the_staleness_bound(site: Site, 
     assert wait_until(lambda: latest() == 102)  # rebuilt in the background: no request had to wait for it
     bounded = App(site.db, lambda: registry, Metrics(), lambda: (True, {}), max_staleness=0)
     assert next(r for r in bounded.records().records if r["id"] == did)["latest"]["change_number"] == 102
+
+
+def test_a_parameter_no_route_reads_neither_changes_the_answer_nor_misses_the_cache(site: Site) -> None:
+    cache = site.web.app.cache
+    driver = site.driver_id("Acme Volume Driver (FC)")
+    for path in ("/", f"/drivers/{driver}", "/api/1.0/drivers", "/feed.atom"):
+        status, headers, body = site.get(path)
+        held = len(cache._answers)
+        for junk in ("?x=1", "?x=2&y=3", "?cachebuster=%01"):
+            again = site.get(path + junk)
+            assert (again[0], again[1]["etag"], again[2]) == (status, headers["etag"], body), path + junk
+        assert len(cache._answers) == held, path  # answered from the one cached answer
+    assert site.get("/api/1.0/drivers?vendor=hooli")[1]["etag"] != site.get("/api/1.0/drivers")[1]["etag"]

@@ -39,6 +39,7 @@ class Route(NamedTuple):
     name: str  # the path's shape, the ``route`` label of driverlog_http_requests_total
     handler: Handler
     cached: str | None  # "records", "database" or None
+    params: tuple[str, ...] = ()  # the query parameters it reads: any other is ignored (and not in the cache key)
 
 
 class Router:
@@ -82,6 +83,7 @@ class Router:
             m = pattern.fullmatch(path)
             if m is None:
                 continue
+            query = {k: v for k, v in query.items() if k in route.params}  # junk cannot miss the cache
             try:
                 groups = tuple(urllib.parse.unquote(g) for g in m.groups())
                 if any(g.isdigit() and len(g) > 18 for g in groups):  # past SQLite's 63 bits: no row has it (not 500)
