@@ -110,12 +110,14 @@ def missed(conn: sqlite3.Connection, driver_id: int, now: float, days: int) -> l
     return [{"change_number": n, "branch": b, "merged_time": t, "review_url": u} for n, b, t, u in rows]
 
 
-def transitions(conn: sqlite3.Connection, driver_id: int) -> list[dict[str, Any]]:
-    """A driver's mark history, newest first."""
+def transitions(conn: sqlite3.Connection, driver_id: int, *, limit: int, offset: int = 0
+                ) -> tuple[list[dict[str, Any]], int]:
+    """A driver's mark history, newest first, one page; and how many transitions there are."""
+    total = int(conn.execute("SELECT count(*) FROM mark_transitions WHERE driver_id = ?", (driver_id,)).fetchone()[0])
     rows = conn.execute(
         """SELECT t.*, v.review_url FROM mark_transitions t JOIN verifications v ON v.id = t.verification_id
-           WHERE t.driver_id = ? ORDER BY t.at DESC, t.id""", (driver_id,))
-    return [ci_health.transition_object(ci_health.Transition(*row[:-1]), row[-1]) for row in rows]
+           WHERE t.driver_id = ? ORDER BY t.at DESC, t.id LIMIT ? OFFSET ?""", (driver_id, limit, offset))
+    return [ci_health.transition_object(ci_health.Transition(*row[:-1]), row[-1]) for row in rows], total
 
 
 def daily(conn: sqlite3.Connection, driver_id: int, now: float, days: int = 90) -> list[tuple[int, int, int]]:

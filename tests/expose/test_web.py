@@ -337,3 +337,20 @@ def test_a_parameter_no_route_reads_neither_changes_the_answer_nor_misses_the_ca
             assert (again[0], again[1]["etag"], again[2]) == (status, headers["etag"], body), path + junk
         assert len(cache._answers) == held, path  # answered from the one cached answer
     assert site.get("/api/1.0/drivers?vendor=hooli")[1]["etag"] != site.get("/api/1.0/drivers")[1]["etag"]
+
+
+def test_mark_histories_come_a_page_at_a_time(site: Site) -> None:
+    fc = site.driver_id("Acme Volume Driver (FC)")
+    results = ["failure", "success"] * 40  # 80 transitions, each result flips the mark
+    site.store.commit(Batch("stream", [vote(site.registry, "Acme Volume Driver (FC)", 500 + i, 1, NOW - 5000 + i,
+                                            r, "Gazpacho") for i, r in enumerate(results)],
+                            changes=[merged(500 + i, 1, NOW - 5000 + i) for i in range(len(results))]))
+    first = site.json(f"/api/1.0/drivers/{fc}/history?limit=30")
+    total = first["total"]
+    assert total >= 80 and len(first["transitions"]) == 30 and first["pages"] == -(-total // 30)
+    last = site.json(f"/api/1.0/drivers/{fc}/history?limit=30&page={first['pages']}")
+    everything = site.json(f"/api/1.0/drivers/{fc}/history?limit=1000")["transitions"]
+    assert [t["id"] for t in first["transitions"] + last["transitions"]] == (
+        [t["id"] for t in everything[:30]] + [t["id"] for t in everything[(first["pages"] - 1) * 30:]])
+    page = site.get(f"/drivers/{fc}")[2].decode()
+    assert page.count("→ <span class=\"act") == 50 and "?transitions_page=2" in page

@@ -183,6 +183,7 @@ class App:
 
     def page_driver(self, query: Mapping[str, str], driver_id: str) -> Response:
         page = api.int_param(query, "page", 1, minimum=1) or 1
+        transitions_page = api.int_param(query, "transitions_page", 1, minimum=1) or 1
         registry, records = self._recs()
         record = next((r for r in records if r["id"] == int(driver_id)), None)
         now = self.clock()
@@ -193,11 +194,14 @@ class App:
             history, total = reads.history(conn, int(driver_id), limit=HISTORY_PAGE,
                                              offset=(page - 1) * HISTORY_PAGE)
             missed = reads_health.missed(conn, int(driver_id), now, 30)
-            transitions = reads_health.transitions(conn, int(driver_id))
+            transitions, transitions_total = reads_health.transitions(
+                conn, int(driver_id), limit=HISTORY_PAGE, offset=(transitions_page - 1) * HISTORY_PAGE)
             chart = pages.chart(reads_health.daily(conn, int(driver_id), now))
         return self._html("driver.html", record=record, key=known[0], removed=known[1], history=history,
                           page=page, pages=max(1, -(-total // HISTORY_PAGE)), total=total, driver_id=int(driver_id),
                           registry=registry, missed=missed, transitions=transitions, chart=chart,
+                          transitions_page=transitions_page,
+                          transitions_pages=max(1, -(-transitions_total // HISTORY_PAGE)),
                           silence_days=self.silence_days)
 
     # ------------------------------------------------------------------------------------------ feeds
@@ -309,7 +313,11 @@ class App:
         with self.reader.snapshot() as conn:
             if reads.driver_key(conn, int(driver_id)) is None:
                 return json_response({"error": "no such driver"}, "404 Not Found")
-            return json_response({"transitions": reads_health.transitions(conn, int(driver_id))})
+            limit = api.int_param(query, "limit", 100, minimum=1, maximum=1000) or 100
+            page = api.int_param(query, "page", 1, minimum=1) or 1
+            transitions, total = reads_health.transitions(conn, int(driver_id), limit=limit, offset=(page - 1) * limit)
+            return json_response({"transitions": transitions, "total": total, "page": page,
+                                  "pages": max(1, -(-total // limit))})
 
     def api_missed(self, query: Mapping[str, str], driver_id: str) -> Response:
         days = api.int_param(query, "days", 30, minimum=1, maximum=365) or 30
