@@ -59,6 +59,8 @@ class HttpConfig(NamedTuple):
     workers: int = 0  # web tier processes; 0: the CPUs available
     threads: int = 64  # threads per worker: a slow client holds one until client_timeout_seconds, no more
     client_timeout_seconds: float = 10.0  # a request must be read and answered within this
+    export_timeout_seconds: float = 120.0  # a streamed export must be taken within this, in all
+    max_exports: int = 4  # streamed exports at once per worker; past it 503 with Retry-After
     max_age_seconds: int = 5  # Cache-Control max-age of answers computed from the database
     stale_while_revalidate_seconds: int = 30
     max_staleness_seconds: float = 5.0  # an answer is never older than this behind the database

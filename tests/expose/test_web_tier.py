@@ -376,3 +376,49 @@ def test_slow_clients_do_not_hold_the_workers_hostage(tmp_path: Path) -> None:
         for s in hostile:
             s.close()
         t.stop()
+
+
+def test_exports_have_a_deadline_in_all_and_only_a_few_run_at_once(tmp_path: Path, registry: Registry) -> None:
+    with Store(tmp_path / "d.sqlite") as store:
+        store.sync_drivers(registry)
+        store.commit(Batch("stream", [vote(registry, "Acme Volume Driver (FC)", 10_000 + i, 1, NOW - i, "success",
+                                           "Gazpacho", evidence="- job https://ci/x : SUCCESS " + "x" * 150)
+                                      for i in range(20_000)]))  # a CSV of ~5 MB: more than any socket buffers
+    t = Tier(tmp_path, command="serve", workers=1, client_timeout_seconds=1, export_timeout_seconds=2,
+             max_exports=2)
+    request = b"GET /export/verifications.csv HTTP/1.1\r\nHost: x\r\n\r\n"
+    try:
+        assert wait_until(t.up, timeout=20)
+        port = t.port
+        slow: list[socket.socket] = []
+        for _ in range(2):  # they read a little now and then: each part they take would once renew the deadline
+            s = socket.create_connection(("127.0.0.1", port))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            s.sendall(request)
+            slow.append(s)
+        assert wait_until(lambda: get(port, "/export/marks.csv")[0] == 503)  # a third waits its turn
+        status, headers, _ = get(port, "/export/marks.csv")
+        assert status == 503 and headers["retry-after"] == "5"
+        def slow_reader(s: socket.socket) -> None:  # ~300 KB/s: each part within a second, the whole in ~15 s
+            s.settimeout(5)
+            try:
+                while s.recv(16384):
+                    time.sleep(0.05)
+            except OSError:
+                pass
+
+        readers = [threading.Thread(target=slow_reader, args=(s,), daemon=True) for s in slow]
+        for r in readers:
+            r.start()
+        # cut at the export deadline, 2 s from its start (each part taken once renewed it): the server says so
+        # (what its kernel had buffered still drains to the client afterwards)
+        assert wait_until(lambda: len(t.events("client_cut")) >= 2, timeout=15)
+        cuts = [e["seconds"] for e in t.events("client_cut")]
+        print("exports cut after", cuts, "s")
+        assert all(1.5 <= c < 4 for c in cuts), cuts
+        assert wait_until(lambda: get(port, "/export/marks.csv")[0] == 200)  # their places are free again
+        assert "Traceback" not in t.log_path.read_text()  # one line each, no traceback
+        for s in slow:
+            s.close()
+    finally:
+        t.stop()

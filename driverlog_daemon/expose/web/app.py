@@ -28,6 +28,7 @@ from driverlog_daemon.expose.web.cache import AnswerCache, Key
 from driverlog_daemon.expose.web.records import Records, RecordsKeeper
 from driverlog_daemon.expose.web.responses import (
     GZIP_MIN_BYTES,
+    Held,
     Response,
     StartResponse,
     StreamedResponse,
@@ -52,7 +53,8 @@ class App:
     def __init__(self, database: str | Path, registry: Callable[[], Registry], metrics: HttpMetrics,
                  process_health: ProcessHealth, *, live: Callable[[], Live] = Live, stale_after_days: float = 7.0,
                  silence_days: float = 14.0, max_age: int = 5, stale_while_revalidate: int = 30,
-                 max_staleness: float = 5.0, clock: Callable[[], float] = time.time) -> None:
+                 max_staleness: float = 5.0, clock: Callable[[], float] = time.time, export_seconds: float = 120.0,
+                 max_exports: int = 4) -> None:
         self.reader = reads.Reader(database)
         self.registry = registry
         self.metrics = metrics
@@ -62,6 +64,8 @@ class App:
         self.silence_days = silence_days
         self.max_staleness = max_staleness
         self.clock = clock
+        self.export_seconds = export_seconds  # an export's whole time, and so its read snapshot's
+        self._exports = threading.BoundedSemaphore(max_exports)  # streamed exports at once in this worker
         self.public_cache = f"public, max-age={max_age}, stale-while-revalidate={stale_while_revalidate}"
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                                       undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
@@ -251,20 +255,24 @@ class App:
 
     # ------------------------------------------------------------------------------------------ exports
 
-    def export_csv(self, query: Mapping[str, str], kind: str) -> StreamedResponse:
+    def export_csv(self, query: Mapping[str, str], kind: str) -> StreamedResponse | Response:
         driver_id = api.int_param(query, "driver", None, minimum=0)
         try:
             since, until = export.window(query.get("since"), query.get("until"))
         except ValueError as bad:
             raise api.BadRequest(str(bad)) from None
+        if not self._exports.acquire(blocking=False):  # each holds a thread and a snapshot: a few at once
+            busy = text_response("503 Service Unavailable", "too many exports at once; try again shortly")
+            busy.headers.append(("Retry-After", "5"))
+            return busy
         reader = self.reader
 
         def chunks() -> Iterator[bytes]:
             with reader.snapshot() as conn:  # one read transaction: a consistent export, however long
                 yield from export.as_csv(conn, kind, driver_id=driver_id, since=since, until=until)
 
-        return StreamedResponse("text/csv; charset=utf-8; header=present", chunks(),
-                                filename=f"driverlog-{kind}.csv")
+        return StreamedResponse("text/csv; charset=utf-8; header=present", Held(chunks(), self._exports.release),
+                                filename=f"driverlog-{kind}.csv", deadline_seconds=self.export_seconds)
 
     def _ingestion(self, query: Mapping[str, str]) -> dict[str, Any]:
         limit = api.int_param(query, "limit", 50, minimum=1, maximum=500) or 50

@@ -34,8 +34,12 @@ class StreamedResponse:
     content_type: str
     chunks: Iterator[bytes]
     filename: str = ""
+    deadline_seconds: float | None = None  # from the request's start, in all (the server's socket enforces it)
 
-    def send(self, start_response: StartResponse, head: bool) -> Iterable[bytes]:
+    def send(self, environ: dict[str, Any], start_response: StartResponse, head: bool) -> Iterable[bytes]:
+        extend = getattr(environ.get("gunicorn.socket"), "extend_deadline", None)
+        if self.deadline_seconds is not None and extend is not None:
+            extend(self.deadline_seconds)
         headers = [("Content-Type", self.content_type), ("X-Content-Type-Options", "nosniff"),
                    ("Content-Security-Policy", CSP), ("Referrer-Policy", "no-referrer"), ("Cache-Control", "no-store")]
         if self.filename:
@@ -47,6 +51,38 @@ class StreamedResponse:
                 close()
             return [b""]
         return self.chunks
+
+
+class Held:
+    """Chunks that hold a resource until they end, fail or are closed (whichever first; a generator closed
+    before it started never runs its own ``finally``)."""
+
+    def __init__(self, chunks: Iterator[bytes], release: Callable[[], None]) -> None:
+        self.chunks, self._release = chunks, release
+        self._held = True
+
+    def __iter__(self) -> Held:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            return next(self.chunks)
+        except BaseException:
+            self.release()
+            raise
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.chunks, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._release()
 
 
 def response(status: str, content_type: str, body: bytes) -> Response:

@@ -68,7 +68,7 @@ class Router:
                 route, dispatched = self.dispatch(path, environ.get("QUERY_STRING", ""))
                 if isinstance(dispatched, StreamedResponse):
                     self.metrics.http_requests.labels(route, "200").inc()
-                    return dispatched.send(start_response, head=method == "HEAD")
+                    return dispatched.send(environ, start_response, head=method == "HEAD")
                 answer = dispatched
         except Exception as exc:  # never a traceback to the client
             log.error("http_error", path=path[:200], error=f"{type(exc).__name__}: {exc}")

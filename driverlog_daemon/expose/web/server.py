@@ -7,13 +7,14 @@ both sides come through the runtime directory (:mod:`driverlog_daemon.expose.run
 address itself and serves what the database holds.
 
 A client gets ``[http] client_timeout_seconds`` to send its request and take its answer, in all (a streamed export:
-to take each part of it): one that trickles its request or never reads its answer loses its connection then,
-instead of holding a thread. A public site still
-belongs behind a buffering proxy (``deploy/nginx/driverlog.conf``).
+``export_timeout_seconds``, and the read snapshot it holds ends with it): one that trickles its request or never
+reads its answer loses its connection then, with one log line (``client_cut``), instead of holding a thread. A
+public site still belongs behind a buffering proxy (``deploy/nginx/driverlog.conf``).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -45,11 +46,14 @@ class _DeadlineSocket(socket.socket):
     timeout_seconds = 10.0
     linger_seconds = 0.1
     _deadline = 0.0
+    _started = 0.0
     _closing = False
+    _cut = False
 
     def setblocking(self, flag: bool) -> None:
         if flag:
-            self._deadline = time.monotonic() + self.timeout_seconds
+            self._started = time.monotonic()
+            self._deadline = self._started + self.timeout_seconds
             self.settimeout(self.timeout_seconds)
         else:
             super().setblocking(False)
@@ -67,26 +71,53 @@ class _DeadlineSocket(socket.socket):
             left = min(left, self.linger_seconds)
         if left <= 0:
             raise TimeoutError("client too slow")
-        if left < current:
+        if left != current:  # (it grows too: an export's deadline is set after the request was read)
             self.settimeout(left)
 
+    def extend_deadline(self, seconds: float) -> None:
+        """A streamed answer (an export) has ``seconds`` from the request's start, in all."""
+        self._deadline = max(self._deadline, self._started + seconds)
+
+    def _timed_out(self, what: str) -> ConnectionResetError:
+        """The deadline cut this client: one log line, and an error gunicorn drops quietly (its own log of a
+        timeout is a traceback per client)."""
+        if not self._cut and not self._closing:
+            self._cut = True
+            try:
+                peer = self.getpeername()[0]
+            except OSError:
+                peer = None
+            log.warning("client_cut", reason=f"too slow to {what}", peer=peer,
+                        seconds=round(time.monotonic() - self._started, 1))
+        return ConnectionResetError(errno.ECONNRESET, "client too slow")
+
     def recv(self, *args: Any) -> bytes:
-        self._remaining()
-        return super().recv(*args)
+        try:
+            self._remaining()
+            return super().recv(*args)
+        except TimeoutError:
+            raise self._timed_out("send its request") from None
 
     def recv_into(self, *args: Any) -> int:
-        self._remaining()
-        return super().recv_into(*args)
+        try:
+            self._remaining()
+            return super().recv_into(*args)
+        except TimeoutError:
+            raise self._timed_out("send its request") from None
 
     def send(self, *args: Any) -> int:
-        self._remaining()
-        return super().send(*args)
+        try:
+            self._remaining()
+            return super().send(*args)
+        except TimeoutError:
+            raise self._timed_out("take its answer") from None
 
     def sendall(self, *args: Any) -> None:
-        self._remaining()
-        super().sendall(*args)
-        if not self._closing:  # a streamed answer (an export) gets the time again for each part the client took
-            self._deadline = max(self._deadline, time.monotonic() + self.timeout_seconds)
+        try:
+            self._remaining()
+            super().sendall(*args)
+        except TimeoutError:
+            raise self._timed_out("take its answer") from None
 
 
 class Worker(ThreadWorker):  # type: ignore[misc]
@@ -94,8 +125,6 @@ class Worker(ThreadWorker):  # type: ignore[misc]
     its parent (the arbiter), which itself ends with the daemon that started it."""
 
     def accept(self, listener: Any) -> None:
-        import errno
-
         try:
             client, address = listener.accept()
         except OSError as e:
@@ -264,7 +293,8 @@ def build_app(config: Config) -> Any:
                stale_after_days=config.status.stale_after_days,
                silence_days=config.health.silence_days,
                max_age=h.max_age_seconds, stale_while_revalidate=h.stale_while_revalidate_seconds,
-               max_staleness=h.max_staleness_seconds)
+               max_staleness=h.max_staleness_seconds, export_seconds=h.export_timeout_seconds,
+               max_exports=max(1, h.max_exports))
 
 
 def options(config: Config, *, fd: int | None = None) -> dict[str, Any]:
