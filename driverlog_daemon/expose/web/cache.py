@@ -2,7 +2,8 @@
 
 State is what an answer was made from: the records (:mod:`records`), or the database's version, the registry and
 the minute for the routes that read the database themselves. An answer missing from the cache is rendered by one
-request while the others asking for it wait; the answers made from records that were asked for lately are
+request while the others asking for it get the previous answer of that path and query (or wait, when there is
+none); the answers made from records that were asked for lately are
 remembered, so that they can be rendered again before new records are published (:meth:`App._prepare`).
 """
 
@@ -27,17 +28,26 @@ class AnswerCache:
         self.entries, self.recent_entries = entries, recent
         self._answers: OrderedDict[Key, Response] = OrderedDict()
         self._recent: OrderedDict[Asked, Any] = OrderedDict()
+        self._latest: OrderedDict[Asked, Response] = OrderedDict()  # the newest answer of each path and query
         self._rendering: dict[Key, threading.Lock] = {}
         self._lock = threading.Lock()
 
     def answer(self, key: Key, render: Callable[[], Response]) -> Response:
-        """The cached answer for ``key``, else ``render()``'s, kept when it is a 200. Concurrent requests for
-        one missing key render it once."""
+        """The cached answer for ``key`` (``(path, query, *state)``), else ``render()``'s, kept when it is a 200.
+        Concurrent requests for one missing key render it once; while it renders, the others get the previous
+        answer of the same path and query when there is one (made from the state just before), rather than wait.
+        """
         hit = self.lookup(key)
         if hit is not None:
             return hit
+        asked: Asked = (key[0], key[1])
         with self._lock:
-            rendering = self._rendering.setdefault(key, threading.Lock())
+            rendering = self._rendering.get(key)
+            previous = self._latest.get(asked) if rendering is not None else None
+            if rendering is None:
+                rendering = self._rendering[key] = threading.Lock()
+        if previous is not None:
+            return previous
         with rendering:
             hit = self.lookup(key)
             if hit is None:
@@ -60,6 +70,11 @@ class AnswerCache:
             self._answers[key] = response
             while len(self._answers) > self.entries:
                 self._answers.popitem(last=False)
+            asked: Asked = (key[0], key[1])
+            self._latest[asked] = response
+            self._latest.move_to_end(asked)
+            while len(self._latest) > self.entries:
+                self._latest.popitem(last=False)
 
     def asked(self, asked: Asked, how: Any) -> None:
         """Remember that ``asked`` was asked for lately, and ``how`` to answer it again."""
