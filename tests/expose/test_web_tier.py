@@ -422,3 +422,28 @@ def test_exports_have_a_deadline_in_all_and_only_a_few_run_at_once(tmp_path: Pat
             s.close()
     finally:
         t.stop()
+
+
+def test_clients_trickling_their_request_hold_no_thread(tmp_path: Path) -> None:
+    Store(tmp_path / "d.sqlite").close()
+    t = Tier(tmp_path, command="serve", workers=1, threads=4)  # far fewer threads than trickling clients
+    hostile: list[socket.socket] = []
+    try:
+        assert wait_until(t.up, timeout=20)
+        port = t.port
+        for _ in range(20):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"GET / HT")  # and the rest never comes in time
+            hostile.append(s)
+        for _ in range(20):  # each answered at once, though every thread would be held for 10 s otherwise
+            status, _, _ = get(port, "/api/1.0/drivers", timeout=3)
+            assert status == 200
+        for s in hostile:  # they still get their answer once their head is whole
+            s.sendall(b"TP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        for s in hostile:
+            s.settimeout(5)
+            assert s.recv(12).startswith(b"HTTP/1.1 200")
+    finally:
+        for s in hostile:
+            s.close()
+        t.stop()

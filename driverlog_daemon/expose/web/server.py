@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers import gthread
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from driverlog_daemon.config import Config
@@ -35,6 +36,10 @@ from driverlog_daemon.registry.load import Registry, RegistryError, load_registr
 from driverlog_daemon.store import reads, reads_health, reads_history
 
 log = get_logger("driverlog.web")
+
+
+#: A request head larger than this goes to the parser as it is (which refuses what is past its own limits).
+HEAD_PEEK_BYTES = 16384
 
 
 class _DeadlineSocket(socket.socket):
@@ -49,6 +54,7 @@ class _DeadlineSocket(socket.socket):
     _started = 0.0
     _closing = False
     _cut = False
+    head: bytearray | None = None  # what came of the request head before a thread took the connection
 
     def setblocking(self, flag: bool) -> None:
         if flag:
@@ -67,6 +73,8 @@ class _DeadlineSocket(socket.socket):
         if current is None or current == 0:  # non-blocking (the poller's), or no deadline: as it is
             return
         left = self._deadline - time.monotonic()
+        if self._cut:  # a client cut is not waited for again (its close would linger on the worker's main loop)
+            left = 0
         if self._closing:
             left = min(left, self.linger_seconds)
         if left <= 0:
@@ -77,6 +85,29 @@ class _DeadlineSocket(socket.socket):
     def extend_deadline(self, seconds: float) -> None:
         """A streamed answer (an export) has ``seconds`` from the request's start, in all."""
         self._deadline = max(self._deadline, self._started + seconds)
+
+    def take_head(self) -> bool:
+        """Take what the client has sent so far into ``head`` (never waiting); whether the request head is
+        complete (or more than a head's worth came, or the client closed: the parser decides then)."""
+        if self.head is None:
+            self.head = bytearray()
+        while len(self.head) < HEAD_PEEK_BYTES and b"\r\n\r\n" not in self.head:
+            try:
+                data = socket.socket.recv(self, HEAD_PEEK_BYTES - len(self.head), socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return False
+            except OSError:
+                return True  # the parser meets the error and ends the connection its usual way
+            if not data:
+                return True
+            self.head += data
+        return True
+
+    def expired(self) -> bool:
+        return time.monotonic() - self._started >= self.timeout_seconds
+
+    def cut(self, what: str) -> None:
+        self._timed_out(what)
 
     def _timed_out(self, what: str) -> ConnectionResetError:
         """The deadline cut this client: one log line, and an error gunicorn drops quietly (its own log of a
@@ -123,6 +154,24 @@ class _DeadlineSocket(socket.socket):
 class Worker(ThreadWorker):  # type: ignore[misc]
     """gunicorn's threaded worker, with each client connection on a :class:`_DeadlineSocket`; and it ends with
     its parent (the arbiter), which itself ends with the daemon that started it."""
+
+    def handle(self, conn: TConn) -> Any:
+        """A new connection goes to a thread's parser only once its request head has arrived: until then what
+        it sent is taken off the socket into the socket's own buffer (so the poller waits for more, rather than
+        finding it readable again at once) and the connection waits on the poller, holding no thread, until its
+        deadline cuts it. (200 clients trickling their heads held every thread, one after another.)"""
+        sock = conn.sock
+        if not conn.initialized and isinstance(sock, _DeadlineSocket):
+            if not sock.take_head():
+                if sock.expired():
+                    sock.cut("send its request")
+                    return False  # closed by the worker's loop
+                return gthread._DEFER  # back to the poller until more bytes come
+            conn.init()
+            if sock.head:  # the parser reads it first, then the socket
+                conn.parser.unreader.unread(bytes(sock.head))
+                sock.head.clear()
+        return super().handle(conn)
 
     def accept(self, listener: Any) -> None:
         try:
@@ -306,9 +355,9 @@ def options(config: Config, *, fd: int | None = None) -> dict[str, Any]:
         "workers": workers,
         "worker_class": "driverlog_daemon.expose.web.server.Worker",
         "threads": h.threads,
-        # A worker stops accepting while all its threads are busy, so that a connection goes to a worker that
-        # can take it (the other workers keep accepting).
-        "worker_connections": h.threads * 4,
+        # A worker stops accepting past this many connections. One still sending its request head waits on the
+        # poller, holding no thread (``Worker.handle``), so a few hundred of those must not stop it accepting.
+        "worker_connections": max(1000, h.threads * 4),
         # gunicorn's timeout is the workers' heartbeat (a stuck worker is replaced): well above a client's time,
         # so that a slow client is cut before its worker looks stuck.
         "timeout": int(max(3 * h.client_timeout_seconds, 30)),
