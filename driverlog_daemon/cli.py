@@ -328,6 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(only=argv[0] if argv[:1] and argv[0] in COMMANDS else None)
     args = parser.parse_args(argv)
     from driverlog_daemon.config import ConfigError
+    from driverlog_daemon.model import InputError
     from driverlog_daemon.registry.load import RegistryError
     from driverlog_daemon.store.schema import StoreError
 
@@ -341,12 +342,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for error in exc.errors:
             print(f"  {error}", file=sys.stderr)
         return EXIT_INVALID
-    except StoreError as exc:
-        print(f"database error: {exc}", file=sys.stderr)
+    except (StoreError, InputError) as exc:  # "PATH: what is wrong"
+        print(exc, file=sys.stderr)
         return EXIT_INVALID
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as exc:  # a file the command was given or configured with, and what the system said of it
+        print(f"{exc.filename or 'driverlog-daemon'}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_INVALID
     except KeyboardInterrupt:
         return 130
-
-

@@ -290,6 +290,10 @@ def _with_credentials(config: Config, env: Mapping[str, str]) -> Config:
     return config
 
 
+def text_byte(exc: UnicodeDecodeError) -> str:
+    return f"0x{exc.object[exc.start]:02x}" if exc.start < len(exc.object) else "missing"
+
+
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
     """Read ``path`` (the default path may be absent; an explicit one must exist) and apply ``env``."""
     env = os.environ if env is None else env
@@ -301,6 +305,8 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
         if explicit:
             raise ConfigError("config", f"{p}: file not found") from None
         return build_config({}, env, source="(defaults)")
+    except UnicodeDecodeError as exc:
+        raise ConfigError("config", f"{p}: not UTF-8 text (byte {exc.start} is {text_byte(exc)})") from None
     except OSError as exc:
         raise ConfigError("config", f"{p}: cannot read: {exc.strerror or exc}") from None
     import tomllib  # only when there is a file to read
@@ -331,6 +337,19 @@ def check_files(config: Config) -> None:
     db_dir = Path(config.database.path).expanduser().resolve().parent
     if not db_dir.is_dir():
         raise ConfigError("database.path", f"directory {db_dir} does not exist")
+    if not os.access(db_dir, os.W_OK):
+        raise ConfigError("database.path", f"directory {db_dir} is not writable (SQLite writes its WAL beside "
+                          "the file)")
+    for key, port in (("gerrit.port", g.port), ("http.port", config.http.port)):
+        if not 0 <= port <= 65535:
+            raise ConfigError(key, f"must be a TCP port, 0 to 65535, got {port}")
+    if config.http.enabled:
+        import socket
+
+        try:
+            socket.getaddrinfo(config.http.listen, config.http.port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise ConfigError("http.listen", f"{config.http.listen!r} is not an address here: {exc}") from None
 
 
 def _readable(key: str, path: str) -> None:

@@ -151,3 +151,7 @@ class ImportStep(NamedTuple):
     throttled_seconds: float = 0.0
     work: tuple[Work, ...] = ()
     rejudged: int = 0
+
+
+class InputError(Exception):
+    """A file a command was given cannot be read as what it should be: ``PATH: what is wrong``, in one line."""

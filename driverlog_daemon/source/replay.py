@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -17,6 +18,7 @@ from types import FrameType
 from typing import BinaryIO, NamedTuple, NoReturn, TextIO, cast
 
 from driverlog_daemon.match.rules import examine
+from driverlog_daemon.model import InputError
 from driverlog_daemon.parse.changes import ChangeRows
 from driverlog_daemon.parse.scanner import Findings, Scanner
 from driverlog_daemon.registry.load import Registry
@@ -38,6 +40,18 @@ class ReplayReport(NamedTuple):
     bytes_read: int
     seconds: float
     interrupted: bool
+
+
+def _input_problem(exc: BaseException) -> str:
+    if isinstance(exc, EOFError):
+        return "truncated: the compressed data ends before its end marker"
+    if isinstance(exc, (gzip.BadGzipFile, zlib.error)):
+        return f"not a valid gzip file ({exc})"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory, not a recording"
+    if isinstance(exc, OSError):
+        return f"cannot be read: {exc.strerror or exc}"
+    return str(exc)
 
 
 @contextmanager
@@ -255,16 +269,25 @@ def replay(pipeline: Pipeline, path: str, *, progress: TextIO | None = None,
     batches = _Batches(pipeline, committer, batch_rows, total)
     try:
         with pipeline.store.checkpoints_every(CHECKPOINT_PAGES):
+            broken: BaseException | None = None
             try:
-                with open_input(path) as stream:
-                    for findings, size in _findings(pipeline, path, stream, jobs):
-                        done += size
-                        batches.add(findings, done)
-                        if bar:
-                            bar.show(done, pipeline.stats.lines)
-                        if stop:
-                            break
-                batches.close()
+                try:
+                    with open_input(path) as stream:
+                        for findings, size in _findings(pipeline, path, stream, jobs):
+                            done += size
+                            batches.add(findings, done)
+                            if bar:
+                                bar.show(done, pipeline.stats.lines)
+                            if stop:
+                                break
+                except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:  # the input, not the database
+                    broken = exc
+                batches.close()  # what was read before a broken end is recorded all the same
+                if broken is not None:
+                    read = pipeline.stats.lines
+                    raise InputError(f"{path}: {_input_problem(broken)}" + (
+                        f"; the {read:,} lines before it were read and their results recorded" if read else "")
+                    ) from None
             finally:
                 committer.close()  # before the checkpoint setting goes back: the connection is the committer's
     finally:

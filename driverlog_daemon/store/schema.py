@@ -54,18 +54,40 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 
 
 def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
-    """A connection with the project's settings. ``readonly`` opens with ``mode=ro`` (the web side)."""
-    if readonly:
-        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
-                               check_same_thread=False)
-    else:
-        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA foreign_keys = ON")
-    if not readonly:
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
+    """A connection with the project's settings. ``readonly`` opens with ``mode=ro`` (the web side). A file
+    that cannot be a database here is a :class:`StoreError` naming it, in one line."""
+    try:
+        if readonly:
+            conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
+                                   check_same_thread=False)
+        else:
+            conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # reads the header: is it a database?
+        if not readonly:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: {_why(Path(path), exc)}") from None
     return conn
+
+
+def _why(path: Path, exc: sqlite3.Error) -> str:
+    """What is wrong with ``path`` as a database, from what SQLite said."""
+    if path.is_dir():
+        return "is a directory, not a database file"
+    text = str(exc)
+    if "not a database" in text:
+        return "not a SQLite database (a foreign or damaged file: nothing was written to it)"
+    if "readonly" in text or "read-only" in text:
+        return "read-only here: the daemon and replay need to write it (serve, health and export only read)"
+    if "unable to open" in text:
+        where = path.parent
+        if not where.exists():
+            return f"cannot be created: its directory {where} does not exist"
+        return f"cannot be opened or created (is {where} writable?)"
+    return f"cannot be used: {text}"
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

@@ -30,7 +30,11 @@ class WebTier:
         family = socket.AF_INET6 if ":" in listen else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((listen, port))
+        try:
+            self.sock.bind((listen, port))
+        except OSError as exc:  # named, so that startup_failed says which address
+            self.sock.close()
+            raise OSError(exc.errno, f"[http] {listen}:{port}: {exc.strerror or exc}") from None
         self.sock.listen(1024)
         self.sock.set_inheritable(True)
         self.listen, self.port = listen, int(self.sock.getsockname()[1])
