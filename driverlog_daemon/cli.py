@@ -111,7 +111,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     from driverlog_daemon.store import reads_health, schema
 
     config = _config(args)
-    database = Path(config.database.path).expanduser()
+    database = Path(args.database or config.database.path).expanduser()
     if not database.exists():
         print(f"no database at {database} ([database] path)", file=sys.stderr)
         return EXIT_INVALID
@@ -292,6 +292,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                 "is not proven complete that far back). Reads the database read-only: no daemon needed.")
         p.add_argument("--at-risk", action="store_true", help="only the drivers at risk")
         p.add_argument("--json", action="store_true", help="JSON: the API's health object per driver")
+        p.add_argument("--database", metavar="PATH", help="SQLite file (default: [database] path)")
         p.set_defaults(func=cmd_health)
 
     if only in (None, "export"):

@@ -44,6 +44,7 @@ CASES = [
     (("check-config", "--config", "listen.toml"), 2, "http.listen: 'no.such.host.invalid' is not an address"),
     (("health", "--config", "foreign.toml"), 1, "foreign.sqlite: not a SQLite database"),
     (("health", "--config", "folder.toml"), 1, "folder: is a directory, not a database file"),
+    (("health", "--database", "foreign.sqlite"), 1, "foreign.sqlite: not a SQLite database"),
     (("export", "verifications", "--database", "foreign.sqlite"), 1, "foreign.sqlite: not a SQLite database"),
     (("export", "marks", "--database", "folder"), 1, "folder: is a directory, not a database file"),
     (("replay", "--database", "foreign.sqlite", "fake.gz"), 1, "foreign.sqlite: not a SQLite database"),

@@ -424,4 +424,35 @@ def test_alert_rules_pass_promtool() -> None:
     proc = subprocess.run([tool, "check", "rules", str(ROOT / "deploy" / "prometheus" / "alerts.yml")],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 9 rules found" in proc.stdout
+    assert "SUCCESS: 10 rules found" in proc.stdout
+
+
+def test_a_failed_reload_fires_its_alert(tmp_path: Path) -> None:
+    tool = _tool("promtool")
+    description = ("A SIGHUP found an invalid or unreadable registry, or was cancelled with the database busy: the "
+                   "old registry stays in force (registry_reload_failed in the journal says why). Fix the file and "
+                   "reload again.")
+    (tmp_path / "test.yml").write_text(f"""rule_files: ["{ROOT / 'deploy' / 'prometheus' / 'alerts.yml'}"]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'driverlog_registry_reloads_total{{result="error",instance="d"}}'
+        values: '0 0 0 1 1 1'
+      - series: 'driverlog_registry_reloads_total{{result="ok",instance="d"}}'
+        values: '0 1 2 3 4 5'
+    alert_rule_test:
+      - eval_time: 2m
+        alertname: DriverlogRegistryReloadFailed
+        exp_alerts: []
+      - eval_time: 5m
+        alertname: DriverlogRegistryReloadFailed
+        exp_alerts:
+          - exp_labels: {{severity: warning, instance: d, result: error}}
+            exp_annotations:
+              summary: "driverlog-daemon on d refused a registry reload"
+              description: {json.dumps(description)}
+""")
+    proc = subprocess.run([tool, "test", "rules", str(tmp_path / "test.yml")], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
