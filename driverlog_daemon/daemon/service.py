@@ -31,6 +31,7 @@ from driverlog_daemon.expose.runtime import Live
 from driverlog_daemon.expose.web.tier import WebTier
 from driverlog_daemon.expose.webhooks import Deliverer
 from driverlog_daemon.metrics import Metrics
+from driverlog_daemon.registry.checks import DEFAULT_REGISTRY_PATH
 from driverlog_daemon.registry.load import Registry, read_registry
 from driverlog_daemon.source import query
 from driverlog_daemon.source.backfill import Backfiller
@@ -45,6 +46,19 @@ from driverlog_daemon.store.writer import Writer
 log = structlog.get_logger("driverlog.daemon")
 
 STOP_TIMEOUT = 4.0
+
+
+def demo_registry_against_real_gerrit(registry_path: str, gerrit_host: str) -> bool:
+    """The shipped registry (invented vendors, for the demo and the tests) against a Gerrit that is not this
+    machine's: nothing real would ever match, and the page would show fiction."""
+    if not gerrit_host or gerrit_host in ("localhost", "::1") or gerrit_host.startswith("127."):
+        return False
+    try:
+        return Path(registry_path).expanduser().resolve() == DEFAULT_REGISTRY_PATH.resolve()
+    except OSError:
+        return False
+
+
 #: The part of max_queries_per_minute the history import may use: the rest stays for the gap backfills.
 IMPORT_BUDGET_SHARE = 0.75
 WRITER_STALE_SECONDS = 30.0
@@ -67,6 +81,10 @@ class Service:
         self._hand_over_registry(raw)
         self._count_2014_keys(registry)
         g = config.gerrit
+        if demo_registry_against_real_gerrit(config.registry.path, g.host):
+            log.warning("demo_registry_in_use", registry=config.registry.path, gerrit=g.host,
+                        hint="the shipped registry lists invented vendors: point [registry] path at DriverLog's "
+                             "default_data.json (README, Deploying)")
         self.server_name = f"{g.host}:{g.port}" if g.host else ""
         self.clock = clock
         # a worker's command this long on the wire is stuck, for the stall check (5 s to a minute: the stall's scale)

@@ -1,0 +1,32 @@
+"""What a newcomer is told: the shipped demo registry against a real Gerrit is a mistake worth a warning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from structlog.testing import capture_logs
+
+from driverlog_daemon.config import Config, DatabaseConfig, GerritConfig, RegistryConfig
+from driverlog_daemon.daemon.service import Service, demo_registry_against_real_gerrit
+from driverlog_daemon.registry.checks import DEFAULT_REGISTRY_PATH
+
+
+def test_the_demo_registry_is_flagged_only_against_a_gerrit_elsewhere(tmp_path: Path) -> None:
+    shipped = str(DEFAULT_REGISTRY_PATH)
+    assert demo_registry_against_real_gerrit(shipped, "review.opendev.org")
+    assert not demo_registry_against_real_gerrit(shipped, "127.0.0.1")  # the demo and the tests
+    assert not demo_registry_against_real_gerrit(shipped, "")  # no Gerrit: serving a file
+    own = tmp_path / "default_data.json"
+    own.write_text(json.dumps(json.loads(DEFAULT_REGISTRY_PATH.read_text())))
+    assert not demo_registry_against_real_gerrit(str(own), "review.opendev.org")
+
+
+def test_the_daemon_says_so_when_it_starts(tmp_path: Path) -> None:
+    config = Config(gerrit=GerritConfig(host="review.example.org", username="ci", key_file=str(tmp_path / "k")),
+                    registry=RegistryConfig(str(DEFAULT_REGISTRY_PATH)),
+                    database=DatabaseConfig(str(tmp_path / "d.sqlite")))
+    with capture_logs() as logs:
+        service = Service(config, http=False)
+    service.store.close()
+    assert [e for e in logs if e["event"] == "demo_registry_in_use"]
