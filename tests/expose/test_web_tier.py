@@ -447,3 +447,15 @@ def test_clients_trickling_their_request_hold_no_thread(tmp_path: Path) -> None:
         for s in hostile:
             s.close()
         t.stop()
+
+
+def test_the_web_tier_writes_one_log_format(tmp_path: Path) -> None:
+    Store(tmp_path / "d.sqlite").close()
+    t = Tier(tmp_path, command="serve", workers=1)
+    try:
+        assert wait_until(t.up, timeout=20)
+    finally:
+        t.stop()
+    lines = [line for line in t.log_path.read_text().splitlines() if line.strip()]
+    events = [json.loads(line) for line in lines]  # gunicorn's own lines too: JSON, not "[date] [pid] [INFO] …"
+    assert any(e["event"] == "gunicorn" and "Booting worker" in e["message"] for e in events), lines

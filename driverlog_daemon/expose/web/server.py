@@ -365,6 +365,7 @@ def options(config: Config, *, fd: int | None = None) -> dict[str, Any]:
         "keepalive": 5,
         "accesslog": None,
         "errorlog": "-",
+        "logger_class": "driverlog_daemon.expose.web.gunicorn_log.Logger",  # one log format: structlog's
         "loglevel": config.log.level if config.log.level != "debug" else "info",
         "proc_name": "driverlog-web",
         "control_socket_disable": True,  # no control socket: nothing to write
