@@ -231,6 +231,6 @@ def test_the_pages_show_health_search_at_risk_and_the_chart(site: Site) -> None:
     driver_page = site.get(f"/drivers/{did}")[2].decode()
     assert "CI health" in driver_page and "Mark history" in driver_page
     assert "<svg" in driver_page and 'role="img"' in driver_page and "2 passes and 0 failures" not in driver_page
-    assert "1 passes and 1 failures over the last 90 days" in driver_page  # the chart's text alternative
+    assert "1 pass and 1 failure over the last 90 days" in driver_page  # the chart's text alternative
     assert 'class="bar-pass"' in driver_page and 'class="bar-fail"' in driver_page
     assert "style=" not in driver_page  # the CSP allows no inline style: colours come from the stylesheet

@@ -354,3 +354,23 @@ def test_mark_histories_come_a_page_at_a_time(site: Site) -> None:
         [t["id"] for t in everything[:30]] + [t["id"] for t in everything[(first["pages"] - 1) * 30:]])
     page = site.get(f"/drivers/{fc}")[2].decode()
     assert page.count("→ <span class=\"act") == 50 and "?transitions_page=2" in page
+
+
+def test_a_log_url_in_the_evidence_is_a_link_and_nothing_else_is(site: Site) -> None:
+    evidence = ("- acme-fc https://ci.example.org/logs/400/?a=1&b=<2> : FAILURE in 58m, see "
+                "javascript:alert(1) or http://ci.example.org/x.")
+    site.store.commit(Batch("stream", [vote(site.registry, "Acme Volume Driver (FC)", 400, 1, NOW - 100, "failure",
+                                            "Gazpacho", evidence=evidence)]))
+    page = site.get(f"/drivers/{site.driver_id('Acme Volume Driver (FC)')}")[2].decode()
+    assert ('<a href="https://ci.example.org/logs/400/?a=1&amp;b=" rel="noreferrer nofollow">'
+            'https://ci.example.org/logs/400/?a=1&amp;b=</a>&lt;2&gt;') in page  # escaped, cut at the "<"
+    assert '<a href="http://ci.example.org/x" rel="noreferrer nofollow">http://ci.example.org/x</a>.' in page
+    assert 'href="javascript:' not in page and "javascript:alert(1)" in page  # text, never a link
+
+
+def test_releases_run_newest_first_on_every_page(site: Site) -> None:
+    newest_first = [r.id.capitalize() for r in reversed(site.registry.releases)]
+    driver = site.get(f"/drivers/{site.driver_id('Acme Volume Driver (FC)')}")[2].decode()
+    marks = driver.split('class="marks">', 1)[1].split("</dd>", 1)[0]
+    shown = [r for r in newest_first if r in marks]
+    assert len(shown) >= 2 and sorted(shown, key=marks.index) == shown  # the index's order

@@ -70,7 +70,7 @@ class App:
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                                       undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                                       finalize=pages.xml_safe)
-        self.env.filters.update(safe_url=pages.safe_url, utc=pages.utc)
+        self.env.filters.update(safe_url=pages.safe_url, utc=pages.utc, linked=pages.linked)
         self.env.globals.update(ago=self._ago, query_link=pages.query_link, percent=pages.percent,
                                 verification_levels=legacy.VERIFICATION_LEVELS)
         self._local = threading.local()

@@ -7,7 +7,7 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from driverlog_daemon.expose.web import api
 from driverlog_daemon.parse.bounds import utc_text
@@ -64,9 +64,10 @@ def chart(days: Sequence[tuple[int, int, int]]) -> dict[str, Any]:
                      "fail_y": round(CHART_HEIGHT - hp - hf, 1), "fail_h": round(hf, 1)})
     passes, failures = sum(p for _, p, _ in days), sum(f for _, _, f in days)
     busiest = max(days, key=lambda d: d[1] + d[2], default=None)
-    summary = f"{passes} passes and {failures} failures over the last {len(days)} days"
+    summary = f"{counted(passes, 'pass', 'passes')} and {counted(failures, 'failure')} over the last " \
+              f"{counted(len(days), 'day')}"
     if busiest is not None and busiest[1] + busiest[2]:
-        summary += f"; the busiest day had {busiest[1] + busiest[2]} runs"
+        summary += f"; the busiest day had {counted(busiest[1] + busiest[2], 'run')}"
     return {"bars": bars, "width": CHART_WIDTH, "height": CHART_HEIGHT, "summary": summary, "top": top}
 
 
@@ -82,6 +83,28 @@ def xml_safe(value: object) -> object:
         cleaned = _NOT_XML.sub("", value)
         return Markup(cleaned) if isinstance(value, Markup) else cleaned
     return value
+
+
+def counted(n: int, one: str, many: str | None = None) -> str:
+    """``1 failure``, ``2 failures``."""
+    return f"{n:,} {one if n == 1 else many or one + 's'}"
+
+
+_URL = re.compile(r"https?://[^\s<>\"'`]+", re.IGNORECASE)
+
+
+def linked(text: object) -> Markup:
+    """Evidence text with its ``http``/``https`` URLs as links (a CI's log), everything escaped; any other scheme
+    stays text. A URL's trailing punctuation is left outside the link."""
+    text = "" if text is None else str(text)
+    out, at = [], 0
+    for m in _URL.finditer(text):
+        url = m.group(0).rstrip(".,;:)]}")
+        out.append(escape(text[at:m.start()]))
+        out.append(Markup('<a href="{0}" rel="noreferrer nofollow">{0}</a>').format(url))
+        at = m.start() + len(url)
+    out.append(escape(text[at:]))
+    return Markup("").join(out)
 
 
 def safe_url(url: object) -> str | None:
