@@ -122,3 +122,23 @@ def read_state(root: Path) -> DaemonState | None:
         return DaemonState.from_json((root / STATE).read_bytes())
     except OSError:
         return None
+
+
+def live_from_file(reader: Any, importing: str | None) -> Live:
+    """For ``serve`` alone (no daemon beside it): the stream's state as the file last recorded it."""
+    import sqlite3
+
+    from driverlog_daemon.parse.bounds import utc_text
+    from driverlog_daemon.store import reads
+
+    try:
+        with reader.snapshot() as conn:
+            stream = reads.last_stream(conn)
+    except sqlite3.Error:
+        stream = None
+    if stream is None:
+        return Live(gerrit="not configured", importing=importing)
+    server, newest, written, gaps = stream
+    when = utc_text(int(written), "%Y-%m-%d %H:%M UTC")
+    return Live(gerrit=f"{server}, as the file says (no daemon here; written {when})", newest_event_time=newest,
+                open_gap=f"{gaps} open in the file" if gaps else None, importing=importing)

@@ -34,6 +34,16 @@ def cursor(conn: sqlite3.Connection, server: str) -> int | None:
     return None if row is None else int(row[0])
 
 
+def last_stream(conn: sqlite3.Connection) -> tuple[str, int | None, float, int] | None:
+    """The server whose stream the file last recorded: (server, its position, when written, open gaps)."""
+    row = conn.execute("SELECT server, newest_event_time, updated_at FROM stream_state "
+                       "ORDER BY updated_at DESC LIMIT 1").fetchone()
+    if row is None:
+        return None
+    (gaps,) = conn.execute("SELECT count(*) FROM gaps WHERE server = ? AND closed_at IS NULL", (row[0],)).fetchone()
+    return str(row[0]), None if row[1] is None else int(row[1]), float(row[2]), int(gaps)
+
+
 def cursor_stored(conn: sqlite3.Connection, server: str) -> tuple[int, float] | None:
     """The cursor and when it was last written (the daemon's clock)."""
     row = conn.execute("SELECT last_event_time, updated_at FROM stream_state WHERE server = ?", (server,)).fetchone()

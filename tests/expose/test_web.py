@@ -374,3 +374,10 @@ def test_releases_run_newest_first_on_every_page(site: Site) -> None:
     marks = driver.split('class="marks">', 1)[1].split("</dd>", 1)[0]
     shown = [r for r in newest_first if r in marks]
     assert len(shown) >= 2 and sorted(shown, key=marks.index) == shown  # the index's order
+
+
+def test_at_risk_unknown_for_every_driver_is_not_shown_as_zero(site: Site) -> None:
+    drivers = site.json("/api/1.0/drivers")["drivers"]
+    assert all(d["health"] is None or d["health"]["at_risk"] is None for d in drivers)  # a short history
+    page = site.get("/")[2].decode()
+    assert "at risk only (not known yet)" in page and "at risk only (0)" not in page

@@ -459,3 +459,18 @@ def test_the_web_tier_writes_one_log_format(tmp_path: Path) -> None:
     lines = [line for line in t.log_path.read_text().splitlines() if line.strip()]
     events = [json.loads(line) for line in lines]  # gunicorn's own lines too: JSON, not "[date] [pid] [INFO] …"
     assert any(e["event"] == "gunicorn" and "Booting worker" in e["message"] for e in events), lines
+
+
+def test_serve_alone_shows_the_stream_the_file_recorded(tmp_path: Path, registry: Registry) -> None:
+    with Store(tmp_path / "d.sqlite") as store:
+        store.sync_drivers(registry)
+        store.commit(Batch("stream", [], cursor=("review.example.org:29418", NOW - 120)))
+        store.open_gap("review.example.org:29418", NOW - 60, "reconnect")
+    t = Tier(tmp_path, command="serve", workers=1)
+    try:
+        assert wait_until(t.up, timeout=20)
+        page = get(t.port, "/")[2].decode()
+    finally:
+        t.stop()
+    assert "Gerrit: review.example.org:29418, as the file says (no daemon here" in page, page[:2000]
+    assert "Gerrit: not configured" not in page and "none yet" not in page

@@ -46,7 +46,9 @@ def index(records: list[dict[str, Any]], registry: Registry, query: Mapping[str,
     counts = {"drivers": len(records),
               "with_mark": sum(1 for r in records if any(v["ci_tested"] for v in r["releases"].values())),
               "silent": sum(1 for t in accounts.values() if t < stale), "ci_accounts": len(accounts),
-              "at_risk": sum(1 for r in records if r["health"] and r["health"]["at_risk"] is True)}
+              "at_risk": sum(1 for r in records if r["health"] and r["health"]["at_risk"] is True),
+              # with a short history no driver's at-risk is known yet: "0" would say none is
+              "at_risk_known": sum(1 for r in records if r["health"] and r["health"]["at_risk"] is not None)}
     return {"by_project": by_project, "releases": shown_releases, "filters": filters, "counts": counts,
             "vendors": sorted({r["vendor"] for r in records}, key=str.lower)}
 

@@ -333,8 +333,10 @@ def build_app(config: Config) -> Any:
                 importing = reads_history.progress(conn).text()
         except sqlite3.Error:
             importing = None
+        if s is None and root is None:  # `serve` alone: what the file says of the stream that wrote it
+            return runtime.live_from_file(reader, importing)
         if s is None:
-            return Live(gerrit="not configured" if root is None else "unknown", importing=importing)
+            return Live(gerrit="unknown", importing=importing)
         return Live(s.live.gerrit, s.live.newest_event_time, s.live.open_gap, importing)
 
     h = config.http
