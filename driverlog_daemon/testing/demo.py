@@ -28,6 +28,7 @@ from driverlog_daemon.registry.checks import DEFAULT_REGISTRY_PATH
 from driverlog_daemon.registry.load import Registry, load_registry
 from driverlog_daemon.store import reads, schema
 from driverlog_daemon.testing import wait_for
+from driverlog_daemon.testing.events import other_event
 from driverlog_daemon.testing.gerrit import daemon_config, start_in
 from driverlog_daemon.testing.net import free_port
 from driverlog_daemon.testing.samples import sample_events
@@ -151,6 +152,9 @@ class Demo:
             print(f"    drivers {s['drivers']}, verifications {s['verifications']} "
                   f"(by source {s['by_source']}, by result {s['by_result']}), driver_status rows {s['driver_status']}")
             print(f"    changes {s['changes']}, DriverLog marks {s['driver_marks']}")
+            recovered = dict(s["by_source"]).get("backfill", 0)
+            print(f"    backfills recovered {recovered} results the stream did not deliver (the dropped output, "
+                  "the outage) or that came before the daemon started")
             print("  SELECT vendor, driver, release, result, comment_at FROM driverlog_marks (DriverLog's marks):")
             rows = conn.execute("SELECT vendor, driver, release, result, comment_at FROM driverlog_marks "
                                 "ORDER BY comment_at DESC LIMIT 12").fetchall()
@@ -175,10 +179,14 @@ class Demo:
                            ("/healthz", "health")):
             print(f"    {base}{path:<20} {what}")
         deadline = None if seconds is None else time.monotonic() + seconds
+        next_event = time.monotonic()
         try:
             while deadline is None or time.monotonic() < deadline:
                 if self.daemon is not None and self.daemon.poll() is not None:
                     raise SystemExit(f"the daemon exited ({self.daemon.returncode}); see {self.log_path}")
+                if time.monotonic() >= next_event:  # a real Gerrit is never quiet for long: no stall while it serves
+                    self.server.push_event(other_event(created_on=int(time.time())))
+                    next_event = time.monotonic() + 5.0
                 time.sleep(0.2)
         except KeyboardInterrupt:
             print()

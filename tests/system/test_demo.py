@@ -22,6 +22,9 @@ def test_demo_runs_and_records_from_stream_and_backfill(tmp_path: Path) -> None:
     assert m and int(m.group(1)) > 0, out
     assert "'backfill'" in m.group(2) and "'stream'" in m.group(2)
     assert "driverlog_backfills_total{trigger=\"dropped-output\"} 1" in out
+    recovered = re.search(r"backfills recovered (\d+) results", out)
+    assert recovered and int(recovered.group(1)) > 0, out  # the last lines say what the backfills recovered
+    assert "backfill_gap_exceeds_max_age" not in out  # a first start is no gap cut short
     assert re.search(r"http://127\.0\.0\.1:\d+/ +the status page", out)
     conn = sqlite3.connect(work / "driverlog.sqlite")
     try:
