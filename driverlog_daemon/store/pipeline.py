@@ -34,6 +34,9 @@ if TYPE_CHECKING:  # imported when used: replay's start-up need not pay for it
 
 log = get_logger("driverlog.pipeline")
 
+#: malformed lines of one reason logged one by one; past it, only now and then (with the count so far)
+MALFORMED_LOGGED = 5
+
 #: What sqlite3 raises for a value it cannot bind: an integer past 63 bits, a lone surrogate, a type it lacks.
 _UNBINDABLE = (OverflowError, UnicodeEncodeError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
 
@@ -190,7 +193,12 @@ class Pipeline:
         for bad in findings.malformed:
             stats.malformed[bad.reason] += 1
             self.metrics.malformed.labels(bad.reason).inc()
-            log.warning("malformed_line", reason=bad.reason, excerpt=bad.excerpt)
+            n = stats.malformed[bad.reason]
+            # the first few of a reason each, then now and then (a binary file is thousands of them)
+            if n <= MALFORMED_LOGGED or (n & (n - 1) == 0 and n >= 1024) or n % 10_000 == 0:
+                log.warning("malformed_line", reason=bad.reason, excerpt=bad.excerpt,
+                            **({"so_far": n, "hint": "only some are logged; the metric counts them all"}
+                               if n > MALFORMED_LOGGED else {}))
         stats.ci_comments += sum(findings.ci_comments.values())
         stats.unmatched_ci_comments.update(findings.unmatched)
         for account, n in findings.ci_comments.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,15 @@ def test_a_port_in_use_is_named_when_run_cannot_start(tmp_path: Path) -> None:
     assert code == 1 and "Traceback" not in out, out
     failed = [line for line in out.splitlines() if "startup_failed" in line]
     assert failed and f"127.0.0.1:{port}" in failed[0] and "in use" in failed[0], out
+
+
+def test_a_binary_file_is_summarised_not_one_warning_a_line(tmp_path: Path) -> None:
+    (tmp_path / "binary.jsonl").write_bytes(b"".join(bytes([i % 251 + 1]) * 40 + b"\n" for i in range(3000)))
+    (tmp_path / "c.toml").write_text('[database]\npath = "d.sqlite"\n[log]\nformat = "json"\n')
+    code, out = run(tmp_path, "replay", "--config", "c.toml", "binary.jsonl")
+    assert code == 0, out
+    warnings = [line for line in out.splitlines() if "malformed_line" in line]
+    assert 0 < len(warnings) <= 20, len(warnings)
+    summary = next(line for line in out.splitlines() if line.startswith("malformed lines:"))
+    counted = sum(int(n.replace(",", "")) for n in re.findall(r" ([\d,]+)(?:,|$)", summary))
+    assert counted > 2000, summary  # the summary counts every one of them
