@@ -7,6 +7,7 @@ import json
 import re
 import sqlite3
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -381,3 +382,11 @@ def test_at_risk_unknown_for_every_driver_is_not_shown_as_zero(site: Site) -> No
     assert all(d["health"] is None or d["health"]["at_risk"] is None for d in drivers)  # a short history
     page = site.get("/")[2].decode()
     assert "at risk only (not known yet)" in page and "at risk only (0)" not in page
+
+
+def test_the_chart_has_dated_axes(site: Site) -> None:
+    page = site.get(f"/drivers/{site.driver_id('Acme Volume Driver (FC)')}")[2].decode()
+    axis = page.split('<div class="chart-axis">', 1)[1].split("</div>", 1)[0]
+    days = re.findall(r'<time datetime="(\d{4}-\d\d-\d\d)">', axis)
+    today = int(time.time() // 86400)
+    assert days == [time.strftime("%Y-%m-%d", time.gmtime(d * 86400)) for d in (today - 89, today - 44, today)]

@@ -70,7 +70,10 @@ def chart(days: Sequence[tuple[int, int, int]]) -> dict[str, Any]:
               f"{counted(len(days), 'day')}"
     if busiest is not None and busiest[1] + busiest[2]:
         summary += f"; the busiest day had {counted(busiest[1] + busiest[2], 'run')}"
-    return {"bars": bars, "width": CHART_WIDTH, "height": CHART_HEIGHT, "summary": summary, "top": top}
+    # the dates under the bars: the first day, the middle one and today (UTC)
+    axis = [utc_text(days[i][0] * 86400, "%Y-%m-%d") for i in (0, len(days) // 2, len(days) - 1)] if days else []
+    return {"bars": bars, "width": CHART_WIDTH, "height": CHART_HEIGHT, "summary": summary, "top": top,
+            "axis": axis}
 
 
 #: What XML 1.0 forbids in a document (C0 controls but tab, newline and return; lone surrogates; U+FFFE, U+FFFF):
