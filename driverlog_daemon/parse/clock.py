@@ -57,27 +57,33 @@ class GerritClock:
                  wall: Callable[[], float] = time.time) -> None:
         self._monotonic, self._wall = monotonic, wall
         self._offsets: deque[float] = deque(maxlen=WINDOW)  # last stamp minus monotonic read time, per block
+        # their median once enough were seen, written by the one thread that observes: the others (the backfill
+        # worker asks ``now``) read this float and never iterate a deque that thread appends to
+        self._middle: float | None = None
 
     def observe(self, stamp: int, read_at: float) -> int:
         """A block's last stamp, read at ``read_at`` (monotonic): the position it proves. The stamp itself when
         it is within the slack of where Gerrit's clock should be, else that estimate (what the stream has shown
         up to now, stamped right)."""
         self._offsets.append(stamp - read_at)
-        estimate = read_at + _median(self._offsets)
+        middle = _median(self._offsets)
+        estimate = read_at + middle
         if len(self._offsets) < MIN_SAMPLES:
             estimate = min(estimate, self._wall() - (self._monotonic() - read_at))
+        else:
+            self._middle = middle
         return stamp if stamp <= estimate + SLACK_SECONDS else int(estimate)
 
     @property
     def known(self) -> bool:
-        return len(self._offsets) >= MIN_SAMPLES
+        return self._middle is not None
 
     def offset(self) -> float | None:
         """Gerrit's clock minus the daemon's wall clock, in seconds (None until enough blocks were seen)."""
-        if not self.known:
-            return None
-        return _median(self._offsets) + self._monotonic() - self._wall()
+        middle = self._middle
+        return None if middle is None else middle + self._monotonic() - self._wall()
 
     def now(self) -> float | None:
         """Gerrit's time now, by the offset (None until enough blocks were seen)."""
-        return self._monotonic() + _median(self._offsets) if self.known else None
+        middle = self._middle
+        return None if middle is None else self._monotonic() + middle

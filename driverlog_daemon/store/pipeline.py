@@ -169,14 +169,13 @@ class Pipeline:
         if stamp is None or not in_time_range(stamp):
             return
         clock = self.gerrit_clock
-        known = clock.known
         into.position = clock.observe(stamp, read_at)
         offset = clock.offset()
         if offset is None:
             return
         self.metrics.gerrit_clock_offset.set(round(offset))
         skewed = abs(offset) > SKEW_WARNING_SECONDS
-        if skewed != self._skewed or (skewed and not known):
+        if skewed != self._skewed:
             self._skewed = skewed
             log.warning("gerrit_clock_offset", offset_seconds=round(offset), skewed=skewed,
                         hint="Gerrit's clock and this host's differ: check NTP on both (the cursor follows "
