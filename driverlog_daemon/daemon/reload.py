@@ -36,12 +36,13 @@ class Reloads:
 
     def __init__(self, writer: Writer, metrics: Metrics, settings: Callable[[], HistorySettings],
                  applied: Callable[[Registry, bytes, Applied | None], None], *, timeout: float = RELOAD_TIMEOUT,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, in_force: Callable[[], Registry] | None = None) -> None:
         self.writer, self.metrics, self.settings, self.applied = writer, metrics, settings, applied
+        self.in_force = in_force  # the registry kept when a file is refused (named in the log)
         self.timeout, self.clock = timeout, clock
         self._lock = threading.Lock()
-        self._pending: tuple[Future[Applied | None], float] | None = None
-        self._why_cancelled: dict[int, str] = {}
+        # the reload in flight: its future, when it was queued, and why it was cancelled (said before cancel())
+        self._pending: tuple[Future[Applied | None], float, list[str]] | None = None
 
     def request(self, path: str) -> Future[Applied | None] | None:
         """Read and validate ``path``, then queue it for the writer; the reload's future, or None when it was
@@ -49,7 +50,8 @@ class Reloads:
         try:
             registry, raw = read_registry(path, remember=True)
         except RegistryError as exc:
-            self._failed(path, errors=exc.errors[:20], error_count=len(exc.errors))
+            kept = self.in_force().summary() if self.in_force is not None else None
+            self._failed(path, errors=exc.errors[:20], error_count=len(exc.errors), kept=kept)
             return None
         except Exception as exc:  # unreadable: the old registry stays
             self._failed(path, error=f"{type(exc).__name__}: {exc}")
@@ -60,9 +62,10 @@ class Reloads:
         except queue.Full:
             self._failed(path, error="the writer's queue is full (the database is busy?): nothing applied")
             return None
+        why: list[str] = []
         with self._lock:
-            self._pending = (future, self.clock())
-        future.add_done_callback(lambda f: self._ended(f, path, registry, raw))
+            self._pending = (future, self.clock(), why)
+        future.add_done_callback(lambda f: self._ended(f, path, registry, raw, why))
         return future
 
     def check(self) -> None:
@@ -75,19 +78,18 @@ class Reloads:
     def _cancel(self, why: str) -> None:
         with self._lock:
             pending, self._pending = self._pending, None
-            if pending is not None:
-                self._why_cancelled[id(pending[0])] = why
-        if pending is not None and not pending[0].cancel():  # taken up already: it ends as applied or failed
-            with self._lock:
-                self._why_cancelled.pop(id(pending[0]), None)
+        if pending is not None:
+            future, _, reasons = pending
+            reasons.append(why)
+            future.cancel()  # False when taken up already: it then ends as applied or failed
 
-    def _ended(self, future: Future[Applied | None], path: str, registry: Registry, raw: bytes) -> None:
+    def _ended(self, future: Future[Applied | None], path: str, registry: Registry, raw: bytes,
+               why: list[str]) -> None:
         with self._lock:
             if self._pending is not None and self._pending[0] is future:
                 self._pending = None
-            why = self._why_cancelled.pop(id(future), "cancelled")
         if future.cancelled():
-            self._failed(path, error=f"cancelled: {why}; nothing applied")
+            self._failed(path, error=f"cancelled: {why[0] if why else 'cancelled'}; nothing applied")
             return
         error = future.exception()
         if error is not None:

@@ -116,7 +116,8 @@ class Service:
                                  retry_cap=max(g.reconnect_max_delay_seconds, 0.1))
         if applied.import_id is not None:
             log.info("history_import_planned", import_id=applied.import_id, first=first_start)
-        self.reloads = Reloads(self.writer, self.metrics, self._history_settings, self._reloaded)
+        self.reloads = Reloads(self.writer, self.metrics, self._history_settings, self._reloaded,
+                               in_force=lambda: self.pipeline.registry)
         self.listener: StreamListener | None = None
         if g.host:
             hooks = StreamHooks(deliver=self.writer.put_block, connected=self._connected,
