@@ -9,45 +9,43 @@ from driverlog_daemon.expose.web.cache import AnswerCache
 from driverlog_daemon.expose.web.responses import Response, text_response
 
 
+class SlowRender:
+    """A render that says when it has started and ends when the test lets it, counting how often it ran."""
+
+    def __init__(self, body: str) -> None:
+        self.body, self.renders = body, 0
+        self.started, self.finish = threading.Event(), threading.Event()
+
+    def __call__(self) -> Response:
+        self.renders += 1
+        self.started.set()
+        assert self.finish.wait(10)
+        return text_response("200 OK", self.body)
+
+
 def test_while_a_new_state_renders_the_others_get_the_previous_answer() -> None:
     cache = AnswerCache()
     old = cache.answer(("/", (), 1), lambda: text_response("200 OK", "state 1"))
-    started, finish = threading.Event(), threading.Event()
-    renders: list[int] = []
-
-    def slow() -> Response:
-        renders.append(2)
-        started.set()
-        assert finish.wait(10)
-        return text_response("200 OK", "state 2")
-
+    slow = SlowRender("state 2")
     with ThreadPoolExecutor(4) as pool:
         first = pool.submit(cache.answer, ("/", (), 2), slow)
-        assert started.wait(5)
+        assert slow.started.wait(5)
         others = [pool.submit(cache.answer, ("/", (), 2), slow) for _ in range(3)]
         assert [o.result(timeout=5) for o in others] == [old] * 3  # not waiting for the render
         assert cache.answer(("/", (("q", "x"),), 2), lambda: text_response("200 OK", "other")).body == b"other\n"
-        finish.set()
+        slow.finish.set()
         assert first.result(timeout=5).body == b"state 2\n"
-    assert renders == [2]  # rendered once
+    assert slow.renders == 1  # rendered once
     assert cache.answer(("/", (), 2), slow).body == b"state 2\n"
 
 
 def test_with_no_previous_answer_the_others_wait_for_the_one_render() -> None:
     cache = AnswerCache()
-    started, finish = threading.Event(), threading.Event()
-    renders: list[int] = []
-
-    def slow() -> Response:
-        renders.append(1)
-        started.set()
-        assert finish.wait(10)
-        return text_response("200 OK", "first")
-
+    slow = SlowRender("first")
     with ThreadPoolExecutor(3) as pool:
         first = pool.submit(cache.answer, ("/a", (), 1), slow)
-        assert started.wait(5)
+        assert slow.started.wait(5)
         second = pool.submit(cache.answer, ("/a", (), 1), slow)
-        finish.set()
+        slow.finish.set()
         assert first.result(timeout=5).body == second.result(timeout=5).body == b"first\n"
-    assert renders == [1]
+    assert slow.renders == 1
