@@ -146,6 +146,10 @@ def test_drivers_api_has_upstreams_shape_and_ours(site: Site) -> None:
     assert fc["releases_info"][0] == {"release_id": "caracal", "name": "Caracal",
                                       "wiki": "https://releases.openstack.org/caracal/"}
     assert fc["latest"]["change_number"] == 101 and fc["latest"]["result"] == "failure"
+    # one spelling of a release id in every answer: DriverLog's, the lower-case keys of ``releases``
+    assert fc["latest"]["release"] in fc["releases"]
+    history = site.json(f"/api/1.0/drivers/{fc['id']}/history")["transitions"]
+    assert history and all(t["release"] in fc["releases"] for t in history)
     assert fc["status"] == "passing"  # the mark, not the latest work-in-progress failure
     assert fc["maintainers"] == [{"name": "Jane Dev", "launchpad_id": "jdev"}]
     statuses = {d["name"]: d["status"] for d in drivers}

@@ -80,7 +80,7 @@ def driver_record(driver: Driver, row: DriverRow | None, registry: Registry, now
     record["latest"] = None if latest is None else {
         "result": latest.result, "comment": latest.evidence, "timestamp": latest.comment_time,
         "review_url": latest.review_url, "change_number": latest.change_number, "patch_set": latest.patch_set,
-        "release": latest.release or None}
+        "release": latest.release.lower() if latest.release else None}  # one spelling: DriverLog's map keys
     record["status"] = status(row, driver, now, stale_after_days)
     record["health"] = health if driver.ci is not None else None
     return record
