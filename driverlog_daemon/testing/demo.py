@@ -1,7 +1,7 @@
 """``driverlog-daemon demo``: the real daemon against the project's Gerrit SSH test server, on loopback.
 
-It makes keys and a known_hosts file in a work folder, starts the test server with a few days of CI history
-(which the daemon's first backfill imports), runs ``driverlog-daemon run`` as a subprocess with the shipped
+It makes keys and a known_hosts file in a work folder, starts the test server with three weeks of history
+(which the daemon's first start imports), runs ``driverlog-daemon run`` as a subprocess with the shipped
 registry, feeds the server a realistic live stream (with a ``dropped-output`` and a short outage on the way,
 both repaired by backfill), then shows what the daemon recorded — its log, the database — and keeps serving
 the status page, the API, badges, ``/metrics`` and ``/healthz`` on 127.0.0.1 until Ctrl-C (or ``--serve-seconds``).
@@ -30,8 +30,11 @@ from driverlog_daemon.store import reads, schema
 from driverlog_daemon.testing import wait_for
 from driverlog_daemon.testing.events import other_event
 from driverlog_daemon.testing.gerrit import daemon_config, start_in
+from driverlog_daemon.testing.history import history
 from driverlog_daemon.testing.net import free_port
 from driverlog_daemon.testing.samples import sample_events
+
+HISTORY_DAYS, HISTORY_CHANGES = 21, 300  # past at-risk's 14 days, so every health measure has a value
 
 
 def _say(text: str) -> None:
@@ -60,20 +63,33 @@ class Demo:
         self.daemon: subprocess.Popen[bytes] | None = None
         self.subscribed = set(GerritConfig().subscribe)
         self.pushed = 0
+        self.recorded: list[dict[str, Any]] = []  # everything Gerrit saw, streamed or not: saved for replay
+        self.lost: list[dict[str, Any]] = []  # the CI results the stream never delivered (dropped, the outage)
 
     # ---------------------------------------------------------------------------------------- steps
 
-    def seed_history(self, count: int) -> None:
-        """CI results of the last three days; most of their changes merged at the patch set the CI voted on,
-        an hour later (the first backfill learns both, so the page shows marks from the start)."""
-        now = int(time.time())
-        for i, ev in enumerate(_ci_only(self.registry, count, seed=7, start=now - 3 * 86400)):
-            self.server.record_only(ev)
-            if i % 4 != 3:
-                change = {**ev["change"], "status": "MERGED"}
-                self.server.record_only({"type": "change-merged", "change": change, "patchSet": ev["patchSet"],
-                                         "submitter": {"name": "Core Reviewer", "username": "core"},
-                                         "eventCreatedOn": min(now - 60, int(ev["eventCreatedOn"]) + 3600)})
+    def seed_history(self, days: int, changes: int) -> None:
+        """``days`` of Gerrit before now: changes of the review projects (and of one other), their CI results
+        with rechecks, merges and abandons. The first start imports them as history, so the page has marks and
+        every CI health measure (which reach back 7 to 90 days, at-risk 14) from the start."""
+        for ev in history(self.registry, days=days, changes=changes, end=int(time.time()) - 600):
+            self._record(ev)
+
+    def _record(self, event: dict[str, Any]) -> None:
+        self.recorded.append(event)
+        self.server.record_only(event)
+
+    def _push(self, event: dict[str, Any]) -> None:
+        self.recorded.append(event)
+        self.server.push_event(event)
+
+    def save_recording(self) -> Path:
+        """What Gerrit saw, as ``gerrit stream-events`` lines in time order: ``replay`` reads it."""
+        path = self.work / "gerrit-events.jsonl"
+        with path.open("w") as out:
+            for ev in sorted(self.recorded, key=lambda e: int(e["eventCreatedOn"])):
+                out.write(json.dumps(ev, separators=(",", ":")) + "\n")
+        return path
 
     def start_daemon(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DRIVERLOG_", "NOTIFY_SOCKET"))}
@@ -93,7 +109,8 @@ class Demo:
             if i == third:
                 _say("Gerrit's queue overflows: 3 CI results are discarded, then {\"type\":\"dropped-output\"}")
                 for lost in _ci_only(self.registry, 3, seed=21, start=int(ev["eventCreatedOn"])):
-                    self.server.record_only(lost)
+                    self._record(lost)
+                    self.lost.append(lost)
                 self.server.push_raw(b'{"type":"dropped-output"}\n')
                 self.pushed += 1
             if i == 2 * third:
@@ -103,9 +120,10 @@ class Demo:
                 self.server.refuse_connections(outage)
                 self.server.drop_connections()
                 for lost in _ci_only(self.registry, 3, seed=31, start=int(ev["eventCreatedOn"])):
-                    self.server.record_only(lost)
+                    self._record(lost)
+                    self.lost.append(lost)
                 self._wait(lambda: self.server.stream_count >= 1, 30, "the daemon to reconnect")
-            self.server.push_event(ev)
+            self._push(ev)
             if ev["type"] in self.subscribed:  # the server filters the rest out, as Gerrit does for -s
                 self.pushed += 1
             time.sleep(pace)
@@ -125,6 +143,12 @@ class Demo:
                            and ('"backfill_done"' in raw or '"backfill_failed"' in raw))
             return started > 0 and finished >= started
         self._wait(done, 60, "the backfills to finish")
+
+    def wait_history_imported(self) -> None:
+        def imported() -> bool:
+            body = self._get("/healthz")
+            return body is not None and not json.loads(body).get("history", {}).get("importing", True)
+        self._wait(imported, 120, "the history import to finish")
 
     # -------------------------------------------------------------------------------------- showing
 
@@ -152,9 +176,14 @@ class Demo:
             print(f"    drivers {s['drivers']}, verifications {s['verifications']} "
                   f"(by source {s['by_source']}, by result {s['by_result']}), driver_status rows {s['driver_status']}")
             print(f"    changes {s['changes']}, DriverLog marks {s['driver_marks']}")
-            recovered = dict(s["by_source"]).get("backfill", 0)
-            print(f"    backfills recovered {recovered} results the stream did not deliver (the dropped output, "
-                  "the outage) or that came before the daemon started")
+            lost = {(e["change"]["number"], e["patchSet"]["number"]): int(e["eventCreatedOn"]) for e in self.lost}
+            recovered = sum(1 for number, ps, at in conn.execute(  # a message's time is its event's, give or take
+                "SELECT change_number, patch_set, comment_time FROM verifications WHERE source = 'backfill'")
+                if abs(lost.get((number, ps), -99) - at) <= 5)
+            imported = dict(s["by_source"]).get("backfill", 0) - recovered
+            print(f"    backfills recovered {recovered} results from the {len(self.lost)} CI comments the stream "
+                  f"did not deliver (the dropped output, the outage); the first start imported {imported} more "
+                  f"from the {HISTORY_DAYS} days before it")
             print("  SELECT vendor, driver, release, result, comment_at FROM driverlog_marks (DriverLog's marks):")
             rows = conn.execute("SELECT vendor, driver, release, result, comment_at FROM driverlog_marks "
                                 "ORDER BY comment_at DESC LIMIT 12").fetchall()
@@ -162,6 +191,9 @@ class Demo:
                 print(f"    {vendor[:22]:<22} {driver[:34]:<34} {release or '-':<10} {result:<8} {at}")
         finally:
             conn.close()
+        recording = self.save_recording()
+        _say(f"what Gerrit saw, as stream-events lines: {recording}")
+        print(f"    try: .venv/bin/driverlog-daemon replay {recording} --database {self.work / 'replayed.sqlite'}")
         m = self._metrics()
         _say("metrics (a few of them)")
         for key in sorted(m):
@@ -185,7 +217,7 @@ class Demo:
                 if self.daemon is not None and self.daemon.poll() is not None:
                     raise SystemExit(f"the daemon exited ({self.daemon.returncode}); see {self.log_path}")
                 if time.monotonic() >= next_event:  # a real Gerrit is never quiet for long: no stall while it serves
-                    self.server.push_event(other_event(created_on=int(time.time())))
+                    self._push(other_event(created_on=int(time.time())))
                     next_event = time.monotonic() + 5.0
                 time.sleep(0.2)
         except KeyboardInterrupt:
@@ -201,6 +233,7 @@ class Demo:
                 self.daemon.kill()
                 code = 1
         self.server.stop()
+        self.save_recording()
         _say(f"daemon stopped (exit status {code}); the database stays in {self.db}")
         return code
 
@@ -246,14 +279,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)  # the test server's side of dropped connections
     demo = Demo(Path(args.work).resolve(), args.port, Path(args.registry))
     try:
-        _say(f"Gerrit SSH test server on {demo.server.host}:{demo.server.port} with 3 days of CI history")
-        demo.seed_history(40)
+        _say(f"Gerrit SSH test server on {demo.server.host}:{demo.server.port} with {HISTORY_DAYS} days of history")
+        demo.seed_history(HISTORY_DAYS, HISTORY_CHANGES)
         _say(f"starting: driverlog-daemon run --config {demo.config}")
         demo.start_daemon()
         _say(f"streaming {args.events} live events (about 15% CI results from the registry's CI accounts)")
         demo.feed(args.events, args.pace, args.outage_seconds)
         demo.wait_caught_up()
         demo.wait_backfills_done()
+        demo.wait_history_imported()
         demo.show()
         demo.serve(serve)
     finally:
