@@ -75,14 +75,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 130 if report.interrupted else EXIT_OK
 
 
-def _checked_config(args: argparse.Namespace, remember: bool = False) -> tuple[Config, str]:
+def _checked_config(args: argparse.Namespace, remember: bool = False, writes: bool = True) -> tuple[Config, str]:
     """Configuration, its files and its registry, checked as ``run`` needs them; ConfigError names the key.
     ``remember``: trust a registry already found valid (``run``; ``check-config`` checks it again)."""
     from driverlog_daemon.config import ConfigError, check_files
     from driverlog_daemon.registry.load import RegistryError, load_registry
 
     config = _config(args)
-    check_files(config)
+    check_files(config, writes=writes)
     try:
         registry = load_registry(config.registry.path, remember=remember)
     except RegistryError as exc:
@@ -194,7 +194,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from driverlog_daemon import logs
 
-    config, _ = _checked_config(args, remember=True)
+    config, _ = _checked_config(args, remember=True, writes=False)
     logs.configure(config.log.level, config.log.format)
     own_metrics = None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # alone: the workers' metrics meet in a folder of its own

@@ -318,8 +318,9 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
     return build_config(data, env, source=str(p))
 
 
-def check_files(config: Config) -> None:
-    """The checks ``run`` makes before it starts: files it will need exist and are readable."""
+def check_files(config: Config, *, writes: bool = True) -> None:
+    """The checks ``run`` makes before it starts: files it will need exist and are readable, and (``writes``) the
+    database's directory is writable; ``serve`` only reads, a copy on read-only media too."""
     g = config.gerrit
     if g.host:
         if not g.username:
@@ -337,7 +338,7 @@ def check_files(config: Config) -> None:
     db_dir = Path(config.database.path).expanduser().resolve().parent
     if not db_dir.is_dir():
         raise ConfigError("database.path", f"directory {db_dir} does not exist")
-    if not os.access(db_dir, os.W_OK):
+    if writes and not os.access(db_dir, os.W_OK):
         raise ConfigError("database.path", f"directory {db_dir} is not writable (SQLite writes its WAL beside "
                           "the file)")
     for key, port in (("gerrit.port", g.port), ("http.port", config.http.port)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -57,20 +58,52 @@ def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
     """A connection with the project's settings. ``readonly`` opens with ``mode=ro`` (the web side). A file
     that cannot be a database here is a :class:`StoreError` naming it, in one line."""
     try:
-        if readonly:
-            conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
-                                   check_same_thread=False)
-        else:
-            conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        if not readonly:
+            conn = _open(str(path), uri=False)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            return conn
+        uri = Path(path).resolve().as_uri()
+        try:
+            return _open(f"{uri}?mode=ro", uri=True)
+        except sqlite3.OperationalError as exc:
+            if "unable to open" not in str(exc) or not _immutable_copy(Path(path)):
+                raise
+            # Read-only media: a WAL file's reader needs its -shm beside it, which cannot be made there. Nobody can
+            # write a file there either, so it cannot change: what SQLite's immutable=1 asks of the caller.
+            return _open(f"{uri}?immutable=1", uri=True)
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: {_why(Path(path), exc)}") from None
+
+
+def _open(target: str, *, uri: bool) -> sqlite3.Connection:
+    conn = sqlite3.connect(target, uri=uri, isolation_level=None, check_same_thread=False)
+    try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # reads the header: is it a database?
-        if not readonly:
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-    except sqlite3.Error as exc:
-        raise StoreError(f"{path}: {_why(Path(path), exc)}") from None
+    except sqlite3.Error:
+        conn.close()
+        raise
     return conn
+
+
+def _read_only_media(path: Path) -> bool:
+    """Whether ``path`` is on a file system mounted read-only (not merely a directory this user cannot write: its
+    owner may be writing the file, and an immutable reader would then read torn pages)."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _immutable_copy(path: Path) -> bool:
+    """Whether ``path`` is a database file on read-only media, with no -wal beside it holding commits (immutable
+    mode would read the file without them: a wrong answer, where refusing is a clear one)."""
+    if not path.is_file() or not _read_only_media(path):
+        return False
+    wal = Path(f"{path}-wal")
+    return not wal.exists() or wal.stat().st_size == 0
 
 
 def _why(path: Path, exc: sqlite3.Error) -> str:
@@ -84,6 +117,9 @@ def _why(path: Path, exc: sqlite3.Error) -> str:
         return "read-only here: the daemon and replay need to write it (serve, health and export only read)"
     if "unable to open" in text:
         where = path.parent
+        if path.is_file() and Path(f"{path}-wal").is_file() and _read_only_media(path):
+            return (f"read-only here with commits in {path.name}-wal beside it, which only a writable place can "
+                    f"apply: copy the file and its -wal to a writable place and open the copy")
         if not where.exists():
             return f"cannot be created: its directory {where} does not exist"
         return f"cannot be opened or created (is {where} writable?)"

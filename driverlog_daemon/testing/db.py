@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +49,22 @@ def write_merged_history(conn: sqlite3.Connection, d: Any, rows: list[tuple[int,
                         merged_patch_set, merged_time, last_update_time)
                         VALUES (?, ?, 'master', 'MERGED', ?, 1, 1, ?, ?)""",
                      (number, d.review_project, merged_at, merged_at, merged_at))
+
+
+READ_ONLY_MOUNT = 'mount --bind -o ro "$0" "$0" && exec "$@"'
+
+
+def read_only_media(folder: Path) -> list[str] | None:
+    """A command prefix that runs a program with ``folder`` mounted read-only, as a copy on read-only media is (in
+    a mount namespace of its own: the rest of the machine still sees it writable, and root cannot write it either,
+    unlike a mode that root ignores); None where this machine cannot make one (no ``unshare``, no privilege)."""
+    for unshare in (["unshare", "-m"], ["unshare", "-rm"]):  # as root; else in a user namespace of its own
+        try:
+            probe = subprocess.run([*unshare, "sh", "-c", READ_ONLY_MOUNT, str(folder), "sh", "-c",
+                                    'touch "$0/.probe" 2>/dev/null && exit 3 || exit 0', str(folder)],
+                                   capture_output=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if probe.returncode == 0:
+            return [*unshare, "sh", "-c", READ_ONLY_MOUNT, str(folder)]
+    return None

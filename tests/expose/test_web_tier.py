@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import pytest
 from driverlog_daemon.registry.load import Registry
 from driverlog_daemon.store.store import Batch, Store
 from driverlog_daemon.testing import DATA, ROOT, wait_until
+from driverlog_daemon.testing.db import read_only_media
 from driverlog_daemon.testing.net import free_port, http_get
 from driverlog_daemon.testing.site import NOW, merged, vote
 
@@ -45,9 +46,10 @@ def processes_with(marker: str) -> list[int]:
 class Tier:
     """``driverlog-daemon run`` with no Gerrit (or ``serve`` alone) as a subprocess on a port of its own."""
 
-    def __init__(self, tmp: Path, command: str = "run", port: int = 0, **http: object) -> None:
-        self.tmp, self.command = tmp, command
-        self.db = tmp / "d.sqlite"
+    def __init__(self, tmp: Path, command: str = "run", port: int = 0, database: Path | None = None,
+                 wrap: Sequence[str] = (), **http: object) -> None:
+        self.tmp, self.command, self.wrap = tmp, command, list(wrap)
+        self.db = database or tmp / "d.sqlite"
         self.config = tmp / f"driverlog-{command}.toml"
         more = "".join(f"{k} = {json.dumps(v)}\n" for k, v in http.items())
         self.config.write_text(f'[registry]\npath = "{DATA}"\n[database]\npath = "{self.db}"\n'
@@ -59,7 +61,7 @@ class Tier:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DRIVERLOG_", "PROMETHEUS_", "NOTIFY_"))}
         env["DRIVERLOG_CACHE_DIR"] = os.environ.get("DRIVERLOG_CACHE_DIR", "")
         self.log = self.log_path.open("a")
-        self.proc = subprocess.Popen([sys.executable, "-m", "driverlog_daemon", self.command, "--config",
+        self.proc = subprocess.Popen([*self.wrap, sys.executable, "-m", "driverlog_daemon", self.command, "--config",
                                       str(self.config)], env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      cwd=self.tmp)
 
@@ -459,6 +461,25 @@ def test_the_web_tier_writes_one_log_format(tmp_path: Path) -> None:
     lines = [line for line in t.log_path.read_text().splitlines() if line.strip()]
     events = [json.loads(line) for line in lines]  # gunicorn's own lines too: JSON, not "[date] [pid] [INFO] …"
     assert any(e["event"] == "gunicorn" and "Booting worker" in e["message"] for e in events), lines
+
+
+def test_serve_alone_reads_a_copy_on_read_only_media(tmp_path: Path, registry: Registry) -> None:
+    media = tmp_path / "media"
+    media.mkdir()
+    with Store(media / "d.sqlite") as store:
+        store.sync_drivers(registry)
+    wrap = read_only_media(media)
+    if wrap is None:
+        pytest.skip("cannot mount a folder read-only here (needs `unshare -m` as root, or user namespaces)")
+    t = Tier(tmp_path, command="serve", workers=1, database=media / "d.sqlite", wrap=wrap)
+    try:
+        assert wait_until(t.up, timeout=20), t.log_path.read_text()
+        status, _, body = get(t.port, "/api/1.0/drivers?release_id=gazpacho,flamingo,zed")
+        page = get(t.port, "/")[0]
+    finally:
+        t.stop()
+    assert status == 200 and page == 200 and len(json.loads(body)["drivers"]) > 1
+    assert [p.name for p in media.iterdir()] == ["d.sqlite"]
 
 
 def test_serve_alone_shows_the_stream_the_file_recorded(tmp_path: Path, registry: Registry) -> None:
