@@ -75,14 +75,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 130 if report.interrupted else EXIT_OK
 
 
-def _checked_config(args: argparse.Namespace, remember: bool = False, writes: bool = True) -> tuple[Config, str]:
+def _checked_config(args: argparse.Namespace, remember: bool = False, writes: bool = True,
+                    before_start: bool = False) -> tuple[Config, str]:
     """Configuration, its files and its registry, checked as ``run`` needs them; ConfigError names the key.
-    ``remember``: trust a registry already found valid (``run``; ``check-config`` checks it again)."""
+    ``remember``: trust a registry already found valid (``run``; ``check-config`` checks it again). Notes (what
+    is not wrong but not there yet) go to stderr."""
     from driverlog_daemon.config import ConfigError, check_files
     from driverlog_daemon.registry.load import RegistryError, load_registry
 
     config = _config(args)
-    check_files(config, writes=writes)
+    for note in check_files(config, writes=writes, before_start=before_start):
+        print(f"note: {note}", file=sys.stderr)
     try:
         registry = load_registry(config.registry.path, remember=remember)
     except RegistryError as exc:
@@ -92,7 +95,7 @@ def _checked_config(args: argparse.Namespace, remember: bool = False, writes: bo
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config, summary = _checked_config(args)
+    config, summary = _checked_config(args, before_start=True)
     print(f"# effective configuration (from {config.source}, then DRIVERLOG_* environment variables)")
     for section, values in config.redacted().items():
         print("[[webhook]]" if section.startswith("webhook ") else f"[{section}]")

@@ -318,9 +318,12 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
     return build_config(data, env, source=str(p))
 
 
-def check_files(config: Config, *, writes: bool = True) -> None:
+def check_files(config: Config, *, writes: bool = True, before_start: bool = False) -> list[str]:
     """The checks ``run`` makes before it starts: files it will need exist and are readable, and (``writes``) the
-    database's directory is writable; ``serve`` only reads, a copy on read-only media too."""
+    database's directory is writable; ``serve`` only reads, a copy on read-only media too. ``before_start``
+    (``check-config``): a database directory not made yet is a note, not an error, since systemd's
+    ``StateDirectory=`` makes it as the service starts. Returns the notes."""
+    notes: list[str] = []
     g = config.gerrit
     if g.host:
         if not g.username:
@@ -336,9 +339,12 @@ def check_files(config: Config, *, writes: bool = True) -> None:
     for hook in config.webhooks:
         webhook_secret(hook)
     db_dir = Path(config.database.path).expanduser().resolve().parent
-    if not db_dir.is_dir():
+    if not db_dir.is_dir() and before_start and db_dir.parent.is_dir():
+        notes.append(f"database.path: directory {db_dir} does not exist yet: systemd's StateDirectory= makes it as "
+                     "the service starts; without systemd, make it, writable by the daemon's user")
+    elif not db_dir.is_dir():
         raise ConfigError("database.path", f"directory {db_dir} does not exist")
-    if writes and not os.access(db_dir, os.W_OK):
+    elif writes and not os.access(db_dir, os.W_OK):
         raise ConfigError("database.path", f"directory {db_dir} is not writable (SQLite writes its WAL beside "
                           "the file)")
     for key, port in (("gerrit.port", g.port), ("http.port", config.http.port)):
@@ -351,6 +357,7 @@ def check_files(config: Config, *, writes: bool = True) -> None:
             socket.getaddrinfo(config.http.listen, config.http.port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as exc:
             raise ConfigError("http.listen", f"{config.http.listen!r} is not an address here: {exc}") from None
+    return notes
 
 
 def _readable(key: str, path: str) -> None:

@@ -162,7 +162,11 @@ def read_registry(path: str | Path, *, remember: bool = False, strict: bool = Fa
     if not remember or strict:
         return parse_registry(data, source=source, strict=strict), data
     marker = _validated_marker(data)
-    if marker is not None and marker.exists():
+    try:
+        known = marker is not None and marker.exists()
+    except OSError:  # a cache this user cannot even look into (another's HOME): the checks are run, that is all
+        known = False
+    if known:
         return _build(json.loads(data), source), data
     registry = parse_registry(data, source=source)
     if marker is not None:

@@ -1,7 +1,8 @@
 """Test and demo tools, shipped like ``structlog.testing``: the Gerrit SSH test server (``gerrit``), events as Gerrit
 writes them (``events``), generators of streams and histories (``samples``, ``history``), the fault scenarios
 (``faults``), the in-process service (``harness``), the web side's data (``site``), a database file read from
-outside (``db``), loopback networking (``net``, ``http``, ``receiver``), headless Chromium (``browser``) — and polling with a deadline, here.
+outside (``db``), loopback networking (``net``, ``http``, ``receiver``), headless Chromium (``browser``) — and
+polling with a deadline, here.
 
 Nothing in the daemon's pipeline imports this package.
 """

@@ -188,3 +188,17 @@ def test_the_cache_can_be_turned_off_and_a_broken_one_costs_only_the_checks(tmp_
     monkeypatch.setenv("DRIVERLOG_CACHE_DIR", str(blocker))  # cannot be created: checked every time, no error
     assert load_registry(DATA, remember=True).summary()
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_cache_this_user_cannot_look_into_costs_only_the_checks(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # Another user's HOME (a service's user with root's environment): looking is refused, which only root's
+    # tests cannot cause, so the refusal is stood in for.
+    import driverlog_daemon.registry.load as load
+
+    class Unreadable(type(tmp_path)):  # type: ignore[misc]
+        def exists(self, **_: object) -> bool:
+            raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(load, "_validated_marker", lambda data: Unreadable(tmp_path / "cache" / "registry-valid-x"))
+    assert load_registry(DATA, remember=True).summary()
