@@ -106,6 +106,9 @@ def _immutable_copy(path: Path) -> bool:
     return not wal.exists() or wal.stat().st_size == 0
 
 
+READ_ONLY = "read-only here: the daemon and replay need to write it (serve, health and export only read)"
+
+
 def _why(path: Path, exc: sqlite3.Error) -> str:
     """What is wrong with ``path`` as a database, from what SQLite said."""
     if path.is_dir():
@@ -114,12 +117,14 @@ def _why(path: Path, exc: sqlite3.Error) -> str:
     if "not a database" in text:
         return "not a SQLite database (a foreign or damaged file: nothing was written to it)"
     if "readonly" in text or "read-only" in text:
-        return "read-only here: the daemon and replay need to write it (serve, health and export only read)"
+        return READ_ONLY
     if "unable to open" in text:
         where = path.parent
         if path.is_file() and Path(f"{path}-wal").is_file() and _read_only_media(path):
             return (f"read-only here with commits in {path.name}-wal beside it, which only a writable place can "
                     f"apply: copy the file and its -wal to a writable place and open the copy")
+        if path.is_file() and _read_only_media(path):
+            return READ_ONLY
         if not where.exists():
             return f"cannot be created: its directory {where} does not exist"
         return f"cannot be opened or created (is {where} writable?)"

@@ -67,3 +67,19 @@ def test_a_copy_whose_wal_holds_commits_is_refused_in_one_line(media: tuple[Path
     code, out = run(wrap, "health", "--database", str(db))
     assert code == 1 and out.count("\n") == 1 and "Traceback" not in out, out
     assert out.startswith(f"{db}: read-only here with commits in driverlog.sqlite-wal"), out
+
+
+def test_the_commands_that_write_refuse_read_only_media_in_one_line(media: tuple[Path, list[str]],
+                                                                      tmp_path: Path) -> None:
+    folder, wrap = media
+    db = folder / "driverlog.sqlite"
+    recording = tmp_path / "events.jsonl"
+    recording.write_text("")
+    code, out = run(wrap, "replay", str(recording), "--database", str(db))
+    assert code == 1 and out == f"{db}: read-only here: the daemon and replay need to write it (serve, health and " \
+                                "export only read)\n", out
+    config = tmp_path / "run.toml"
+    config.write_text(f'[database]\npath = "{folder / "new.sqlite"}"\n[http]\nenabled = false\n')
+    code, out = run(wrap, "run", "--config", str(config))
+    assert code == 2 and out.count("\n") == 1 and "Traceback" not in out, out
+    assert f"database.path: directory {folder} is not writable" in out, out
