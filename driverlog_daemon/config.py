@@ -357,7 +357,25 @@ def check_files(config: Config, *, writes: bool = True, before_start: bool = Fal
             socket.getaddrinfo(config.http.listen, config.http.port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as exc:
             raise ConfigError("http.listen", f"{config.http.listen!r} is not an address here: {exc}") from None
+        if before_start and config.http.port:
+            notes.extend(_port_in_use(config.http.listen, config.http.port))
     return notes
+
+
+def _port_in_use(listen: str, port: int) -> list[str]:
+    """A note when ``listen``:``port`` cannot be bound now: ``run`` would fail to start, unless what holds it is
+    the daemon this configuration already runs (so a note, not an error)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in listen else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the web tier binds it
+        try:
+            probe.bind((listen, port))
+        except OSError as exc:
+            return [f"http.port: {listen}:{port} cannot be bound now ({exc.strerror or exc}): in use by this "
+                    "daemon already running, or run will not start"]
+    return []
 
 
 def _readable(key: str, path: str) -> None:

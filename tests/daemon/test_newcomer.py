@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from structlog.testing import capture_logs
@@ -30,3 +31,22 @@ def test_the_daemon_says_so_when_it_starts(tmp_path: Path) -> None:
         service = Service(config, http=False)
     service.store.close()
     assert [e for e in logs if e["event"] == "demo_registry_in_use"]
+
+
+def test_check_config_notes_an_http_port_that_cannot_be_bound_now(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        config = tmp_path / "c.toml"
+        config.write_text(f'[database]\npath = "{tmp_path / "d.sqlite"}"\n[http]\nport = {port}\n')
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DRIVERLOG_")}
+        done = subprocess.run([sys.executable, "-m", "driverlog_daemon", "check-config", "--config", str(config)],
+                              capture_output=True, text=True, timeout=60, check=False, env=env)
+    assert done.returncode == 0 and done.stdout.rstrip().endswith("ok"), done.stdout + done.stderr
+    assert done.stderr == (f"note: http.port: 127.0.0.1:{port} cannot be bound now (Address already in use): in "
+                           "use by this daemon already running, or run will not start\n")
