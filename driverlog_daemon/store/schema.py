@@ -120,11 +120,11 @@ def _why(path: Path, exc: sqlite3.Error) -> str:
         return READ_ONLY
     if "unable to open" in text:
         where = path.parent
-        if path.is_file() and Path(f"{path}-wal").is_file() and _read_only_media(path):
+        if path.is_file() and _read_only_media(path):  # _immutable_copy refused it: a -wal with commits, or not
+            if not Path(f"{path}-wal").is_file():
+                return READ_ONLY
             return (f"read-only here with commits in {path.name}-wal beside it, which only a writable place can "
                     f"apply: copy the file and its -wal to a writable place and open the copy")
-        if path.is_file() and _read_only_media(path):
-            return READ_ONLY
         if not where.exists():
             return f"cannot be created: its directory {where} does not exist"
         return f"cannot be opened or created (is {where} writable?)"

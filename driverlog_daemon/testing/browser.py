@@ -36,7 +36,7 @@ PROBE = """(() => {
   const labelled = [...document.querySelectorAll('td[data-label]')];
   const shown = labelled.filter(td => getComputedStyle(td, '::before').content.includes(td.dataset.label));
   return {width, scroll_width: document.documentElement.scrollWidth, overflowing: over.slice(0, 20),
-          labelled: labelled.length, labels_shown: shown.length, height: document.documentElement.scrollHeight};
+          labelled: labelled.length, labels_shown: shown.length};
 })()"""
 
 
@@ -101,7 +101,7 @@ class Browser:
 
     def layout(self) -> dict[str, Any]:
         """``width``, ``scroll_width``, ``overflowing`` (elements past the right edge), ``labelled`` and
-        ``labels_shown`` (table cells with a ``data-label``, and those showing it), ``height``."""
+        ``labels_shown`` (table cells with a ``data-label``, and those showing it)."""
         answer = self.call("Runtime.evaluate", {"expression": PROBE, "returnByValue": True})
         value: dict[str, Any] = answer["result"]["value"]
         return value

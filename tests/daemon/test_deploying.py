@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -92,15 +93,11 @@ class Scratch:
         program = (f"import re,pathlib;p=pathlib.Path({str(config)!r});t=p.read_text()\n"
                    f"for a,b in {edits!r}.items(): t=re.sub(a,b,t,count=1,flags=re.M)\n"
                    f"p.write_text(re.sub(r'\"/(etc|var)/', lambda m: '\"{self.root}/'+m.group(1)+'/', t))")
-        return f"{sys.executable} -c {shlex_quote(program)}"
+        return f"{sys.executable} -c {shlex.quote(program)}"
 
 
 def unprivileged(line: str) -> str:
     return re.sub(r"(^|\|\s*|&&\s*)sudo ", r"\1", line)
-
-
-def shlex_quote(text: str) -> str:
-    return "'" + text.replace("'", "'\"'\"'") + "'"
 
 
 @pytest.fixture
@@ -182,8 +179,9 @@ def test_the_deploying_steps_work_as_written(open_tmp: Path, tmp_path: Path, ger
     credentials = open_tmp / "credentials"
     credentials.mkdir()
     shutil.copy(etc / "gerrit-key", credentials / "gerrit-key")
-    for path in (state, credentials, credentials / "gerrit-key"):
-        os.chown(path, user, user) if os.geteuid() == 0 else None
+    if os.geteuid() == 0:
+        for path in (state, credentials, credentials / "gerrit-key"):
+            os.chown(path, user, user)
     gerrit.server.authorized_keys.append(paramiko.PKey.from_path(etc / "gerrit-key"))  # "add gerrit-key.pub"
     unit_env = dict(re.findall(r"^Environment=(\w+)=(.*)$", unit, re.M))
     env.update({k: scratch.path(v) for k, v in unit_env.items()}, CREDENTIALS_DIRECTORY=str(credentials))
