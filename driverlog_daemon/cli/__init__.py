@@ -3,217 +3,29 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from driverlog_daemon import __version__
-from driverlog_daemon.parse.bounds import utc_text
-
-if TYPE_CHECKING:
-    from driverlog_daemon.config import Config
+from driverlog_daemon.cli.commands import (
+    EXIT_CONFIG,
+    EXIT_INVALID,
+    EXIT_OK,
+    cmd_check_config,
+    cmd_replay,
+    cmd_run,
+    cmd_serve,
+    cmd_validate,
+)
+from driverlog_daemon.cli.reading import cmd_export, cmd_health, cmd_registry_diff
 
 # Each command imports what it uses when it runs: `--help`, `--version` and a short command start in a blink.
 
-EXIT_OK, EXIT_INVALID, EXIT_CONFIG = 0, 1, 2
+__all__ = ["COMMANDS", "EXIT_CONFIG", "EXIT_INVALID", "EXIT_OK", "build_parser", "main"]
 
 
-def _config(args: argparse.Namespace) -> Config:
-    from driverlog_daemon.config import load_config
-
-    return load_config(getattr(args, "config", None) or os.environ.get("DRIVERLOG_CONFIG"))
-
-
-def cmd_validate(args: argparse.Namespace) -> int:
-    from driverlog_daemon.registry.load import RegistryError, read_registry
-
-    path = args.path or _config(args).registry.path
-    try:
-        registry, data = read_registry(path, strict=args.strict)
-    except RegistryError as exc:
-        for error in exc.errors:
-            print(f"{exc.source}: {error}" if error.startswith(("file not", "is a dir", "cannot read"))
-                  else error, file=sys.stderr)
-        return EXIT_INVALID
-    for note in registry.legacy:
-        print(f"warning: {note}", file=sys.stderr)
-    if args.upgrade:
-        import json
-
-        from driverlog_daemon.registry.legacy import upgrade
-
-        json.dump(upgrade(json.loads(data)), sys.stdout, indent=4, ensure_ascii=False)
-        sys.stdout.write("\n")
-        print(f"upgraded: {registry.summary()}, {len(registry.legacy)} 2014 keys replaced", file=sys.stderr)
-        return EXIT_OK
-    legacy = f", {len(registry.legacy)} 2014 keys (see the warnings)" if registry.legacy else ""
-    print(f"ok: {registry.summary()}{legacy}")
-    return EXIT_OK
-
-
-def cmd_replay(args: argparse.Namespace) -> int:
-    from driverlog_daemon import logs
-    from driverlog_daemon.registry.load import load_registry
-    from driverlog_daemon.source.replay import default_jobs, format_report, replay
-    from driverlog_daemon.store.pipeline import UNMEASURED, Pipeline
-    from driverlog_daemon.store.store import Store
-
-    config = _config(args)
-    logs.configure_on_first_use(config.log.level, config.log.format)
-    registry = load_registry(args.registry or config.registry.path, remember=True)
-    if args.file != "-" and not os.path.exists(args.file):
-        print(f"{args.file}: file not found", file=sys.stderr)
-        return EXIT_INVALID
-    with Store(args.database or config.database.path) as store:
-        pipeline = Pipeline(registry, store, metrics=UNMEASURED)
-        progress = sys.stderr if sys.stderr.isatty() and not args.quiet else None
-        report = replay(pipeline, args.file, progress=progress, batch_rows=args.batch_rows,
-                        jobs=args.jobs or default_jobs())
-        print(format_report(pipeline, report))
-    return 130 if report.interrupted else EXIT_OK
-
-
-def _checked_config(args: argparse.Namespace, remember: bool = False, writes: bool = True,
-                    before_start: bool = False) -> tuple[Config, str]:
-    """Configuration, its files and its registry, checked as ``run`` needs them; ConfigError names the key.
-    ``remember``: trust a registry already found valid (``run``; ``check-config`` checks it again). Notes (what
-    is not wrong but not there yet) go to stderr."""
-    from driverlog_daemon.config import ConfigError, check_files
-    from driverlog_daemon.registry.load import RegistryError, load_registry
-
-    config = _config(args)
-    for note in check_files(config, writes=writes, before_start=before_start):
-        print(f"note: {note}", file=sys.stderr)
-    try:
-        registry = load_registry(config.registry.path, remember=remember)
-    except RegistryError as exc:
-        raise ConfigError("registry.path", f"{config.registry.path} is not a valid registry: "
-                          + "; ".join(exc.errors[:10]) + (" …" if len(exc.errors) > 10 else "")) from None
-    return config, registry.summary()
-
-
-def cmd_check_config(args: argparse.Namespace) -> int:
-    config, summary = _checked_config(args, before_start=True)
-    print(f"# effective configuration (from {config.source}, then DRIVERLOG_* environment variables)")
-    for section, values in config.redacted().items():
-        print("[[webhook]]" if section.startswith("webhook ") else f"[{section}]")
-        for key, value in values.items():
-            print(f"{key} = {json.dumps(list(value) if isinstance(value, tuple) else value, ensure_ascii=False)}")
-        print()
-    print(f"# registry: {summary}")
-    print("ok")
-    return EXIT_OK
-
-
-def cmd_health(args: argparse.Namespace) -> int:
-    import time
-    from pathlib import Path
-
-    from driverlog_daemon.store import reads_health, schema
-
-    config = _config(args)
-    database = Path(args.database or config.database.path).expanduser()
-    if not database.exists():
-        print(f"no database at {database} ([database] path)", file=sys.stderr)
-        return EXIT_INVALID
-    conn = schema.connect(database, readonly=True)
-    now = time.time()
-    healths = reads_health.registered_ci_health(conn, now, config.health.silence_days)
-    rows = [((v, n, a), h) for (_, v, n, a), h in healths if not args.at_risk or h["at_risk"] is True]
-    rows.sort(key=lambda r: (r[0][0].lower(), r[0][1].lower()))
-    if args.json:
-        print(json.dumps([{"vendor": v, "driver": n, "ci_account": a, "health": h} for (v, n, a), h in rows],
-                         indent=1))
-        return EXIT_OK
-
-    def pct(x: float | None) -> str:
-        return "—" if x is None else f"{x:.0%}"
-
-    def when(t: int | None) -> str:
-        return "never" if t is None else utc_text(t, "%Y-%m-%d")
-
-    print(f"{'vendor':<22} {'driver':<40} {'runs 30d':>8} {'pass 30d':>8} {'coverage 30d':>13} {'last success':>12} "
-          f"at risk")
-    for (vendor, name, _), h in rows:
-        cov = h["coverage"]
-        risk = {True: "yes", False: "no", None: "unknown"}[h["at_risk"]]
-        coverage = f"{pct(cov['ratio'])} of {cov['merged']}"
-        print(f"{vendor[:22]:<22} {name[:40]:<40} {h['runs']['30']:>8} {pct(h['pass_rate']['30']):>8} "
-              f"{coverage:>13} {when(h['last_success']):>12} {risk}")
-    return EXIT_OK
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from driverlog_daemon.expose import export
-    from driverlog_daemon.store import schema
-
-    database = Path(args.database or _config(args).database.path).expanduser()
-    if not database.exists():
-        print(f"no database at {database} ([database] path)", file=sys.stderr)
-        return EXIT_INVALID
-    try:
-        since, until = export.window(args.since, args.until)
-    except ValueError as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_INVALID
-    conn = schema.connect(database, readonly=True)
-    conn.execute("BEGIN")  # one snapshot, however long the export
-    out = sys.stdout.buffer
-    for chunk in export.as_csv(conn, args.what, driver_id=args.driver, since=since, until=until):
-        out.write(chunk)
-    out.flush()
-    return EXIT_OK
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from driverlog_daemon import logs
-    from driverlog_daemon.expose import runtime
-
-    config, _ = _checked_config(args, remember=True)
-    logs.configure(config.log.level, config.log.format)
-    # Before prometheus_client is imported: the daemon's metrics and its web tier's (its own child, or a
-    # separate `serve`) meet in the runtime directory, beside the daemon's live state.
-    root, fresh = runtime.prepare()
-    created = root if fresh else None
-    from driverlog_daemon.daemon.run import run
-
-    try:
-        return run(config)
-    finally:
-        if created is not None:
-            import shutil
-
-            shutil.rmtree(created, ignore_errors=True)
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    import os
-    import shutil
-    import tempfile
-
-    from driverlog_daemon import logs
-
-    config, _ = _checked_config(args, remember=True, writes=False)
-    logs.configure(config.log.level, config.log.format)
-    own_metrics = None
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # alone: the workers' metrics meet in a folder of its own
-        own_metrics = tempfile.mkdtemp(prefix="driverlog-serve-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_metrics  # before prometheus_client is imported
-    from driverlog_daemon.expose.web.server import serve
-
-    arbiter = os.getpid()
-    try:
-        return serve(config, fd=args.fd)
-    finally:  # gunicorn's workers are forks that leave through here too: only the arbiter cleans up
-        if own_metrics is not None and os.getpid() == arbiter:
-            shutil.rmtree(own_metrics, ignore_errors=True)
-
-
-COMMANDS = ("validate", "replay", "run", "serve", "health", "export", "check-config", "demo")
+COMMANDS = ("validate", "registry", "replay", "run", "serve", "health", "export", "check-config", "demo")
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -255,6 +67,20 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--upgrade", action="store_true",
                        help="print the registry in today's form (2014 keys replaced, same drivers, same meaning)")
         p.set_defaults(func=cmd_validate)
+
+    if only in (None, "registry"):
+        p = add("registry", "compare registries: what a proposed change does",
+                "registry diff OLD NEW: the drivers added, removed and changed (with the fields), the releases "
+                "and projects, and the CI bindings judged again, one line each naming it; with --database, read-only, "
+                "the marks that would appear, change or vanish and how each changed binding's kept comments would "
+                "be judged. Exits as diff(1): 0 no change, 1 changes, 2 an invalid registry or no database.")
+        verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+        d = verbs.add_parser("diff", help="what NEW changes against OLD", formatter_class=_Formatter)
+        d.add_argument("old", metavar="OLD", help="the registry in force (a file)")
+        d.add_argument("new", metavar="NEW", help="the proposed registry (a file)")
+        d.add_argument("--database", metavar="PATH", help="SQLite file: judge its kept comments under NEW")
+        d.add_argument("--json", action="store_true", help="JSON: the same, as /api/1.0/registry gives a diff")
+        d.set_defaults(func=cmd_registry_diff)
 
     if only in (None, "replay"):
         p = add("replay", "feed a recorded event stream into the database",
