@@ -26,6 +26,7 @@ from driverlog_daemon.expose.runtime import Live
 from driverlog_daemon.expose.web import api, badge, pages
 from driverlog_daemon.expose.web.cache import AnswerCache, Key
 from driverlog_daemon.expose.web.records import Records, RecordsKeeper
+from driverlog_daemon.expose.web.registry_view import RegistryView
 from driverlog_daemon.expose.web.responses import (
     GZIP_MIN_BYTES,
     Held,
@@ -39,7 +40,7 @@ from driverlog_daemon.expose.web.responses import (
 from driverlog_daemon.expose.web.routing import Handler, HttpMetrics, Route, Router
 from driverlog_daemon.registry import legacy
 from driverlog_daemon.registry.load import Registry
-from driverlog_daemon.store import reads, reads_health, reads_history
+from driverlog_daemon.store import reads, reads_health, reads_history, reads_registry
 
 ProcessHealth = Callable[[], tuple[bool, dict[str, Any]]]
 
@@ -77,6 +78,7 @@ class App:
         self.cache = AnswerCache()
         self.keeper = RecordsKeeper(self.reader, registry, self._build_records, max_staleness=max_staleness,
                                     clock=clock, prepare=self._prepare)
+        self.registry_view = RegistryView(self.reader, self._html, lambda: process_health()[1].get("registry_fetch"))
         self.router = Router(self.routes(), metrics, self.cache, self._state, self._render)
 
     def routes(self) -> list[Route]:
@@ -105,6 +107,8 @@ class App:
              ("limit", "after", "driver", "since")),
             (r"/api/1\.0/ingestion", "/api/1.0/ingestion", self.api_ingestion, "database", ("limit",)),
             (r"/ingestion", "/ingestion", self.page_ingestion, "database", ("limit",)),
+            (r"/registry", "/registry", self.registry_view.page, "database", ("limit",)),
+            (r"/api/1\.0/registry", "/api/1.0/registry", self.registry_view.api, "database", ("limit",)),
             (r"/feed\.atom", "/feed.atom", self.feed_all, "database", filters),
             (r"/drivers/(\d+)/feed\.atom", "/drivers/<id>/feed.atom", self.feed_driver, "database", ()),
             (r"/export/(marks)\.csv", "/export/marks.csv", self.export_csv, None, ("driver", "since", "until")),
@@ -201,12 +205,13 @@ class App:
             transitions, transitions_total = reads_health.transitions(
                 conn, int(driver_id), limit=HISTORY_PAGE, offset=(transitions_page - 1) * HISTORY_PAGE)
             chart = pages.chart(reads_health.daily(conn, int(driver_id), now))
+            entry = reads_registry.entry_changes(conn).get(known[0])
         return self._html("driver.html", record=record, key=known[0], removed=known[1], history=history,
                           page=page, pages=max(1, -(-total // HISTORY_PAGE)), total=total, driver_id=int(driver_id),
                           registry=registry, missed=missed, transitions=transitions, chart=chart,
                           transitions_page=transitions_page,
                           transitions_pages=max(1, -(-transitions_total // HISTORY_PAGE)),
-                          silence_days=self.silence_days)
+                          silence_days=self.silence_days, entry=entry)
 
     # ------------------------------------------------------------------------------------------ feeds
 
