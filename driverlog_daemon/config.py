@@ -45,6 +45,11 @@ class GerritConfig(NamedTuple):
 
 class RegistryConfig(NamedTuple):
     path: str = str(DEFAULT_REGISTRY_PATH)
+    url: str = ""  # https://, http:// or file://: the registry's source, read instead of path (docs/registry.md)
+    refresh_seconds: float = 300.0  # the url asked again this often (conditionally; 0: only at start, on follow)
+    follow_project: str = ""  # a change merged in this Gerrit project (x/driverlog) has the url asked at once
+    timeout_seconds: float = 30.0  # an answer must be whole within this
+    max_bytes: int = 16 * 1024 * 1024  # a larger answer is refused
 
 
 class DatabaseConfig(NamedTuple):
@@ -221,6 +226,14 @@ def build_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None, 
         config = config._replace(**{section_name: section._replace(**{key: coerced})})
     if config.http.threads < 1:
         raise ConfigError("http.threads", f"must be at least 1, got {config.http.threads}")
+    r = config.registry
+    if r.url and (urlsplit(r.url).scheme not in ("http", "https", "file") or (not urlsplit(r.url).netloc
+                  and urlsplit(r.url).scheme != "file")):
+        raise ConfigError("registry.url", f"must be an https://, http:// or file:// URL, got {r.url!r}")
+    if r.follow_project and not r.url:
+        raise ConfigError("registry.follow_project", "needs registry.url (a merge there has the url asked again)")
+    if r.refresh_seconds < 0 or r.timeout_seconds <= 0 or r.max_bytes <= 0:
+        raise ConfigError("registry.refresh_seconds", "refresh_seconds ≥ 0, timeout_seconds and max_bytes > 0")
     return _with_credentials(config, env or {})
 
 
@@ -335,7 +348,8 @@ def check_files(config: Config, *, writes: bool = True, before_start: bool = Fal
         known = Path(g.known_hosts).expanduser()
         if g.host_key_policy == "strict" or known.exists():
             _readable("gerrit.known_hosts", str(known))
-    _readable("registry.path", config.registry.path)
+    if not config.registry.url:
+        _readable("registry.path", config.registry.path)
     for hook in config.webhooks:
         webhook_secret(hook)
     db_dir = Path(config.database.path).expanduser().resolve().parent

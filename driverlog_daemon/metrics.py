@@ -165,6 +165,8 @@ class Metrics(_Watching):
         # registry
         self.registry_reloads = Counter("driverlog_registry_reloads", "Registry reloads, by result.",
                                         ["result"], registry=r)
+        self.registry_fetches = Counter("driverlog_registry_fetches", "Answers of the registry URL, by result.",
+                                        ["result"], registry=r)
         self.registry_drivers, self.registry_ci_accounts = _registry_size(r)
 
     def count_events(self, by_type: Mapping[str, int]) -> None:

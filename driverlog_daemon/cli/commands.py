@@ -79,12 +79,25 @@ def _checked_config(args: argparse.Namespace, remember: bool = False, writes: bo
     from driverlog_daemon.registry.load import RegistryError, load_registry
 
     config = configuration(args)
+    if config.registry.url and not writes and "DRIVERLOG_REGISTRY_PATH" not in os.environ:
+        # `serve` alone does not ask the URL: it shows the copy the daemon kept of it beside the database
+        from driverlog_daemon.source.registry_source import kept_copy
+
+        config = config._replace(registry=config.registry._replace(path=str(kept_copy(config)), url=""))
     for note in check_files(config, writes=writes, before_start=before_start):
         print(f"note: {note}", file=sys.stderr)
+    key, where = ("registry.url", config.registry.url) if config.registry.url and writes else (
+        "registry.path", config.registry.path)
     try:
-        registry = load_registry(config.registry.path, remember=remember)
+        if key == "registry.url":  # as `run` will: the URL, else the copy kept
+            from driverlog_daemon.daemon.registry_follow import initial
+            from driverlog_daemon.source.registry_source import RegistrySource, kept_copy
+
+            registry = initial(config, RegistrySource(config.registry, kept_copy(config).parent))[0]
+        else:
+            registry = load_registry(config.registry.path, remember=remember)
     except RegistryError as exc:
-        raise ConfigError("registry.path", f"{config.registry.path} is not a valid registry: "
+        raise ConfigError(key, f"{where} is not a valid registry: "
                           + "; ".join(exc.errors[:10]) + (" …" if len(exc.errors) > 10 else "")) from None
     return config, registry.summary()
 

@@ -50,12 +50,20 @@ class Reloads:
         try:
             registry, raw = read_registry(path, remember=True)
         except RegistryError as exc:
-            kept = self.in_force().summary() if self.in_force is not None else None
-            self._failed(path, errors=exc.errors[:20], error_count=len(exc.errors), kept=kept)
+            self.refused(path, exc)
             return None
         except Exception as exc:  # unreadable: the old registry stays
             self._failed(path, error=f"{type(exc).__name__}: {exc}")
             return None
+        return self.submit(registry, raw, path)
+
+    def refused(self, path: str, exc: RegistryError) -> None:
+        """A registry that failed the checks: logged and counted; the one in force stays."""
+        kept = self.in_force().summary() if self.in_force is not None else None
+        self._failed(path, errors=exc.errors[:20], error_count=len(exc.errors), kept=kept)
+
+    def submit(self, registry: Registry, raw: bytes, path: str) -> Future[Applied | None] | None:
+        """Queue a registry that passed the checks (read from ``path``, a file or a URL) for the writer."""
         self._cancel("a newer SIGHUP superseded it")
         try:
             future = self.writer.reload(registry, raw, self.settings(), timeout=1.0)

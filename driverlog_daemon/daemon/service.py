@@ -24,6 +24,7 @@ import paramiko
 import structlog
 
 from driverlog_daemon.config import Config, webhook_secret
+from driverlog_daemon.daemon import registry_follow
 from driverlog_daemon.daemon.reload import Reloads
 from driverlog_daemon.daemon.systemd import Notifier, gap_text, status_line
 from driverlog_daemon.expose import runtime
@@ -31,11 +32,11 @@ from driverlog_daemon.expose.runtime import Live
 from driverlog_daemon.expose.web.tier import WebTier
 from driverlog_daemon.expose.webhooks import Deliverer
 from driverlog_daemon.metrics import Metrics
-from driverlog_daemon.registry.checks import DEFAULT_REGISTRY_PATH
-from driverlog_daemon.registry.load import Registry, read_registry
+from driverlog_daemon.registry.load import Registry
 from driverlog_daemon.source import query
 from driverlog_daemon.source.backfill import Backfiller
 from driverlog_daemon.source.history import Importer
+from driverlog_daemon.source.registry_source import RegistrySource, kept_copy
 from driverlog_daemon.source.stream import Backoff, StreamHooks, StreamListener
 from driverlog_daemon.store import reads, reads_history
 from driverlog_daemon.store.pipeline import Pipeline
@@ -46,17 +47,6 @@ from driverlog_daemon.store.writer import Writer
 log = structlog.get_logger("driverlog.daemon")
 
 STOP_TIMEOUT = 4.0
-
-
-def demo_registry_against_real_gerrit(registry_path: str, gerrit_host: str) -> bool:
-    """The shipped registry (invented vendors, for the demo and the tests) against a Gerrit that is not this
-    machine's: nothing real would ever match, and the page would show fiction."""
-    if not gerrit_host or gerrit_host in ("localhost", "::1") or gerrit_host.startswith("127."):
-        return False
-    try:
-        return Path(registry_path).expanduser().resolve() == DEFAULT_REGISTRY_PATH.resolve()
-    except OSError:
-        return False
 
 
 #: The part of max_queries_per_minute the history import may use: the rest stays for the gap backfills.
@@ -77,14 +67,13 @@ class Service:
         self.notifier = notifier or Notifier("")
         self.stop_event = threading.Event()
         self.runtime_dir = runtime.current()
-        registry, raw = read_registry(config.registry.path, remember=True)
+        self.registry_source = RegistrySource(
+            config.registry, kept_copy(config).parent, clock=clock,
+            counted=lambda result: self.metrics.registry_fetches.labels(result).inc()) if config.registry.url else None
+        registry, raw = registry_follow.initial(config, self.registry_source)
         self._hand_over_registry(raw)
         self._count_2014_keys(registry)
         g = config.gerrit
-        if demo_registry_against_real_gerrit(config.registry.path, g.host):
-            log.warning("demo_registry_in_use", registry=config.registry.path, gerrit=g.host,
-                        hint="the shipped registry lists invented vendors: point [registry] path at DriverLog's "
-                             "default_data.json (README, Deploying)")
         self.server_name = f"{g.host}:{g.port}" if g.host else ""
         self.clock = clock
         # a worker's command this long on the wire is stuck, for the stall check (5 s to a minute: the stall's scale)
@@ -93,10 +82,14 @@ class Service:
         self.store = Store(Path(config.database.path).expanduser(), webhooks=config.webhooks)
         self._database_identity = _identity(self.store.path)
         first_start = bool(self.server_name) and reads.cursor(self.store.conn, self.server_name) is None
+        follow = (config.registry.follow_project,) if config.registry.follow_project else ()
         self.pipeline = Pipeline(registry, self.store, metrics=self.metrics, server=self.server_name or None,
-                                 clock=clock)
+                                 clock=clock, follow=follow,
+                                 on_followed_merge=self._followed_merge)
         # The registry in force against the one the file last applied: the history import it calls for
         applied = self.pipeline.apply_registry(registry, raw, self._history_settings())
+        if self.registry_source is not None:
+            self.registry_source.accepted(raw)
         self.pipeline.warm_up()
         self.writer = Writer(self.pipeline, on_dropped_output=self._dropped_output,
                              max_bytes=max(1, config.database.max_queued_bytes))
@@ -118,6 +111,9 @@ class Service:
             log.info("history_import_planned", import_id=applied.import_id, first=first_start)
         self.reloads = Reloads(self.writer, self.metrics, self._history_settings, self._reloaded,
                                in_force=lambda: self.pipeline.registry)
+        self.follower = registry_follow.Follower(
+            self.registry_source, self.reloads, self.stop_event,
+            refresh_seconds=config.registry.refresh_seconds) if self.registry_source is not None else None
         self.listener: StreamListener | None = None
         if g.host:
             hooks = StreamHooks(deliver=self.writer.put_block, connected=self._connected,
@@ -148,6 +144,8 @@ class Service:
             deliverer.start()
         self.backfiller.start()
         self.importer.start()
+        if self.follower is not None:
+            self.follower.start()
         self.publish_state()
         if self.web is not None:
             self.web.start()
@@ -168,7 +166,8 @@ class Service:
         if self.web is not None:
             self.web.terminate()  # it finishes its answers while the writer commits
         self.stop_event.set()
-        readers_done = all([self.importer.stop(left(1.5)), self.backfiller.stop(left(1.5))])  # both asked
+        readers_done = all([self.importer.stop(left(1.5)), self.backfiller.stop(left(1.5)),
+                            self.follower is None or self.follower.join(left(1.5))])  # all asked
         if self._listener_thread is not None:
             self._listener_thread.join(left(1.5))
             readers_done = readers_done and not self._listener_thread.is_alive()
@@ -188,7 +187,14 @@ class Service:
     def reload(self) -> Future[Applied | None] | None:
         """SIGHUP: validate the registry file and hand it to the writer, never waiting for it (``reload``);
         the reload's future, or None when it was refused at once."""
+        if self.follower is not None:  # the registry's source is a URL: ask it now
+            self.follower.kick("SIGHUP")
+            return None
         return self.reloads.request(self.config.registry.path)
+
+    def _followed_merge(self) -> None:
+        if self.follower is not None:
+            self.follower.kick(f"a change merged in {self.config.registry.follow_project}")
 
     def _reloaded(self, registry: Registry, raw: bytes, applied: Applied | None) -> None:
         self._hand_over_registry(raw)
@@ -333,6 +339,8 @@ class Service:
                           for g in self.open_gaps()],
             "cursor": self._cursor(),
         }
+        if self.registry_source is not None:
+            detail["registry_fetch"] = self.registry_source.last_fetch
         progress = self.history()
         detail["history"] = {"importing": progress.imports > 0, "bindings": progress.total,
                              "bindings_done": progress.done}

@@ -203,9 +203,10 @@ def match_findings(findings: Findings, registry: Registry) -> Findings:
     return findings
 
 
-def new_scanner(registry: Registry) -> Scanner:
-    """A scanner for the registry's CI accounts and the review projects whose change state is kept."""
-    return Scanner(registry.ci_accounts, registry.review_projects)
+def new_scanner(registry: Registry, followed: Iterable[str] = ()) -> Scanner:
+    """A scanner for the registry's CI accounts and the review projects whose change state is kept (and the
+    ``followed`` projects whose merges are counted)."""
+    return Scanner(registry.ci_accounts, registry.review_projects, followed)
 
 
 def examine(scanner: Scanner, registry: Registry, block: bytes, start: int = 0, end: int | None = None) -> Findings:

@@ -62,8 +62,8 @@ class Findings:
     Picklable without its comments (replay's workers send findings to the parent).
     """
 
-    __slots__ = ("by_type", "changes", "ci_comments", "comments", "kept", "lines", "malformed", "newest_event_time",
-                 "unmatched", "verifications")
+    __slots__ = ("by_type", "changes", "ci_comments", "comments", "followed_merges", "kept", "lines", "malformed",
+                 "newest_event_time", "unmatched", "verifications")
 
     def __init__(self) -> None:
         self.lines = 0
@@ -76,6 +76,7 @@ class Findings:
         self.unmatched: Counter[str] = Counter()  # CI comments that matched no pattern, by account
         self.verifications: list[Verification] = []
         self.kept: list[KeptComment] = []  # every CI comment, as ci_comments keeps it
+        self.followed_merges = 0  # changes merged in a followed project (the registry's own, [registry] follow)
 
     @property
     def dropped_output(self) -> int:
@@ -93,6 +94,7 @@ class Findings:
         self.unmatched.update(other.unmatched)
         self.verifications.extend(other.verifications)
         self.kept.extend(other.kept)
+        self.followed_merges += other.followed_merges
 
     def note_time(self, t: int | None) -> None:
         if t is not None and (self.newest_event_time is None or t > self.newest_event_time):
@@ -104,11 +106,11 @@ class Findings:
     def __getstate__(self) -> tuple[Any, ...]:
         return (self.lines, self.by_type, self.malformed, self.ci_comments, self.unmatched,
                 [tuple(v) for v in self.verifications], self.changes, self.newest_event_time,
-                [tuple(k) for k in self.kept])
+                [tuple(k) for k in self.kept], self.followed_merges)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         (self.lines, self.by_type, self.malformed, self.ci_comments, self.unmatched, verifications, self.changes,
-         self.newest_event_time, kept) = state
+         self.newest_event_time, kept, self.followed_merges) = state
         self.comments = []
         self.verifications = [_as(Verification, v) for v in verifications]
         self.kept = [_as(KeptComment, k) for k in kept]
@@ -120,9 +122,11 @@ _as = tuple.__new__  # _as(NamedTupleClass, plain_tuple): the named tuple, made 
 class Scanner:
     """Classifies blocks of complete lines against a fixed set of CI accounts (rebuild it on reload)."""
 
-    def __init__(self, ci_accounts: Iterable[str], review_projects: Iterable[str] = ()) -> None:
+    def __init__(self, ci_accounts: Iterable[str], review_projects: Iterable[str] = (),
+                 followed: Iterable[str] = ()) -> None:
         self.ci_accounts = frozenset(ci_accounts)
         self.review_projects = frozenset(review_projects)
+        self.followed = frozenset(followed)  # projects whose merges are counted (the registry's repository)
 
     # The searches are compiled when first used: a start-up with nothing to scan compiles none.
 
@@ -138,7 +142,7 @@ class Scanner:
     @functools.cached_property
     def _project(self) -> re.Pattern[bytes]:
         """Likewise a project value equal to a review project: the change-state events worth decoding."""
-        return _value_candidate(b"project", self.review_projects)
+        return _value_candidate(b"project", self.review_projects | self.followed)
 
     def scan(self, block: bytes, start: int = 0, end: int | None = None) -> Findings:
         """Classify the lines of ``block[start:end]`` (each ends in a newline; a last one without counts too),
@@ -209,6 +213,8 @@ class Scanner:
             if self._project.search(line):
                 self._decode(line, result, counted=True)
             return
+        if kind == b"change-merged" and type(project) is str and project in self.followed:
+            result.followed_merges += 1
         if type(project) is not str or project not in self.review_projects:
             return
         fact = state_fact(kind.decode(), state.change.number, project, state.change.branch, state.change.status,
@@ -233,7 +239,10 @@ class Scanner:
         if isinstance(event, CommentAdded):
             if event.author.username in self.ci_accounts:
                 result.comments.append(event)
-        elif isinstance(event, ChangeEvent) and event.fact.project in self.review_projects:
-            result.changes.add_one(event.fact)
+        elif isinstance(event, ChangeEvent):
+            if event.type == "change-merged" and event.fact.project in self.followed:
+                result.followed_merges += 1
+            if event.fact.project in self.review_projects:
+                result.changes.add_one(event.fact)
 
 

@@ -159,15 +159,20 @@ def read_registry(path: str | Path, *, remember: bool = False, strict: bool = Fa
         raise RegistryError(source, ["is a directory, not a file"]) from None
     except OSError as exc:
         raise RegistryError(source, [f"cannot read: {exc.strerror or exc}"]) from None
+    return registry_from_bytes(data, source, remember=remember, strict=strict), data
+
+
+def registry_from_bytes(data: bytes, source: str, *, remember: bool = False, strict: bool = False) -> Registry:
+    """:func:`load_registry` of bytes read elsewhere (a registry URL's answer); ``source`` names them."""
     if not remember or strict:
-        return parse_registry(data, source=source, strict=strict), data
+        return parse_registry(data, source=source, strict=strict)
     marker = _validated_marker(data)
     try:
         known = marker is not None and marker.exists()
     except OSError:  # a cache this user cannot even look into (another's HOME): the checks are run, that is all
         known = False
     if known:
-        return _build(json.loads(data), source), data
+        return _build(json.loads(data), source)
     registry = parse_registry(data, source=source)
     if marker is not None:
         try:
@@ -175,7 +180,7 @@ def read_registry(path: str | Path, *, remember: bool = False, strict: bool = Fa
             marker.touch()
         except OSError:
             pass  # a cache that cannot be written only costs the checks next time
-    return registry, data
+    return registry
 
 
 def registry_from_valid_bytes(data: bytes, source: str) -> Registry:

@@ -96,8 +96,11 @@ def warm_up(scanner: Scanner, registry: Registry) -> None:
 
 class Pipeline:
     def __init__(self, registry: Registry, store: Store, *, metrics: Metrics | None = None,
-                 server: str | None = None, clock: Callable[[], float] = time.time) -> None:
+                 server: str | None = None, clock: Callable[[], float] = time.time,
+                 follow: Iterable[str] = (), on_followed_merge: Callable[[], None] | None = None) -> None:
         self.store = store
+        #: projects whose merges ``on_followed_merge`` hears of (the registry's own repository: a new registry)
+        self.follow, self.on_followed_merge = frozenset(follow), on_followed_merge
         if metrics is None:
             from driverlog_daemon.metrics import Metrics
 
@@ -115,7 +118,7 @@ class Pipeline:
         self.stats = Stats()
         self._lock = threading.Lock()
         self.registry = registry
-        self.scanner = new_scanner(registry)
+        self.scanner = new_scanner(registry, self.follow)
         self.store.sync_drivers(registry)
         self.metrics.registry_drivers.set(len(registry.drivers))
         self.metrics.registry_ci_accounts.set(len(registry.by_account))
@@ -134,7 +137,7 @@ class Pipeline:
         applied = self.apply_registry(registry, raw, history) if raw is not None else None
         if raw is None:
             self.store.sync_drivers(registry)
-        scanner = new_scanner(registry)
+        scanner = new_scanner(registry, self.follow)
         warm_up(scanner, registry)
         with self._lock:
             self.registry, self.scanner = registry, scanner
@@ -213,6 +216,8 @@ class Pipeline:
             self.metrics.last_event_time.set(t)
         if findings.dropped_output:
             self.metrics.dropped_output.inc(findings.dropped_output)
+        if findings.followed_merges and self.on_followed_merge is not None:
+            self.on_followed_merge()
 
     # ------------------------------------------------------------------------------------------ commit
 

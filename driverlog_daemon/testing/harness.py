@@ -26,10 +26,10 @@ class Harness:
                  webhooks: tuple[WebhookConfig, ...] = (), probe_timeout: float | None = None,
                  stall_check_seconds: float | None = None, backfill_retry_base: float = 1.0,
                  backfill_page_size: int | None = None, clock: Callable[[], float] = time.time,
-                 **gerrit: Any) -> None:
+                 registry_config: RegistryConfig | None = None, **gerrit: Any) -> None:
         self.env = env
         self.db = tmp / "d.sqlite"
-        cfg = Config(gerrit=env.config(**gerrit), registry=RegistryConfig(str(registry)),
+        cfg = Config(gerrit=env.config(**gerrit), registry=registry_config or RegistryConfig(str(registry)),
                      database=DatabaseConfig(str(self.db)), history=history or HistoryConfig(), webhooks=webhooks)
         self.backoff = Backoff(base=0.01, cap=0.08, rng=lambda: 1.0)
         self.service = Service(cfg, backoff=self.backoff, poll_interval=0.05, http=False, command_timeout=5,

@@ -9,7 +9,8 @@ from pathlib import Path
 from structlog.testing import capture_logs
 
 from driverlog_daemon.config import Config, DatabaseConfig, GerritConfig, RegistryConfig
-from driverlog_daemon.daemon.service import Service, demo_registry_against_real_gerrit
+from driverlog_daemon.daemon.registry_follow import demo_registry_against_real_gerrit
+from driverlog_daemon.daemon.service import Service
 from driverlog_daemon.registry.checks import DEFAULT_REGISTRY_PATH
 
 

@@ -306,3 +306,19 @@ def test_scanner_state_facts_equal_decoding_every_line(specs: list[tuple[str, st
                                         status_of[ev["type"]], t, ps, ps if merged else None, t if merged else None))
     scan = Scanner([], projects).scan(b"".join(raw))
     assert scan.changes.rows == expected.rows
+
+
+def test_merges_in_a_followed_project_are_counted_on_either_path(registry: Registry) -> None:
+    followed = "x/driverlog"
+    merged = state_event("change-merged", 7, 2, project=followed)
+    spaced = json.dumps(state_event("change-merged", 8, 1, project=followed), indent=1).replace("\n", " ")
+    block = b"".join([
+        line(merged),  # the typed decoder's path
+        spaced.encode() + b"\n",  # another layout: decoded in full
+        line(state_event("patchset-created", 9, 1, project=followed)),  # not a merge
+        line(state_event("change-merged", 10, 1)),  # a review project's merge: a change fact, not followed
+    ])
+    scan = Scanner(registry.ci_accounts, registry.review_projects, [followed]).scan(block)
+    assert scan.followed_merges == 2
+    assert list(scan.changes.rows) == [10]
+    assert Scanner(registry.ci_accounts, registry.review_projects).scan(block).followed_merges == 0
