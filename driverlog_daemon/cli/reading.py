@@ -37,14 +37,15 @@ def cmd_health(args: argparse.Namespace) -> int:
     def when(t: int | None) -> str:
         return "never" if t is None else utc_text(t, "%Y-%m-%d")
 
-    print(f"{'vendor':<22} {'driver':<40} {'runs 30d':>8} {'pass 30d':>8} {'coverage 30d':>13} {'last success':>12} "
-          f"at risk")
+    print(f"{'vendor':<22} {'driver':<40} {'runs 30d':>8} {'pass 30d':>8} {'coverage 30d':>13} {'no verdict':>10} "
+          f"{'last success':>12} at risk")
     for (vendor, name, _), h in rows:
         cov = h["coverage"]
         risk = {True: "yes", False: "no", None: "unknown"}[h["at_risk"]]
         coverage = f"{pct(cov['ratio'])} of {cov['merged']}"
+        unjudged = h["unjudged"] or {"no_verdict": 0}
         print(f"{vendor[:22]:<22} {name[:40]:<40} {h['runs']['30']:>8} {pct(h['pass_rate']['30']):>8} "
-              f"{coverage:>13} {when(h['last_success']):>12} {risk}")
+              f"{coverage:>13} {unjudged['no_verdict']:>10} {when(h['last_success']):>12} {risk}")
     return EXIT_OK
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from driverlog_daemon.store import ci_health, reads_history
+from driverlog_daemon.store import ci_health, reads_history, reads_unjudged
 
 
 def horizon(conn: sqlite3.Connection) -> int | None:
@@ -47,7 +47,8 @@ def _runs(conn: sqlite3.Connection, driver_id: int, start: float, end: float) ->
 
 def ci_health_of_drivers(conn: sqlite3.Connection, now: float, silence_days: float) -> dict[int, dict[str, Any]]:
     """Every CI driver's health, by docs/health.md's definitions: runs, passes and pass rate over 7, 30 and 90 days,
-    coverage of its review project's merged changes over 30 days, the newest success, and at_risk."""
+    coverage of its review project's merged changes over 30 days, the newest success, at_risk, and why comments of
+    its CI did not count (:mod:`reads_unjudged`; the latest of them are read per driver)."""
     known_since = horizon(conn)
     drivers = conn.execute("SELECT id, review_project FROM drivers WHERE ci_account IS NOT NULL").fetchall()
     last_success = dict(conn.execute("SELECT driver_id, max(last_success_time) FROM driver_status "
@@ -69,6 +70,7 @@ def ci_health_of_drivers(conn: sqlite3.Connection, now: float, silence_days: flo
                      AND c.merged_time <= ?
                GROUP BY v.driver_id""", (start, now)):
         covered[driver_id] = n
+    unjudged = reads_unjudged.counts(conn, now)
     out: dict[int, dict[str, Any]] = {}
     for driver_id, project in drivers:
         runs: dict[str, int] = {}
@@ -82,6 +84,7 @@ def ci_health_of_drivers(conn: sqlite3.Connection, now: float, silence_days: flo
             "runs": runs, "pass_rate": rates,
             "coverage": {"days": ci_health.COVERAGE_DAYS, "merged": m, "covered": c, "ratio": ci_health.ratio(c, m)},
             "last_success": success, "at_risk": ci_health.at_risk(success, known_since, now, silence_days),
+            "unjudged": unjudged.get(driver_id),
         }
     return out
 

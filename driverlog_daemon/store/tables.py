@@ -81,10 +81,23 @@ def verifications(conn: sqlite3.Connection, by_result: Mapping[str, Sequence[tup
     return inserted
 
 
+# The day counts of the comments a batch kept (row id > ?), once per batch
+_COMMENT_DAYS = """
+    INSERT INTO ci_comment_days (ci_account, project, day, comments, last_comment_time)
+    SELECT ci_account, project, comment_time / 86400, count(*), max(comment_time) FROM ci_comments WHERE id > ?
+    GROUP BY 1, 2, 3
+    ON CONFLICT (ci_account, project, day) DO UPDATE SET comments = comments + excluded.comments,
+        last_comment_time = max(last_comment_time, excluded.last_comment_time)"""
+
+
 def kept(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Keep the CI comments not kept yet (natural key)."""
+    """Keep the CI comments not kept yet (natural key), and count them by account, project and day."""
+    if not rows:
+        return
+    last = conn.execute("SELECT coalesce(max(id), 0) FROM ci_comments").fetchone()[0]
     for sql, values in values_statements(_INSERT_KEPT, "", len(KEPT_COLUMNS), rows):
         conn.execute(sql, values)
+    conn.execute(_COMMENT_DAYS, (last,))
 
 
 def advance_cursor(conn: sqlite3.Connection, server: str, position: int, now: float) -> None:

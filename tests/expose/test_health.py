@@ -197,7 +197,7 @@ def test_the_health_command_reads_the_file_as_the_api_does(tmp_path: Path, regis
 def test_every_record_has_health_and_history_and_missed_answer(site: Site) -> None:
     drivers = site.json("/api/1.0/drivers")["drivers"]
     fc = next(d for d in drivers if d["name"] == FC)
-    assert set(fc["health"]) == {"runs", "pass_rate", "coverage", "last_success", "at_risk"}
+    assert set(fc["health"]) == {"runs", "pass_rate", "coverage", "last_success", "at_risk", "unjudged"}
     assert fc["health"]["runs"] == {"7": 2, "30": 2, "90": 2} and fc["health"]["pass_rate"]["7"] == 0.5
     assert fc["health"]["coverage"] == {"days": 30, "merged": 1, "covered": 1, "ratio": 1.0}
     assert fc["health"]["at_risk"] is None and fc["health"]["last_success"] == NOW - 3600

@@ -347,7 +347,7 @@ def test_a_version_4_file_gains_the_outbox_and_keeps_its_rows(tmp_path: Path, re
     with Store(path, webhooks=(hook("http://127.0.0.1:9/"),)) as s:  # hooks from the start: the upgrade sends none
         assert schema.schema_version(s.conn) == schema.SCHEMA_VERSION
         assert [n for v, n, _ in schema.applied(s.conn) if v >= 5] == ["webhook_outbox", "merge_candidates_per_batch",
-                                                                       "history"]
+                                                                       "history", "ci_comment_days"]
         assert {t: s.conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in before} == before
         assert before["mark_candidates"] == 2 and len(history(s)) == 2  # success, then failure
         assert s.conn.execute("SELECT count(*) FROM webhook_outbox").fetchone()[0] == 0  # history is not news

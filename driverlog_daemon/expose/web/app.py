@@ -25,6 +25,7 @@ from driverlog_daemon.expose import export
 from driverlog_daemon.expose.runtime import Live
 from driverlog_daemon.expose.web import api, badge, pages
 from driverlog_daemon.expose.web.cache import AnswerCache, Key
+from driverlog_daemon.expose.web.driver_view import DriverView
 from driverlog_daemon.expose.web.records import Records, RecordsKeeper
 from driverlog_daemon.expose.web.registry_view import RegistryView
 from driverlog_daemon.expose.web.responses import (
@@ -40,12 +41,11 @@ from driverlog_daemon.expose.web.responses import (
 from driverlog_daemon.expose.web.routing import Handler, HttpMetrics, Route, Router
 from driverlog_daemon.registry import legacy
 from driverlog_daemon.registry.load import Registry
-from driverlog_daemon.store import reads, reads_health, reads_history, reads_registry
+from driverlog_daemon.store import reads, reads_health, reads_history
 
 ProcessHealth = Callable[[], tuple[bool, dict[str, Any]]]
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-HISTORY_PAGE = 50
 FEED_ENTRIES = 50
 FEED_FILTERS = ("project_id", "vendor", "release_id", "release")
 
@@ -78,6 +78,7 @@ class App:
         self.cache = AnswerCache()
         self.keeper = RecordsKeeper(self.reader, registry, self._build_records, max_staleness=max_staleness,
                                     clock=clock, prepare=self._prepare)
+        self.driver_view = DriverView(self.reader, self._recs, self._html, clock, silence_days)
         self.registry_view = RegistryView(self.reader, self._html, lambda: process_health()[1].get("registry_fetch"))
         self.router = Router(self.routes(), metrics, self.cache, self._state, self._render)
 
@@ -86,7 +87,7 @@ class App:
         filters, ids = ("project_id", "vendor", "release_id", "release"), ("query",)
         return [Route(*r) for r in (
             (r"/", "/", self.page_index, "records", (*filters, "q", "at_risk")),
-            (r"/drivers/(\d+)", "/drivers/<id>", self.page_driver, "database", ("page", "transitions_page")),
+            (r"/drivers/(\d+)", "/drivers/<id>", self.driver_view.page, "database", ("page", "transitions_page")),
             (r"/static/style\.css", "/static/style.css", self.static_css, "records", ()),
             (r"/badge/(\d+)\.svg", "/badge/<id>.svg", self.badge_svg, "records", ()),
             (r"/api/1\.0/drivers", "/api/1.0/drivers", self.api_drivers, "records", filters),
@@ -188,30 +189,6 @@ class App:
         return self._html("index.html", registry=registry, live=self.live(), query=query,
                           stale_after_days=self.stale_after_days, silence_days=self.silence_days,
                           **pages.index(records, registry, query, self.clock(), self.stale_after_days))
-
-    def page_driver(self, query: Mapping[str, str], driver_id: str) -> Response:
-        page = api.int_param(query, "page", 1, minimum=1) or 1
-        transitions_page = api.int_param(query, "transitions_page", 1, minimum=1) or 1
-        registry, records = self._recs()
-        record = next((r for r in records if r["id"] == int(driver_id)), None)
-        now = self.clock()
-        with self.reader.snapshot() as conn:
-            known = reads.driver_key(conn, int(driver_id))
-            if known is None:
-                return text_response("404 Not Found", "no such driver")
-            history, total = reads.history(conn, int(driver_id), limit=HISTORY_PAGE,
-                                             offset=(page - 1) * HISTORY_PAGE)
-            missed = reads_health.missed(conn, int(driver_id), now, 30)
-            transitions, transitions_total = reads_health.transitions(
-                conn, int(driver_id), limit=HISTORY_PAGE, offset=(transitions_page - 1) * HISTORY_PAGE)
-            chart = pages.chart(reads_health.daily(conn, int(driver_id), now))
-            entry = reads_registry.entry_changes(conn).get(known[0])
-        return self._html("driver.html", record=record, key=known[0], removed=known[1], history=history,
-                          page=page, pages=max(1, -(-total // HISTORY_PAGE)), total=total, driver_id=int(driver_id),
-                          registry=registry, missed=missed, transitions=transitions, chart=chart,
-                          transitions_page=transitions_page,
-                          transitions_pages=max(1, -(-transitions_total // HISTORY_PAGE)),
-                          silence_days=self.silence_days, entry=entry)
 
     # ------------------------------------------------------------------------------------------ feeds
 
@@ -320,7 +297,7 @@ class App:
         record = next((r for r in records if r["id"] == int(driver_id)), None)
         if record is None:
             return json_response({"error": "no such driver"}, "404 Not Found")
-        return json_response({"driver": record})
+        return json_response({"driver": self.driver_view.with_latest_unjudged(record)})
 
     def api_history(self, query: Mapping[str, str], driver_id: str) -> Response:
         with self.reader.snapshot() as conn:
