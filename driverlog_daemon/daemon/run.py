@@ -46,7 +46,7 @@ def run(config: Config) -> int:
 
     service.start()
     notifier.send("READY=1", f"STATUS={service.status_line()}")
-    log.info("daemon_ready", database=service.store.path, registry=config.registry.path,
+    log.info("daemon_ready", database=service.store.path, registry=config.registry.url or config.registry.path,
              drivers=len(service.pipeline.registry.drivers), gerrit=service.server_name or None,
              watchdog_seconds=watchdog_interval())
     interval = watchdog_interval()

@@ -41,9 +41,10 @@ def branches(registry: Registry) -> list[str]:
 
 
 def history(registry: Registry, *, days: float, changes: int, end: int, seed: int = 7,
-            first_change: int = 500_000, ci_rate: float = 0.6) -> list[dict[str, Any]]:
+            first_change: int = 500_000, ci_rate: float = 0.6, starts: float = 0.0) -> list[dict[str, Any]]:
     """The events of ``changes`` changes over the ``days`` before ``end`` (epoch seconds), in time order.
-    ``ci_rate``: the chance a CI bound to the change's project reports on a patch set."""
+    ``ci_rate``: the chance a CI bound to the change's project reports on a patch set; ``starts``: the chance it
+    first says it started (a comment that gives no verdict)."""
     rng = random.Random(seed)
     projects = [*sorted(registry.review_projects), "openstack/other-project"]
     by_project: dict[str, list[str]] = {}
@@ -54,14 +55,15 @@ def history(registry: Registry, *, days: float, changes: int, end: int, seed: in
     events: list[dict[str, Any]] = []
     for i in range(changes):
         events.extend(_change(rng, registry, first_change + i, rng.choice(projects), rng.choice(all_branches),
-                              int(end - days * DAY + rng.random() * (days * DAY - 3 * DAY)), by_project, ci_rate))
+                              int(end - days * DAY + rng.random() * (days * DAY - 3 * DAY)), by_project, ci_rate,
+                              starts))
     events = [e for e in events if e["eventCreatedOn"] < end]
     events.sort(key=lambda e: (e["eventCreatedOn"], e["change"]["number"]))
     return events
 
 
 def _change(rng: random.Random, registry: Registry, number: int, project: str, branch: str, created: int,
-            by_project: dict[str, list[str]], ci_rate: float) -> Iterator[dict[str, Any]]:
+            by_project: dict[str, list[str]], ci_rate: float, starts: float) -> Iterator[dict[str, Any]]:
     owner = _account(rng)
     change: dict[str, Any] = {
         "project": project, "branch": branch, "id": f"I{rng.getrandbits(160):040x}", "number": number,
@@ -78,6 +80,10 @@ def _change(rng: random.Random, registry: Registry, number: int, project: str, b
         for account in accounts:
             if rng.random() >= ci_rate:
                 continue
+            if starts and rng.random() < starts:  # some CIs say when they start: a comment that gives no verdict
+                t += rng.randint(10, 600)
+                yield _event("comment-added", t, change, patch_set, author=_ci_author(account),
+                             comment=f"Patch Set {ps}:\n\nStarting check jobs: https://ci.example.org/status/{number}")
             for _ in range(2 if rng.random() < 0.2 else 1):  # a recheck now and then: another result, same patch set
                 t += rng.randint(60, 4 * 3600)
                 yield _ci(rng, registry, account, t, change, patch_set)
@@ -106,7 +112,11 @@ def _ci(rng: random.Random, registry: Registry, account: str, t: int, change: di
     drivers = [d for d in registry.by_account[account] if d.review_project == change["project"]]
     comment, approvals = _ci_comment(rng, drivers, patch_set["number"], rng.randint(200, 1200))
     return _event("comment-added", t, change, patch_set, approvals=approvals, comment=comment,
-                  author={"name": f"{account} CI", "email": f"{account}@ci.example.org", "username": account})
+                  author=_ci_author(account))
+
+
+def _ci_author(account: str) -> dict[str, str]:
+    return {"name": f"{account} CI", "email": f"{account}@ci.example.org", "username": account}
 
 
 def _event(kind: str, t: int, change: dict[str, Any], patch_set: dict[str, Any], **fields: Any) -> dict[str, Any]:

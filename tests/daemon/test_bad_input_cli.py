@@ -34,6 +34,8 @@ def scratch(tmp_path: Path) -> Path:
     (tmp_path / "folder.toml").write_text(f'[database]\npath = "{tmp_path / "folder"}"\n')
     (tmp_path / "port.toml").write_text('[database]\npath = "x.sqlite"\n[http]\nport = 99999\n')
     (tmp_path / "listen.toml").write_text('[database]\npath = "x.sqlite"\n[http]\nlisten = "no.such.host.invalid"\n')
+    (tmp_path / "url.toml").write_text('[database]\npath = "x.sqlite"\n[registry]\nurl = "http://127.0.0.1:1/r.json"\n')
+    (tmp_path / "scheme.toml").write_text('[registry]\nurl = "ftp://example.org/r.json"\n')
     return tmp_path
 
 
@@ -43,6 +45,9 @@ CASES = [
     (("check-config", "--config", "port.toml"), 2, "http.port: must be a TCP port, 0 to 65535, got 99999"),
     (("run", "--config", "port.toml"), 2, "http.port: must be a TCP port, 0 to 65535, got 99999"),
     (("check-config", "--config", "listen.toml"), 2, "http.listen: 'no.such.host.invalid' is not an address"),
+    (("check-config", "--config", "url.toml"), 2, "configuration error: registry.url: http://127.0.0.1:1/r.json is "
+     "not a valid registry: cannot fetch: http://127.0.0.1:1/r.json: [Errno 111] Connection refused; and no copy kept"),
+    (("run", "--config", "scheme.toml"), 2, "registry.url: must be an https://, http:// or file:// URL"),
     (("health", "--config", "foreign.toml"), 1, "foreign.sqlite: not a SQLite database"),
     (("health", "--config", "folder.toml"), 1, "folder: is a directory, not a database file"),
     (("health", "--database", "foreign.sqlite"), 1, "foreign.sqlite: not a SQLite database"),

@@ -25,9 +25,10 @@ import pytest
 from driverlog_daemon.config import Config, WebhookConfig, load_config
 from driverlog_daemon.testing import DATA, ROOT, wait_until
 from driverlog_daemon.testing.db import query
-from driverlog_daemon.testing.events import comment_event
+from driverlog_daemon.testing.events import comment_event, state_event
 from driverlog_daemon.testing.gerrit.setup import SSHEnv
 from driverlog_daemon.testing.receiver import Receiver
+from driverlog_daemon.testing.registry_server import RegistryServer
 
 
 def ci_event(number: int, author: str = "acme-storage-ci", job: str = "acme-cinder-fc",
@@ -39,7 +40,7 @@ def ci_event(number: int, author: str = "acme-storage-ci", job: str = "acme-cind
 
 class Daemon:
     def __init__(self, tmp: Path, env: SSHEnv, registry: Path, watchdog_usec: int | None = 200_000,
-                 more_config: str = "") -> None:
+                 more_config: str = "", registry_lines: str | None = None) -> None:
         self.tmp = tmp
         self.db = tmp / "d.sqlite"
         self.notify_path = tmp / "notify.sock"
@@ -57,7 +58,7 @@ key_file = "{g.key_file}"
 known_hosts = "{g.known_hosts}"
 stall_timeout_seconds = 60
 [registry]
-path = "{registry}"
+{registry_lines or f'path = "{registry}"'}
 [database]
 path = "{self.db}"
 [http]
@@ -456,3 +457,34 @@ tests:
     proc = subprocess.run([tool, "test", "rules", str(tmp_path / "test.yml")], capture_output=True, text=True,
                           timeout=60, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_registry_merged_upstream_shows_on_the_api_and_a_bad_one_says_why(tmp_path: Path,
+                                                                           ssh_env: SSHEnv) -> None:
+    served = RegistryServer(DATA.read_bytes()).start()
+    daemon = Daemon(tmp_path, ssh_env, DATA, registry_lines=f'url = "{served.url}"\nfollow_project = "x/driverlog"\n'
+                                                           "refresh_seconds = 0")
+    try:
+        daemon.receive(lambda m: "READY=1" in m)
+        assert wait_until(lambda: ssh_env.server.stream_count == 1)
+        doc = json.loads(DATA.read_text())
+        doc["drivers"].append({"project_id": "openstack/nova", "vendor": "Newco", "name": "Newco Compute",
+                               "releases": doc["drivers"][0]["releases"],  # an active one: the list shows it
+                               "ci": {"id": "newco-ci", "success_pattern": "ok", "failure_pattern": "bad"}})
+        served.publish(json.dumps(doc).encode())
+        ssh_env.server.push_event(state_event("change-merged", 77, 1, project="x/driverlog"))
+        assert wait_until(lambda: "Newco Compute" in daemon.get("/api/1.0/drivers")[1], timeout=15)
+        registry = json.loads(daemon.get("/api/1.0/registry")[1])
+        assert registry["total"] == 2 and registry["current"]["source"] == served.url
+        assert [a["name"] for a in registry["versions"][0]["changes"]["drivers"]["added"]] == ["Newco Compute"]
+        served.publish(b"{not json")
+        ssh_env.server.push_event(state_event("change-merged", 78, 1, project="x/driverlog"))
+        assert wait_until(lambda: json.loads(daemon.get("/api/1.0/registry")[1])["last_fetch"]["ok"] is False,
+                          timeout=15)
+        fetch = json.loads(daemon.get("/api/1.0/registry")[1])["last_fetch"]
+        assert fetch["error"].startswith("invalid registry: $: invalid JSON")
+        assert "Newco Compute" in daemon.get("/api/1.0/drivers")[1]  # the registry in force stayed
+    finally:
+        code = daemon.stop()
+        served.stop()
+    assert code == 0

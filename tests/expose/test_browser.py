@@ -3,11 +3,14 @@ lays it out on a phone (400 px) as on a desktop, with nothing past the right edg
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
-from driverlog_daemon.testing import browser
+from driverlog_daemon.registry.load import parse_registry
+from driverlog_daemon.store.registry_apply import apply
+from driverlog_daemon.testing import DATA, browser
 from driverlog_daemon.testing.site import Site
 
 pytestmark = pytest.mark.skipif(browser.CHROMIUM is None, reason=browser.MISSING)
@@ -37,8 +40,11 @@ def test_page_renders_in_chromium_without_console_errors(site: Site, tmp_path: P
 def test_a_phone_gets_the_whole_page_with_its_labels_and_a_desktop_its_table(site: Site, tmp_path: Path) -> None:
     # the fixture's driver has a hostile evidence line and a long URL: the longest unbreakable things a page holds
     base = f"http://127.0.0.1:{site.web.port}"
+    long_source = "https://opendev.org/x/driverlog/raw/branch/master/etc/" + "default_data" * 8 + ".json"
+    for raw in (DATA.read_bytes(), DATA.read_bytes().replace(b"Acme Volume Driver (FC)", b"Acme Volume (FC-NVMe)")):
+        apply(site.store, parse_registry(raw), raw, long_source, None, time.time())  # two versions for /registry
     with browser.Browser(tmp_path / "profile") as chromium:
-        for path in ("/", f"/drivers/{site.driver_id('Acme Volume Driver (FC)')}"):
+        for path in ("/", f"/drivers/{site.driver_id('Acme Volume Driver (FC)')}", "/registry"):
             chromium.open(base + path, 400)
             phone = chromium.layout()
             assert phone["width"] == 400 and phone["overflowing"] == [], (path, phone)

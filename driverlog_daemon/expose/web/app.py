@@ -122,9 +122,12 @@ class App:
         return self.router(environ, start_response)
 
     def _state(self, cached: str, name: str) -> Key:
-        """What a route's answer is cached by (see :mod:`routing`); the page's header, to the minute, too."""
+        """What a route's answer is cached by (see :mod:`routing`); the page's header, to the minute, too, and the
+        registry pages' last fetch (the daemon's live state, not in the database)."""
         made_from = self.records().key if cached == "records" else (
             self.reader.version(), id(self.registry()), int(self.clock() // 60))
+        if name in ("/registry", "/api/1.0/registry"):
+            return made_from, repr(self.registry_view.fetch())
         return made_from, self._live_key() if name == "/" else None
 
     def _render(self, handler: Handler, query: Mapping[str, str], groups: tuple[str, ...]) -> Response:
