@@ -4,6 +4,7 @@ gunicorn (``driverlog-daemon serve``), which has tests of its own."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -33,6 +34,10 @@ class ThreadedServer:
     @property
     def listen(self) -> str:
         return str(self._server.server_address[0])
+
+    def wrap(self, context: ssl.SSLContext) -> None:
+        """Serve TLS with ``context`` (before :meth:`start`)."""
+        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
 
     def start(self) -> None:
         self._thread.start()

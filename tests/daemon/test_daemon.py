@@ -425,7 +425,7 @@ def test_alert_rules_pass_promtool() -> None:
     proc = subprocess.run([tool, "check", "rules", str(ROOT / "deploy" / "prometheus" / "alerts.yml")],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 10 rules found" in proc.stdout
+    assert "SUCCESS: 11 rules found" in proc.stdout
 
 
 def test_a_failed_reload_fires_its_alert(tmp_path: Path) -> None:
@@ -453,6 +453,40 @@ tests:
             exp_annotations:
               summary: "driverlog-daemon on d refused a registry reload"
               description: {json.dumps(description)}
+""")
+    proc = subprocess.run([tool, "test", "rules", str(tmp_path / "test.yml")], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_failing_registry_source_fires_its_alert_until_it_answers_again(tmp_path: Path) -> None:
+    tool = _tool("promtool")
+    description = ("[registry] url is unreachable, answers an error, or serves an invalid registry: the registry in "
+                   "force stays (last_fetch in /healthz and on /registry says why; registry_fetch_failed or "
+                   "registry_reload_failed in the journal).")
+    (tmp_path / "test.yml").write_text(f"""rule_files: ["{ROOT / 'deploy' / 'prometheus' / 'alerts.yml'}"]
+evaluation_interval: 1m
+tests:
+  - interval: 5m
+    input_series:
+      - series: 'driverlog_registry_fetches_total{{result="unchanged",instance="d"}}'
+        values: '0 1 2 3 4 5 5 5 5 5 5 5 5 5 5 5 5 5 5 5 5 5 5 5 6'
+      - series: 'driverlog_registry_fetches_total{{result="error",instance="d"}}'
+        values: '0 0 0 0 0 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 18'
+    alert_rule_test:
+      - eval_time: 40m
+        alertname: DriverlogRegistrySourceFailing
+        exp_alerts: []
+      - eval_time: 100m
+        alertname: DriverlogRegistrySourceFailing
+        exp_alerts:
+          - exp_labels: {{severity: warning, instance: d}}
+            exp_annotations:
+              summary: "driverlog-daemon on d has had no good answer from its registry URL for an hour"
+              description: {json.dumps(description)}
+      - eval_time: 120m
+        alertname: DriverlogRegistrySourceFailing
+        exp_alerts: []
 """)
     proc = subprocess.run([tool, "test", "rules", str(tmp_path / "test.yml")], capture_output=True, text=True,
                           timeout=60, check=False)

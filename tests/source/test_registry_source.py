@@ -12,7 +12,7 @@ import pytest
 from driverlog_daemon.config import RegistryConfig
 from driverlog_daemon.source.registry_source import CACHE, FetchError, RegistrySource, fetch
 from driverlog_daemon.testing import DATA
-from driverlog_daemon.testing.registry_server import RegistryServer
+from driverlog_daemon.testing.registry_server import RegistryServer, self_signed
 
 
 @pytest.fixture
@@ -83,3 +83,19 @@ def test_a_file_url(tmp_path: Path) -> None:
     assert fetch(path.as_uri()).data == DATA.read_bytes()
     with pytest.raises(FetchError, match="No such file"):
         fetch((tmp_path / "none.json").as_uri())
+
+
+def test_tls_is_verified_and_never_left_for_http(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 served: RegistryServer) -> None:
+    secure = RegistryServer(DATA.read_bytes(), tls=self_signed(tmp_path)).start()
+    try:
+        with pytest.raises(FetchError, match="CERTIFICATE_VERIFY_FAILED"):  # not in the trust store
+            fetch(secure.url, timeout=5)
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "cert.pem"))  # now it is
+        assert fetch(secure.url, timeout=5).data == DATA.read_bytes()
+        secure.fault, secure.redirect_to = "redirect", served.url  # https -> http
+        with pytest.raises(FetchError, match=r"redirect from https to 'http://127\.0\.0\.1"):
+            fetch(secure.url, timeout=5)
+        assert served.requests == []  # the plain-http URL was never asked
+    finally:
+        secure.stop()
