@@ -428,14 +428,24 @@ def test_alert_rules_pass_promtool() -> None:
     assert "SUCCESS: 11 rules found" in proc.stdout
 
 
+def _promtool_test(tool: str, tmp_path: Path, tests: str) -> None:
+    """``promtool test rules`` of the shipped alert rules with these ``tests:``; it must pass."""
+    (tmp_path / "test.yml").write_text(f"""rule_files: ["{ROOT / 'deploy' / 'prometheus' / 'alerts.yml'}"]
+evaluation_interval: 1m
+tests:
+{tests.strip(chr(10))}
+""")
+    proc = subprocess.run([tool, "test", "rules", str(tmp_path / "test.yml")], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_a_failed_reload_fires_its_alert(tmp_path: Path) -> None:
     tool = _tool("promtool")
     description = ("A SIGHUP found an invalid or unreadable registry, or was cancelled with the database busy: the "
                    "old registry stays in force (registry_reload_failed in the journal says why). Fix the file and "
                    "reload again.")
-    (tmp_path / "test.yml").write_text(f"""rule_files: ["{ROOT / 'deploy' / 'prometheus' / 'alerts.yml'}"]
-evaluation_interval: 1m
-tests:
+    _promtool_test(tool, tmp_path, f"""
   - interval: 1m
     input_series:
       - series: 'driverlog_registry_reloads_total{{result="error",instance="d"}}'
@@ -454,9 +464,6 @@ tests:
               summary: "driverlog-daemon on d refused a registry reload"
               description: {json.dumps(description)}
 """)
-    proc = subprocess.run([tool, "test", "rules", str(tmp_path / "test.yml")], capture_output=True, text=True,
-                          timeout=60, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_a_failing_registry_source_fires_its_alert_until_it_answers_again(tmp_path: Path) -> None:
@@ -464,9 +471,7 @@ def test_a_failing_registry_source_fires_its_alert_until_it_answers_again(tmp_pa
     description = ("[registry] url is unreachable, answers an error, or serves an invalid registry: the registry in "
                    "force stays (last_fetch in /healthz and on /registry says why; registry_fetch_failed or "
                    "registry_reload_failed in the journal).")
-    (tmp_path / "test.yml").write_text(f"""rule_files: ["{ROOT / 'deploy' / 'prometheus' / 'alerts.yml'}"]
-evaluation_interval: 1m
-tests:
+    _promtool_test(tool, tmp_path, f"""
   - interval: 5m
     input_series:
       - series: 'driverlog_registry_fetches_total{{result="unchanged",instance="d"}}'
@@ -488,9 +493,6 @@ tests:
         alertname: DriverlogRegistrySourceFailing
         exp_alerts: []
 """)
-    proc = subprocess.run([tool, "test", "rules", str(tmp_path / "test.yml")], capture_output=True, text=True,
-                          timeout=60, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_a_registry_merged_upstream_shows_on_the_api_and_a_bad_one_says_why(tmp_path: Path,
