@@ -52,10 +52,8 @@ def initial(config: Config, source: RegistrySource | None) -> tuple[Registry, by
     kept = source.cached()
     why = ""
     try:
-        data = source.ask(conditional=kept is not None)
-        data = data if data is not None else kept
-        if data is None:  # validators but no copy: ask in full
-            data = source.ask(conditional=False) or b""
+        data = source.ask(conditional=kept is not None)  # None: not modified since the copy kept
+        data = data if data is not None else kept or b""
         try:
             return registry_from_bytes(data, source.url, remember=True), data
         except RegistryError as exc:

@@ -108,6 +108,7 @@ class RegistrySource:
         self.config, self.cache_dir, self.clock, self.counted = config, cache_dir, clock, counted
         self.last_fetch: dict[str, Any] | None = None
         self._meta = self._read_meta()
+        self._answer: Answer | None = None  # the last answer with bytes: its validators are kept with them
 
     @property
     def url(self) -> str:
@@ -127,8 +128,11 @@ class RegistrySource:
         try:
             data = (self.cache_dir / CACHE).read_bytes()
         except OSError:
+            data = b""
+        if hashlib.sha256(data).hexdigest() != self._meta.get("sha256"):
+            self._meta = {}  # validators without their copy: ask in full, take any answer as new
             return None
-        return data if hashlib.sha256(data).hexdigest() == self._meta.get("sha256") else None
+        return data
 
     def ask(self, *, conditional: bool = True) -> bytes | None:
         """Ask the source: its bytes when they differ from the copy kept, else None (not modified, or the same
@@ -140,7 +144,8 @@ class RegistrySource:
         except FetchError as exc:
             self.failed(str(exc), "error")
             raise
-        self._answer = answer
+        if answer.data is not None:
+            self._answer = answer
         unchanged = answer.data is None or hashlib.sha256(answer.data).hexdigest() == self._meta.get("sha256")
         self.last_fetch = {"at": self.clock(), "ok": True, "error": None, "url": self.url,
                            "not_modified": answer.data is None, "changed": not unchanged}
@@ -154,7 +159,7 @@ class RegistrySource:
 
     def accepted(self, data: bytes) -> None:
         """``data`` passed the checks and is applied: keep it, with the validators of the answer it came in."""
-        answer = getattr(self, "_answer", None)
+        answer = self._answer
         self._meta = {"url": self.url, "sha256": hashlib.sha256(data).hexdigest(),
                       "etag": answer.etag if answer else None,
                       "last_modified": answer.last_modified if answer else None, "kept_at": self.clock()}

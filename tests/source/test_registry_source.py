@@ -52,7 +52,10 @@ def test_a_copy_of_another_url_or_torn_is_not_used(served: RegistryServer, tmp_p
     other = RegistrySource(RegistryConfig(url=served.url + "?other"), tmp_path)
     assert other.cached() is None
     (tmp_path / CACHE).write_bytes(b"{half")
-    assert RegistrySource(RegistryConfig(url=served.url), tmp_path).cached() is None
+    torn = RegistrySource(RegistryConfig(url=served.url), tmp_path)
+    assert torn.cached() is None
+    assert torn.ask() == DATA.read_bytes()  # its validators are not used without their copy: the answer is new
+    assert served.requests[-1]["if_none_match"] == ""
 
 
 def test_errors_say_what_and_are_counted(served: RegistryServer, tmp_path: Path) -> None:
