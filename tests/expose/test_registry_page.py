@@ -103,3 +103,18 @@ def test_a_driver_page_says_when_its_entry_last_changed(served: tuple[int, Path,
     assert "changed 2027-01-15 09:00 UTC: maintainers, ci.success_pattern" in body.decode()
     _, _, body = http_get(port, f"/drivers/{ids['Umbrella HyperScale']}")
     assert "in the registry since 2027-01-15 08:00 UTC" in body.decode()
+
+
+def test_two_files_with_the_same_version_ids_get_their_own_diffs(tmp_path: Path) -> None:
+    # one process (a web worker, a test run) may read several files: a diff is named by the registries' digests
+    from driverlog_daemon.store import reads_registry, schema
+
+    got = []
+    for name, renamed in (("a", b"Acme Volume Driver (FC)"), ("b", b"Umbrella HyperScale")):
+        with Store(tmp_path / f"{name}.sqlite") as store:
+            for raw in (DATA.read_bytes(), DATA.read_bytes().replace(renamed, renamed + b" 2")):
+                apply(store, parse_registry(raw), raw, name, None, 1_800_000_000.0)
+        conn = schema.connect(tmp_path / f"{name}.sqlite", readonly=True)
+        got.append(reads_registry.versions(conn, limit=5)[1][0]["changes"]["drivers"]["added"][0]["name"])
+        conn.close()
+    assert got == ["Acme Volume Driver (FC) 2", "Umbrella HyperScale 2"]
