@@ -121,15 +121,18 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                 "is not proven complete that far back). Reads the database read-only: no daemon needed.")
         p.add_argument("--at-risk", action="store_true", help="only the drivers at risk")
         p.add_argument("--json", action="store_true", help="JSON: the API's health object per driver")
+        p.add_argument("--jobs", action="store_true",
+                       help="per job of each CI driver over 30 days, worst first (with --json: the jobs API's object)")
         p.add_argument("--database", metavar="PATH", help="SQLite file (default: [database] path)")
         p.set_defaults(func=cmd_health)
 
     if only in (None, "export"):
-        p = add("export", "write the verifications or the marks' history as CSV",
+        p = add("export", "write the verifications, the marks' history or the job results as CSV",
                 "Write CSV (RFC 4180, a header row) to stdout, as /export/<what>.csv serves it: 'verifications' in "
-                "the order they were recorded, 'marks' the mark transitions in time order. Text cells a spreadsheet "
-                "would run as a formula start with a '. Reads the database read-only: no daemon needed.")
-        p.add_argument("what", choices=("verifications", "marks"))
+                "the order they were recorded, 'marks' the mark transitions in time order, 'jobs' each job line of "
+                "each driver's CI comments in comment order. Text cells a spreadsheet would run as a formula start "
+                "with a '. Reads the database read-only: no daemon needed.")
+        p.add_argument("what", choices=("verifications", "marks", "jobs"))
         p.add_argument("--driver", type=int, metavar="ID", help="one driver (drivers.id)")
         p.add_argument("--since", metavar="TIME", help="from this time on: epoch seconds, 2026-11-30, or ISO 8601")
         p.add_argument("--until", metavar="TIME", help="before this time")

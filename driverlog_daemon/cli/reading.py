@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from driverlog_daemon.cli.commands import EXIT_CONFIG, EXIT_INVALID, EXIT_OK, configuration
 from driverlog_daemon.parse.bounds import utc_text
@@ -26,6 +27,8 @@ def cmd_health(args: argparse.Namespace) -> int:
     healths = reads_health.registered_ci_health(conn, now, config.health.silence_days)
     rows = [((v, n, a), h) for (_, v, n, a), h in healths if not args.at_risk or h["at_risk"] is True]
     rows.sort(key=lambda r: (r[0][0].lower(), r[0][1].lower()))
+    if args.jobs:
+        return _health_jobs(conn, [key for key, _ in rows], now, args.json)
     if args.json:
         print(json.dumps([{"vendor": v, "driver": n, "ci_account": a, "health": h} for (v, n, a), h in rows],
                          indent=1))
@@ -107,3 +110,24 @@ def cmd_registry_diff(args: argparse.Namespace) -> int:
             print(line)
         print(f"{diff.summary(changes)}" if not changes.empty else "no change")
     return EXIT_OK if changes.empty else EXIT_INVALID
+
+
+def _health_jobs(conn: Any, drivers: list[tuple[str, str, str]], now: float, as_json: bool) -> int:
+    """``health --jobs``: each CI driver's jobs over 30 days (docs/health.md#jobs), worst first."""
+    from driverlog_daemon.expose.web.pages import percent, took
+    from driverlog_daemon.store import reads_jobs
+
+    ids = {(v, n): i for i, v, n in conn.execute("SELECT id, vendor, name FROM drivers WHERE removed_at IS NULL")}
+    found = [((v, n, a), reads_jobs.jobs(conn, ids[(v, n)], now, reads_jobs.DEFAULT_DAYS)) for v, n, a in drivers]
+    if as_json:
+        print(json.dumps([{"vendor": v, "driver": n, "ci_account": a, **(j or {})} for (v, n, a), j in found],
+                         indent=1))
+        return EXIT_OK
+    print(f"{'vendor':<18} {'driver':<32} {'job':<40} {'runs':>5} {'pass':>5} {'flaky':>5} {'rechecks':>8} "
+          f"{'median':>7} {'p90':>7}")
+    for (vendor, name, _), j in found:
+        for job in (j or {}).get("jobs", []):
+            print(f"{vendor[:18]:<18} {name[:32]:<32} {job['name'][:40]:<40} {job['runs']:>5} "
+                  f"{percent(job['pass_rate']):>5} {job['flaky']:>5} {job['rechecks']:>8} "
+                  f"{took(job['median_seconds']):>7} {took(job['p90_seconds']):>7}")
+    return EXIT_OK

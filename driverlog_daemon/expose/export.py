@@ -48,6 +48,17 @@ EXPORTS = {
 }
 TIME_COLUMNS = frozenset({"comment_time", "at"})  # written as ISO 8601 UTC
 
+#: ``jobs``: each job line of the comments of each driver's CI on its review project (docs/health.md#jobs), read from
+#: the kept comments as the jobs API reads them, in comment order
+JOB_COLUMNS = ("driver_id", "project_id", "vendor", "driver", "ci_account", "change_number", "patch_set",
+               "comment_time", "job", "result", "duration_seconds", "log_url", "review_url")
+_JOBS_SQL = """
+    SELECT d.id, d.project_id, d.vendor, d.name, k.ci_account, k.change_number, k.patch_set, k.comment_time,
+           k.review_url, k.body
+    FROM ci_comments k JOIN drivers d ON d.ci_account = k.ci_account AND d.review_project = k.project
+                                     AND d.removed_at IS NULL
+    {where} ORDER BY k.comment_time, k.id, d.id"""
+
 
 def safe_cell(value: Any) -> Any:
     """A text cell a spreadsheet would run as a formula, made text; anything else as it is."""
@@ -84,7 +95,27 @@ def window(since: str | None, until: str | None) -> tuple[int | None, int | None
 def as_csv(conn: sqlite3.Connection, kind: str, *, driver_id: int | None = None, since: int | None = None,
         until: int | None = None) -> Iterator[bytes]:
     """The whole export as CSV chunks (the web tier's answer, the CLI's output), read lazily from ``conn``."""
+    if kind == "jobs":
+        return csv_chunks(JOB_COLUMNS, job_rows(conn, driver_id=driver_id, since=since, until=until))
     return csv_chunks(EXPORTS[kind].columns, rows(conn, kind, driver_id=driver_id, since=since, until=until))
+
+
+def job_rows(conn: sqlite3.Connection, *, driver_id: int | None = None, since: int | None = None,
+             until: int | None = None) -> Iterator[tuple[Any, ...]]:
+    """The ``jobs`` export's rows, read lazily (one comment's job lines at a time)."""
+    import zlib
+
+    from driverlog_daemon.match.jobs import read_jobs
+
+    where, params = [], []
+    for clause, value in (("d.id = ?", driver_id), ("k.comment_time >= ?", since), ("k.comment_time < ?", until)):
+        if value is not None:
+            where.append(clause)
+            params.append(value)
+    for *head, at, review_url, body in conn.execute(
+            _JOBS_SQL.format(where=("WHERE " + " AND ".join(where)) if where else ""), params):
+        for job in read_jobs(zlib.decompress(body).decode("utf-8", "replace"))[0]:
+            yield tuple(map(safe_cell, (*head, iso(at), *job, review_url)))
 
 
 def rows(conn: sqlite3.Connection, kind: str, *, driver_id: int | None = None, since: int | None = None,

@@ -95,6 +95,10 @@ class Browser:
         """Load ``url`` in a viewport ``width`` × ``height`` CSS pixels (a phone's, touch and all, below 700)."""
         self.call("Emulation.setDeviceMetricsOverride",
                   {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 700})
+        if "#" in url:  # the same page again with a fragment would only scroll: no load event to wait for
+            self._events.clear()
+            self.call("Page.navigate", {"url": "about:blank"})
+            self._event("Page.loadEventFired")
         self._events.clear()
         self.call("Page.navigate", {"url": url})
         self._event("Page.loadEventFired")

@@ -72,7 +72,8 @@ class Demo:
         """``days`` of Gerrit before now: changes of the review projects (and of one other), their CI results
         with rechecks, merges and abandons. The first start imports them as history, so the page has marks and
         every CI health measure (which reach back 7 to 90 days, at-risk 14) from the start."""
-        for ev in history(self.registry, days=days, changes=changes, end=int(time.time()) - 600, starts=0.1):
+        for ev in history(self.registry, days=days, changes=changes, end=int(time.time()) - 600, starts=0.1,
+                          flips=1.0):
             self._record(ev)
 
     def _record(self, event: dict[str, Any]) -> None:

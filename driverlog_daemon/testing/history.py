@@ -41,10 +41,12 @@ def branches(registry: Registry) -> list[str]:
 
 
 def history(registry: Registry, *, days: float, changes: int, end: int, seed: int = 7,
-            first_change: int = 500_000, ci_rate: float = 0.6, starts: float = 0.0) -> list[dict[str, Any]]:
+            first_change: int = 500_000, ci_rate: float = 0.6, starts: float = 0.0,
+            flips: float = 0.0) -> list[dict[str, Any]]:
     """The events of ``changes`` changes over the ``days`` before ``end`` (epoch seconds), in time order.
     ``ci_rate``: the chance a CI bound to the change's project reports on a patch set; ``starts``: the chance it
-    first says it started (a comment that gives no verdict)."""
+    first says it started (a comment that gives no verdict); ``flips``: the chance a recheck passes whatever the
+    first result was (after a failure: a flaky job)."""
     rng = random.Random(seed)
     projects = [*sorted(registry.review_projects), "openstack/other-project"]
     by_project: dict[str, list[str]] = {}
@@ -56,14 +58,15 @@ def history(registry: Registry, *, days: float, changes: int, end: int, seed: in
     for i in range(changes):
         events.extend(_change(rng, registry, first_change + i, rng.choice(projects), rng.choice(all_branches),
                               int(end - days * DAY + rng.random() * (days * DAY - 3 * DAY)), by_project, ci_rate,
-                              starts))
+                              starts, flips))
     events = [e for e in events if e["eventCreatedOn"] < end]
     events.sort(key=lambda e: (e["eventCreatedOn"], e["change"]["number"]))
     return events
 
 
 def _change(rng: random.Random, registry: Registry, number: int, project: str, branch: str, created: int,
-            by_project: dict[str, list[str]], ci_rate: float, starts: float) -> Iterator[dict[str, Any]]:
+            by_project: dict[str, list[str]], ci_rate: float, starts: float,
+            flips: float) -> Iterator[dict[str, Any]]:
     owner = _account(rng)
     change: dict[str, Any] = {
         "project": project, "branch": branch, "id": f"I{rng.getrandbits(160):040x}", "number": number,
@@ -84,9 +87,10 @@ def _change(rng: random.Random, registry: Registry, number: int, project: str, b
                 t += rng.randint(10, 600)
                 yield _event("comment-added", t, change, patch_set, author=_ci_author(account),
                              comment=f"Patch Set {ps}:\n\nStarting check jobs: https://ci.example.org/status/{number}")
-            for _ in range(2 if rng.random() < 0.2 else 1):  # a recheck now and then: another result, same patch set
+            for k in range(2 if rng.random() < 0.2 else 1):  # a recheck now and then: another result, same patch set
                 t += rng.randint(60, 4 * 3600)
-                yield _ci(rng, registry, account, t, change, patch_set)
+                passes = True if k and flips and rng.random() < flips else None
+                yield _ci(rng, registry, account, t, change, patch_set, passes)
         if rng.random() < 0.5:
             t += rng.randint(60, DAY)
             yield _event("comment-added", t, change, patch_set, author=_account(rng),
@@ -108,9 +112,9 @@ def _change(rng: random.Random, registry: Registry, number: int, project: str, b
 
 
 def _ci(rng: random.Random, registry: Registry, account: str, t: int, change: dict[str, Any],
-        patch_set: dict[str, Any]) -> dict[str, Any]:
+        patch_set: dict[str, Any], success: bool | None = None) -> dict[str, Any]:
     drivers = [d for d in registry.by_account[account] if d.review_project == change["project"]]
-    comment, approvals = _ci_comment(rng, drivers, patch_set["number"], rng.randint(200, 1200))
+    comment, approvals = _ci_comment(rng, drivers, patch_set["number"], rng.randint(200, 1200), success)
     return _event("comment-added", t, change, patch_set, approvals=approvals, comment=comment,
                   author=_ci_author(account))
 

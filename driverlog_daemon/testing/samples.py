@@ -49,8 +49,9 @@ def _from_pattern(pattern: str, rng: random.Random, build: str) -> str:
     return f"- {text} in {rng.randint(0, 3)}h {rng.randint(1, 59)}m {rng.randint(1, 59)}s"
 
 
-def _ci_comment(rng: random.Random, drivers: list[Driver], ps: int, size: int) -> tuple[str, list[dict[str, str]]]:
-    success = rng.random() < 0.8
+def _ci_comment(rng: random.Random, drivers: list[Driver], ps: int, size: int,
+                success: bool | None = None) -> tuple[str, list[dict[str, str]]]:
+    success = rng.random() < 0.8 if success is None else success
     vote = "Verified+1" if success else "Verified-1"
     header = "Build succeeded (third-party-check pipeline)." if success else "Build failed (check pipeline)."
     lines = []

@@ -26,7 +26,8 @@ def look(base: str, db: Path, tmp: Path) -> None:
     finally:
         conn.close()
     with browser.Browser(tmp / "profile") as chromium:
-        for name, path in (("status-page", "/"), ("driver-page", f"/drivers/{driver_id}")):
+        for name, path in (("status-page", "/"), ("driver-page", f"/drivers/{driver_id}"),
+                           ("driver-jobs", f"/drivers/{driver_id}#jobs")):
             for width, suffix in ((1300, ""), (400, "-phone")):
                 chromium.open(base + path, width, 1000)
                 layout = chromium.layout()

@@ -71,7 +71,7 @@ class App:
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                                       undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                                       finalize=pages.xml_safe)
-        self.env.filters.update(safe_url=pages.safe_url, utc=pages.utc, linked=pages.linked)
+        self.env.filters.update(safe_url=pages.safe_url, utc=pages.utc, linked=pages.linked, took=pages.took)
         self.env.globals.update(ago=self._ago, query_link=pages.query_link, percent=pages.percent,
                                 verification_levels=legacy.VERIFICATION_LEVELS)
         self._local = threading.local()
@@ -96,6 +96,8 @@ class App:
              ("limit", "page")),
             (r"/api/1\.0/drivers/(\d+)/missed", "/api/1.0/drivers/<id>/missed", self.api_missed, "database",
              ("days",)),
+            (r"/api/1\.0/drivers/(\d+)/jobs", "/api/1.0/drivers/<id>/jobs", self.driver_view.api_jobs, "database",
+             ("days",)),
             (r"/api/1\.0/list/releases", "/api/1.0/list/releases", self.api_releases, "records", (*filters, *ids)),
             (r"/api/1\.0/list/releases/(.+)", "/api/1.0/list/releases/<id>", self.api_release, "records", filters),
             (r"/api/1\.0/list/project_ids", "/api/1.0/list/project_ids", self.api_project_ids, "records",
@@ -115,6 +117,7 @@ class App:
             (r"/export/(marks)\.csv", "/export/marks.csv", self.export_csv, None, ("driver", "since", "until")),
             (r"/export/(verifications)\.csv", "/export/verifications.csv", self.export_csv, None,
              ("driver", "since", "until")),
+            (r"/export/(jobs)\.csv", "/export/jobs.csv", self.export_csv, None, ("driver", "since", "until")),
             (r"/healthz", "/healthz", self.healthz, None, ()),
         )]
 

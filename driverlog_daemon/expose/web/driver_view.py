@@ -7,9 +7,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from driverlog_daemon.expose.web import api, pages
-from driverlog_daemon.expose.web.responses import Response, text_response
+from driverlog_daemon.expose.web.responses import Response, json_response, text_response
 from driverlog_daemon.registry.load import Registry
-from driverlog_daemon.store import reads, reads_health, reads_registry, reads_unjudged
+from driverlog_daemon.store import reads, reads_health, reads_jobs, reads_registry, reads_unjudged
 
 HISTORY_PAGE = 50
 
@@ -46,10 +46,24 @@ class DriverView:
                 conn, int(driver_id), limit=HISTORY_PAGE, offset=(transitions_page - 1) * HISTORY_PAGE)
             chart = pages.chart(reads_health.daily(conn, int(driver_id), now))
             entry = reads_registry.entry_changes(conn).get(known[0])
+            jobs = reads_jobs.jobs(conn, int(driver_id), now, reads_jobs.DEFAULT_DAYS)
         return self.html("driver.html", record=self.with_latest_unjudged(record), key=known[0], removed=known[1],
                           history=history,
                           page=page, pages=max(1, -(-total // HISTORY_PAGE)), total=total, driver_id=int(driver_id),
                           registry=registry, missed=missed, transitions=transitions, chart=chart,
                           transitions_page=transitions_page,
                           transitions_pages=max(1, -(-transitions_total // HISTORY_PAGE)),
-                          silence_days=self.silence_days, entry=entry)
+                          silence_days=self.silence_days, entry=entry, jobs=jobs)
+
+    def api_jobs(self, query: Mapping[str, str], driver_id: str) -> Response:
+        """``/api/1.0/drivers/<id>/jobs?days=7|30|90``."""
+        days = api.int_param(query, "days", reads_jobs.DEFAULT_DAYS, minimum=1) or reads_jobs.DEFAULT_DAYS
+        if days not in reads_jobs.WINDOWS:
+            raise api.BadRequest(f"days: one of {', '.join(map(str, reads_jobs.WINDOWS))}")
+        with self.reader.snapshot() as conn:
+            if reads.driver_key(conn, int(driver_id)) is None:
+                return json_response({"error": "no such driver"}, "404 Not Found")
+            jobs = reads_jobs.jobs(conn, int(driver_id), self.clock(), days)
+        if jobs is None:
+            return json_response({"error": "the driver has no CI"}, "404 Not Found")
+        return json_response(jobs)

@@ -16,6 +16,15 @@ from driverlog_daemon.registry.load import Registry
 CHART_WIDTH, CHART_HEIGHT = 540, 90
 
 
+def took(seconds: int | None) -> str:
+    """A job's duration as a reader says it: 43m, 1h 02m, 45s; — when not known."""
+    if seconds is None:
+        return "—"
+    h, rest = divmod(int(seconds), 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h {m:02d}m" if h else f"{m}m" if m else f"{s}s"
+
+
 def percent(ratio: float | None) -> str:
     return "—" if ratio is None else f"{ratio:.0%}"
 
