@@ -6,6 +6,8 @@ global. Stages report in aggregates (per block, per batch), never per line, to k
 
 from __future__ import annotations
 
+import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
@@ -53,6 +55,11 @@ class _Watching:
     def watch_history(self, read: Callable[[], tuple[int, int]]) -> None:
         """(bindings done, bindings) of the history imports under way."""
         self._scrape.register(_HistoryCollector(read))
+
+    def watch_jobs(self, read: Callable[[], JobRows], every: float = 300.0) -> None:
+        """Per driver: jobs that flaked, and the failed share that flakes explain (read at most every ``every``
+        seconds: each read parses the window's job lines)."""
+        self._scrape.register(_JobsCollector(read, every))
 
     def watch_outbox(self, read: Callable[[], Mapping[str, Mapping[str, Any]]]) -> None:
         """Each webhook's outbox."""
@@ -252,6 +259,48 @@ class _HealthCollector(Collector):
         yield GaugeMetricFamily("driverlog_drivers_at_risk",
                                 "Drivers with no CI success within [health] silence_days (Cinder's rule).",
                                 value=at_risk)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+JobRows = Iterable[tuple[str, str, str, int, float | None]]
+
+
+class _JobsCollector(Collector):
+    """Its rows are read on a thread of their own, at most every ``every`` seconds: a scrape never waits for the
+    read (it parses the window's job lines) and shows the last one (none before the first has ended)."""
+
+    def __init__(self, read: Callable[[], JobRows], every: float) -> None:
+        self.read, self.every = read, every
+        self._rows: list[tuple[str, str, str, int, float | None]] = []
+        self._at = -math.inf
+        self._lock = threading.Lock()
+
+    def refresh(self) -> None:
+        try:
+            self._rows = list(self.read())
+        except Exception:  # a read that fails leaves the last rows; it is asked again after the interval
+            pass
+        finally:
+            self._lock.release()
+
+    def collect(self) -> Iterator[Metric]:
+        if time.monotonic() - self._at >= self.every and self._lock.acquire(blocking=False):
+            self._at = time.monotonic()
+            threading.Thread(target=self.refresh, name="driverlog-job-metrics", daemon=True).start()
+        labels = ["project", "vendor", "driver"]
+        flaky = GaugeMetricFamily("driverlog_driver_flaky_jobs_30d", "Jobs of a driver's CI that reported SUCCESS "
+                                  "and a failure on one patch set in 30 days.", labels=labels)
+        share = GaugeMetricFamily("driverlog_driver_failures_on_flaky_ratio_30d", "The share of a driver's failed "
+                                  "job runs in 30 days that were on a patch set where the job flaked (drivers with a "
+                                  "failed run).", labels=labels)
+        for project, vendor, driver, jobs, ratio in self._rows:
+            flaky.add_metric([project, vendor, driver], jobs)
+            if ratio is not None:
+                share.add_metric([project, vendor, driver], ratio)
+        yield flaky
+        yield share
 
     def describe(self) -> Iterator[Metric]:
         return iter(())

@@ -93,3 +93,12 @@ def driver_rates(verdicts: Iterable[tuple[int, int, str]], runs: Iterable[JobRun
 
     return {"pass_rate": rate(verdicts), "pass_rate_without_flaky": rate(kept), "flaky_patch_sets": len(flaky),
             "verdicts": len(verdicts), "verdicts_without_flaky": len(kept)}
+
+
+def flake_share(runs: Sequence[JobRun]) -> tuple[int, float | None]:
+    """(jobs that flaked, the share of failed runs that were on a flaky job's patch set: what rechecks explain);
+    the share is None without a failed run."""
+    flaky = flaky_pairs(runs)
+    failed = [r for r in runs if r.result not in (PASS, SKIPPED)]
+    explained = sum((r.job, r.change_number, r.patch_set) in flaky for r in failed)
+    return len({job for job, _, _ in flaky}), (round(explained / len(failed), 4) if failed else None)

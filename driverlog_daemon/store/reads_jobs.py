@@ -41,6 +41,28 @@ def _jobs(comment_id: int, sha: str, body: bytes) -> tuple[tuple[JobResult, ...]
 
 def jobs(conn: sqlite3.Connection, driver_id: int, now: float, days: int) -> dict[str, Any] | None:
     """The driver's jobs and rates over ``days``; None when it has no CI."""
+    read = _runs(conn, driver_id, now, days)
+    if read is None:
+        return None
+    runs, verdicts, capped = read
+    return {"days": days, "jobs": job_health.summary(runs), "driver": job_health.driver_rates(verdicts, runs),
+            "capped_comments": capped}
+
+
+def flake_gauges(conn: sqlite3.Connection, now: float) -> list[tuple[str, str, str, int, float | None]]:
+    """(project, vendor, driver, jobs that flaked, failed share on flaky patch sets) of each CI driver in the
+    registry over 30 days: the per-driver job metrics (never per job: bounded cardinality)."""
+    out = []
+    for driver_id, project, vendor, name in conn.execute(
+            "SELECT id, project_id, vendor, name FROM drivers WHERE ci_account IS NOT NULL AND removed_at IS NULL"):
+        read = _runs(conn, driver_id, now, DEFAULT_DAYS)
+        if read is not None:
+            out.append((project, vendor, name, *job_health.flake_share(read[0])))
+    return out
+
+
+def _runs(conn: sqlite3.Connection, driver_id: int, now: float,
+          days: int) -> tuple[list[job_health.JobRun], list[tuple[int, int, str]], int] | None:
     row = conn.execute("SELECT ci_account, review_project FROM drivers WHERE id = ?", (driver_id,)).fetchone()
     if row is None or row[0] is None:
         return None
@@ -60,5 +82,4 @@ def jobs(conn: sqlite3.Connection, driver_id: int, now: float, days: int) -> dic
                     for j in found)
         if verdict is not None:
             verdicts.append((number, ps, verdict))
-    return {"days": days, "jobs": job_health.summary(runs), "driver": job_health.driver_rates(verdicts, runs),
-            "capped_comments": capped}
+    return runs, verdicts, capped

@@ -58,6 +58,7 @@ def exported_metrics() -> set[str]:
         side.watch_gaps(lambda: ([], None, None))
         side.watch_history(lambda: (0, 0))
         side.watch_outbox(lambda: {"h": {"pending": 0, "dead": 0, "oldest_pending_age_seconds": None}})
+        side.watch_jobs(lambda: [("p", "v", "d", 1, 0.5)])
     names = families(daemon.exposition()) | families(web.exposition())  # a counter's with its _total
     return {n for n in names if not n.startswith("process_")}
 

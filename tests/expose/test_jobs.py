@@ -21,7 +21,7 @@ from driverlog_daemon.registry.load import Registry, load_registry
 from driverlog_daemon.source import replay
 from driverlog_daemon.store.pipeline import Pipeline
 from driverlog_daemon.store.store import Store
-from driverlog_daemon.testing import DATA
+from driverlog_daemon.testing import DATA, wait_until
 from driverlog_daemon.testing.db import query
 from driverlog_daemon.testing.events import comment_event, line
 from driverlog_daemon.testing.history import history
@@ -36,7 +36,7 @@ WORDS = ("SUCCESS", "FAILURE", "POST_FAILURE", "TIMED_OUT", "RETRY_LIMIT", "NODE
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[int, Registry, list[dict[str, Any]], Path]]:
     registry = load_registry(DATA)
-    events = history(registry, days=60, changes=250, end=NOW - 3600, seed=9, ci_rate=0.7)
+    events = history(registry, days=60, changes=250, end=NOW - 3600, seed=9, ci_rate=0.7, flips=1.0)
     events.append(comment_event("acme-storage-ci", f"Patch Set 1: Verified-1\n\nBuild failed.\n\n{HOSTILE}",
                                 number=990001, patch_set=1, created_on=NOW - 600))
     (tmp_path / "s.jsonl").write_bytes(b"".join(line(e) for e in events))
@@ -82,6 +82,10 @@ def test_every_driver_and_job_equals_a_direct_count(served: tuple[int, Registry,
         compared += len(got)
         flaky += sum(j["flaky"] for j in got.values())
     assert compared > 50 and flaky > 0  # the corpus has jobs, and rechecks that flip
+    before = http_get(port, f"/api/1.0/drivers/{ids['Acme Volume Driver (FC)']}/jobs?days=90")[2]
+    with Store(db) as store:  # the same comments again (a replay over a live file, a backfill): nothing doubles
+        replay.replay(Pipeline(registry, store), str(db.parent / "s.jsonl"), jobs=1)
+    assert http_get(port, f"/api/1.0/drivers/{ids['Acme Volume Driver (FC)']}/jobs?days=90")[2] == before
 
 
 def test_the_page_shows_the_jobs_escaped_and_days_is_checked(
@@ -137,3 +141,33 @@ def _first_jobs(comment: str) -> dict[str, str]:
         if m and m.group(3) in WORDS:
             first.setdefault(m.group(1), m.group(3))
     return first
+
+
+def test_the_per_driver_job_metrics(served: tuple[int, Registry, list[dict[str, Any]], Path]) -> None:
+    from driverlog_daemon.store import reads_jobs, schema
+
+    port, registry, _, db = served
+    ids = dict(query(db, "SELECT name, id FROM drivers"))
+    flakiest, jobs = max(((d, json.loads(http_get(port, f"/api/1.0/drivers/{ids[d.name]}/jobs")[2])["jobs"])
+                          for d in registry.drivers if d.ci is not None), key=lambda x: sum(j["flaky"] for j in x[1]))
+    metrics = Metrics()
+    reads = []
+
+    def read() -> list[tuple[str, str, str, int, float | None]]:
+        conn = schema.connect(db, readonly=True)
+        try:
+            reads.append(1)
+            return reads_jobs.flake_gauges(conn, time.time())
+        finally:
+            conn.close()
+
+    labels = {"project": flakiest.project_id, "vendor": flakiest.vendor, "driver": flakiest.name}
+    metrics.watch_jobs(read)
+    metrics.exposition()  # the first scrape starts the read, and does not wait for it
+    assert wait_until(lambda: metrics.registry.get_sample_value("driverlog_driver_flaky_jobs_30d", labels) is not None)
+    flaky = metrics.registry.get_sample_value("driverlog_driver_flaky_jobs_30d", labels)
+    assert flaky == sum(1 for j in jobs if j["flaky"]) and flaky > 0
+    share = metrics.registry.get_sample_value("driverlog_driver_failures_on_flaky_ratio_30d", labels)
+    assert share is not None and 0 < share < 1
+    metrics.exposition()
+    assert len(reads) == 1  # read again only after the interval

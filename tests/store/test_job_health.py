@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from driverlog_daemon.store.job_health import JobRun, driver_rates, link, nearest_rank, summary
+from driverlog_daemon.store.job_health import JobRun, driver_rates, flake_share, link, nearest_rank, summary
 
 RESULTS = ["SUCCESS", "SUCCESS", "FAILURE", "POST_FAILURE", "TIMED_OUT", "SKIPPED"]
 runs_strategy = st.lists(st.builds(
@@ -73,3 +73,16 @@ def test_nearest_rank_and_links() -> None:
     assert nearest_rank([5, 1, 3, 2, 4], 50) == 3 and nearest_rank(list(range(1, 11)), 90) == 9
     assert link("javascript:alert(1)") is None and link("data:text/html,x") is None
     assert link("HTTPS://ci/x") == "HTTPS://ci/x"
+
+
+@given(runs_strategy)
+def test_the_flake_share(runs: list[JobRun]) -> None:
+    def flaked(r: JobRun) -> bool:
+        same = [o.result for o in runs if (o.job, o.change_number, o.patch_set) == (r.job, r.change_number,
+                                                                                   r.patch_set)]
+        return "SUCCESS" in same and any(x not in ("SUCCESS", "SKIPPED") for x in same)
+
+    failed = [r for r in runs if r.result not in ("SUCCESS", "SKIPPED")]
+    jobs, share = flake_share(runs)
+    assert jobs == len({r.job for r in runs if flaked(r)})
+    assert share == (round(sum(map(flaked, failed)) / len(failed), 4) if failed else None)

@@ -33,7 +33,7 @@ from driverlog_daemon.config import Config
 from driverlog_daemon.expose import runtime
 from driverlog_daemon.logs import get_logger
 from driverlog_daemon.registry.load import Registry, RegistryError, load_registry
-from driverlog_daemon.store import reads, reads_health, reads_history
+from driverlog_daemon.store import reads, reads_health, reads_history, reads_jobs
 
 log = get_logger("driverlog.web")
 
@@ -244,6 +244,11 @@ class _Registry:
         return self._registry
 
 
+def _snapshot(reader: Any, read: Callable[[Any, float], Any]) -> Any:
+    with reader.snapshot() as conn:
+        return read(conn, time.time())
+
+
 def build_app(config: Config) -> Any:
     """The WSGI app of one worker: the registry, the database read-only, and the daemon's state when there is
     one."""
@@ -290,6 +295,7 @@ def build_app(config: Config) -> Any:
         return [(p, v, n, h["pass_rate"]["30"], h["coverage"]["ratio"], h["at_risk"]) for (p, v, n, _), h in healths]
 
     metrics.watch_health(read_health)
+    metrics.watch_jobs(lambda: _snapshot(reader, reads_jobs.flake_gauges))
 
     def read_outbox() -> dict[str, dict[str, Any]]:
         with reader.snapshot() as conn:
