@@ -50,6 +50,12 @@ def flaky_pairs(runs: Iterable[JobRun]) -> set[tuple[str, int, int]]:
     return {pair for pair, outcomes in seen.items() if len(outcomes) == 2}
 
 
+def _newest(r: JobRun) -> tuple[int, int, int, str, str]:
+    """The order "newest" means: comment time, then change, patch set; two comments of one second are told apart
+    by result and log URL, whatever order they were read in."""
+    return r.comment_time, r.change_number, r.patch_set, r.result, r.log_url or ""
+
+
 def summary(runs: Sequence[JobRun]) -> list[dict[str, Any]]:
     """Each job's numbers, worst first (lowest pass rate, then most flaky, then name; jobs with no run last)."""
     by_job: dict[str, list[JobRun]] = defaultdict(list)
@@ -65,7 +71,7 @@ def summary(runs: Sequence[JobRun]) -> list[dict[str, Any]]:
             per_pair[(r.change_number, r.patch_set)] += 1
         durations = [r.duration_seconds for r in ran if r.duration_seconds is not None]
         failures = [r for r in ran if r.result != PASS]
-        last = max(failures, key=lambda r: (r.comment_time, r.change_number, r.patch_set), default=None)
+        last = max(failures, key=_newest, default=None)
         out.append({
             "name": job, "runs": len(ran), "passes": passes, "failures": len(ran) - passes,
             "skipped": len(mine) - len(ran),

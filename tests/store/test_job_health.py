@@ -32,7 +32,8 @@ def _direct(runs: list[JobRun], job: str) -> dict[str, Any]:
                    default=None)
 
     failures = [r for r in ran if r.result != "SUCCESS"]
-    newest = sorted(failures, key=lambda r: (r.comment_time, r.change_number, r.patch_set))[-1] if failures else None
+    newest = sorted(failures, key=lambda r: (r.comment_time, r.change_number, r.patch_set, r.result,
+                                             r.log_url or ""))[-1] if failures else None
     return {"runs": len(ran), "passes": len(ran) - len(failures), "failures": len(failures), "flaky": flaky,
             "rechecks": rechecks, "median_seconds": pct(50), "p90_seconds": pct(90),
             "pass_rate": round((len(ran) - len(failures)) / len(ran), 4) if ran else None,
