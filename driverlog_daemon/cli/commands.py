@@ -10,7 +10,8 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from driverlog_daemon.config import Config
+    from driverlog_daemon.config import Config, ConfigError
+    from driverlog_daemon.registry.load import RegistryError
 
 EXIT_OK, EXIT_INVALID, EXIT_CONFIG = 0, 1, 2
 
@@ -75,7 +76,7 @@ def _checked_config(args: argparse.Namespace, remember: bool = False, writes: bo
     """Configuration, its files and its registry, checked as ``run`` needs them; ConfigError names the key.
     ``remember``: trust a registry already found valid (``run``; ``check-config`` checks it again). Notes (what
     is not wrong but not there yet) go to stderr."""
-    from driverlog_daemon.config import ConfigError, check_files
+    from driverlog_daemon.config import check_files
     from driverlog_daemon.registry.load import RegistryError, load_registry
 
     config = configuration(args)
@@ -86,20 +87,30 @@ def _checked_config(args: argparse.Namespace, remember: bool = False, writes: bo
         config = config._replace(registry=config.registry._replace(path=str(kept_copy(config)), url=""))
     for note in check_files(config, writes=writes, before_start=before_start):
         print(f"note: {note}", file=sys.stderr)
-    key, where = ("registry.url", config.registry.url) if config.registry.url and writes else (
-        "registry.path", config.registry.path)
-    try:
-        if key == "registry.url":  # as `run` will: the URL, else the copy kept
-            from driverlog_daemon.daemon.registry_follow import initial
-            from driverlog_daemon.source.registry_source import RegistrySource, kept_copy
+    if config.registry.url and writes:
+        if remember:  # `run`: its service asks the URL as it starts (once), and says what is wrong as here
+            return config, config.registry.url
+        from driverlog_daemon.daemon.registry_follow import initial
+        from driverlog_daemon.source.registry_source import RegistrySource, kept_copy
 
+        try:  # `check-config`, as `run` will: the URL, else the copy kept
             registry = initial(config, RegistrySource(config.registry, kept_copy(config).parent))[0]
-        else:
-            registry = load_registry(config.registry.path, remember=remember)
+        except RegistryError as exc:
+            raise invalid_registry("registry.url", config.registry.url, exc) from None
+        return config, registry.summary()
+    try:
+        registry = load_registry(config.registry.path, remember=remember)
     except RegistryError as exc:
-        raise ConfigError(key, f"{where} is not a valid registry: "
-                          + "; ".join(exc.errors[:10]) + (" …" if len(exc.errors) > 10 else "")) from None
+        raise invalid_registry("registry.path", config.registry.path, exc) from None
     return config, registry.summary()
+
+
+def invalid_registry(key: str, where: str, exc: RegistryError) -> ConfigError:
+    """The configuration error of a registry that cannot be used, naming ``key``."""
+    from driverlog_daemon.config import ConfigError
+
+    return ConfigError(key, f"{where} is not a valid registry: " + "; ".join(exc.errors[:10])
+                       + (" …" if len(exc.errors) > 10 else ""))
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -126,9 +137,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     root, fresh = runtime.prepare()
     created = root if fresh else None
     from driverlog_daemon.daemon.run import run
+    from driverlog_daemon.registry.load import RegistryError
 
     try:
         return run(config)
+    except RegistryError as exc:  # the registry's URL gave none, and no copy of it is kept
+        raise invalid_registry("registry.url", config.registry.url, exc) from None
     finally:
         if created is not None:
             import shutil

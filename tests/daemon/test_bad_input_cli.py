@@ -47,6 +47,8 @@ CASES = [
     (("check-config", "--config", "listen.toml"), 2, "http.listen: 'no.such.host.invalid' is not an address"),
     (("check-config", "--config", "url.toml"), 2, "configuration error: registry.url: http://127.0.0.1:1/r.json is "
      "not a valid registry: cannot fetch: http://127.0.0.1:1/r.json: [Errno 111] Connection refused; and no copy kept"),
+    (("run", "--config", "url.toml"), 2, "configuration error: registry.url: http://127.0.0.1:1/r.json is not a "
+     "valid registry: cannot fetch: http://127.0.0.1:1/r.json: [Errno 111] Connection refused; and no copy kept"),
     (("run", "--config", "scheme.toml"), 2, "registry.url: must be an https://, http:// or file:// URL"),
     (("health", "--config", "foreign.toml"), 1, "foreign.sqlite: not a SQLite database"),
     (("health", "--config", "folder.toml"), 1, "folder: is a directory, not a database file"),
