@@ -57,10 +57,10 @@ def initial(config: Config, source: RegistrySource | None) -> tuple[Registry, by
         try:
             return registry_from_bytes(data, source.url, remember=True), data
         except RegistryError as exc:
-            source.failed("invalid registry: " + "; ".join(exc.errors[:5]), "invalid")
+            why = _refusal(exc)
+            source.failed(why, "invalid")
             if kept is None:
                 raise
-            why = f"invalid registry: {'; '.join(exc.errors[:5])}"
     except FetchError as exc:
         why = str(exc)
         if kept is None:
@@ -68,6 +68,11 @@ def initial(config: Config, source: RegistrySource | None) -> tuple[Registry, by
     assert kept is not None
     log.warning("registry_source_unavailable", url=source.url, error=why, using=f"the copy kept in {source.cache_dir}")
     return registry_from_bytes(kept, source.url, remember=True), kept
+
+
+def _refusal(exc: RegistryError) -> str:
+    """What ``last_fetch`` says of an answer that failed the checks (its first errors)."""
+    return "invalid registry: " + "; ".join(exc.errors[:5])
 
 
 class Follower:
@@ -130,7 +135,7 @@ class Follower:
         try:
             registry = registry_from_bytes(data, self.source.url, remember=True)
         except RegistryError as exc:
-            self._refused = (digest, "invalid registry: " + "; ".join(exc.errors[:5]))
+            self._refused = (digest, _refusal(exc))
             self.source.failed(self._refused[1], "invalid")
             self.reloads.refused(self.source.url, exc)
             return True

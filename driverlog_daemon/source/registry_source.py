@@ -158,10 +158,15 @@ class RegistrySource:
         self.counted(result)
 
     def accepted(self, data: bytes) -> None:
-        """``data`` passed the checks and is applied: keep it, with the validators of the answer it came in."""
-        answer = self._answer
-        self._meta = {"url": self.url, "sha256": hashlib.sha256(data).hexdigest(),
-                      "etag": answer.etag if answer else None,
+        """``data`` passed the checks and is applied: keep it, with the validators of the answer it came in (the
+        copy kept already, when the source's last answer was another registry: an invalid one's validators would
+        have it answer 304 to it)."""
+        digest, answer = hashlib.sha256(data).hexdigest(), self._answer
+        if answer is None or answer.data != data:
+            if self._meta.get("sha256") == digest:
+                return  # the copy kept, validators and all (the start fell back on it)
+            answer = None
+        self._meta = {"url": self.url, "sha256": digest, "etag": answer.etag if answer else None,
                       "last_modified": answer.last_modified if answer else None, "kept_at": self.clock()}
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)

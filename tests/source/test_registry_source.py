@@ -102,3 +102,17 @@ def test_tls_is_verified_and_never_left_for_http(tmp_path: Path, monkeypatch: py
         assert served.requests == []  # the plain-http URL was never asked
     finally:
         secure.stop()
+
+
+def test_keeping_the_copy_again_keeps_its_own_validators(served: RegistryServer, tmp_path: Path) -> None:
+    # the start falls back on the copy kept when the source answers something else (an invalid registry): the copy
+    # must not take that answer's validators, or the source would answer 304 to it from then on
+    source, _ = _source(served, tmp_path)
+    assert source.ask() == DATA.read_bytes()
+    source.accepted(DATA.read_bytes())
+    kept_etag = served.etag
+    served.publish(b"{not a registry")
+    assert source.ask() == b"{not a registry"
+    source.accepted(DATA.read_bytes())  # the copy kept, applied again
+    assert source.ask() == b"{not a registry"  # asked with the copy's validators: the new answer comes in full
+    assert served.requests[-1]["if_none_match"] == kept_etag and served.answers()[-1] == "200"
