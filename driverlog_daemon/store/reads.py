@@ -191,6 +191,12 @@ def drivers(conn: sqlite3.Connection) -> dict[tuple[str, str, str], DriverRow]:
     return out
 
 
+def binding(conn: sqlite3.Connection, driver_id: int) -> tuple[str, str] | None:
+    """(CI account, review project) of a driver the file knows with a CI; None otherwise."""
+    row = conn.execute("SELECT ci_account, review_project FROM drivers WHERE id = ?", (driver_id,)).fetchone()
+    return None if row is None or row[0] is None else (str(row[0]), str(row[1]))
+
+
 def driver_key(conn: sqlite3.Connection, driver_id: int) -> tuple[tuple[str, str, str], bool] | None:
     """A driver's (project_id, vendor, name) and whether it left the registry; None for an unknown id."""
     row = conn.execute("SELECT project_id, vendor, name, removed_at IS NOT NULL FROM drivers WHERE id = ?",

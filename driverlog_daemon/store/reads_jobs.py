@@ -15,7 +15,7 @@ from collections import OrderedDict
 from typing import Any
 
 from driverlog_daemon.match.jobs import JobResult, read_jobs
-from driverlog_daemon.store import ci_health, job_health
+from driverlog_daemon.store import ci_health, job_health, reads
 
 WINDOWS = (7, 30, 90)
 DEFAULT_DAYS = 30
@@ -63,8 +63,8 @@ def flake_gauges(conn: sqlite3.Connection, now: float) -> list[tuple[str, str, s
 
 def _runs(conn: sqlite3.Connection, driver_id: int, now: float,
           days: int) -> tuple[list[job_health.JobRun], list[tuple[int, int, str]], int] | None:
-    row = conn.execute("SELECT ci_account, review_project FROM drivers WHERE id = ?", (driver_id,)).fetchone()
-    if row is None or row[0] is None:
+    row = reads.binding(conn, driver_id)
+    if row is None:
         return None
     runs: list[job_health.JobRun] = []
     verdicts: list[tuple[int, int, str]] = []

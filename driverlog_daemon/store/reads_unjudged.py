@@ -16,7 +16,7 @@ import zlib
 from typing import Any
 
 from driverlog_daemon.match.rules import read_comment
-from driverlog_daemon.store import ci_health
+from driverlog_daemon.store import ci_health, reads
 
 DAYS = 30
 OTHER_PROJECTS = 5  # listed, the busiest first
@@ -64,8 +64,8 @@ def _lines(body: bytes) -> list[str]:
 def latest(conn: sqlite3.Connection, driver_id: int, now: float) -> list[dict[str, Any]]:
     """The newest comments of the driver's CI account on its review project (within :data:`DAYS`, among the
     :data:`SCANNED` newest) that gave the driver no verdict, newest first, with their first lines."""
-    row = conn.execute("SELECT ci_account, review_project FROM drivers WHERE id = ?", (driver_id,)).fetchone()
-    if row is None or row[0] is None:
+    row = reads.binding(conn, driver_id)
+    if row is None:
         return []
     out = []
     for number, ps, at, url, body, judged in conn.execute(

@@ -3,6 +3,7 @@ when its registry entry last changed, and why some of its CI's comments did not 
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -19,15 +20,18 @@ class DriverView:
                  html: Callable[..., Response], clock: Callable[[], float], silence_days: float) -> None:
         self.reader, self.recs, self.html, self.clock, self.silence_days = reader, recs, html, clock, silence_days
 
-    def with_latest_unjudged(self, record: dict[str, Any] | None) -> dict[str, Any] | None:
-        """One driver's record with the first lines of its CI's latest comments that gave it no verdict."""
+    def with_latest_unjudged(self, record: dict[str, Any] | None,
+                             conn: sqlite3.Connection | None = None) -> dict[str, Any] | None:
+        """One driver's record with the first lines of its CI's latest comments that gave it no verdict (read on
+        ``conn``, the caller's snapshot, else one of its own)."""
         if record is None or not (record.get("health") or {}).get("unjudged"):
             return record
-        with self.reader.snapshot() as conn:
-            latest = reads_unjudged.latest(conn, record["id"], self.clock())
+        if conn is None:
+            with self.reader.snapshot() as own:
+                return self.with_latest_unjudged(record, own)
         health = record["health"]
+        latest = reads_unjudged.latest(conn, record["id"], self.clock())
         return {**record, "health": {**health, "unjudged": {**health["unjudged"], "latest": latest}}}
-
 
     def page(self, query: Mapping[str, str], driver_id: str) -> Response:
         page = api.int_param(query, "page", 1, minimum=1) or 1
@@ -47,8 +51,8 @@ class DriverView:
             chart = pages.chart(reads_health.daily(conn, int(driver_id), now))
             entry = reads_registry.entry_changes(conn).get(known[0])
             jobs = reads_jobs.jobs(conn, int(driver_id), now, reads_jobs.DEFAULT_DAYS)
-        return self.html("driver.html", record=self.with_latest_unjudged(record), key=known[0], removed=known[1],
-                          history=history,
+            record = self.with_latest_unjudged(record, conn)
+        return self.html("driver.html", record=record, key=known[0], removed=known[1], history=history,
                           page=page, pages=max(1, -(-total // HISTORY_PAGE)), total=total, driver_id=int(driver_id),
                           registry=registry, missed=missed, transitions=transitions, chart=chart,
                           transitions_page=transitions_page,
