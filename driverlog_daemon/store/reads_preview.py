@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from driverlog_daemon.match.kept import RESTORE_COLUMNS, restore
 from driverlog_daemon.match.rules import match_comment, release_for
+from driverlog_daemon.model import Verification
 from driverlog_daemon.registry.changes import RegistryChanges
-from driverlog_daemon.registry.load import Registry
+from driverlog_daemon.registry.load import Driver, Registry
 
 Key = tuple[str, str, str]
 
@@ -58,6 +60,19 @@ def _driver_id(conn: sqlite3.Connection, key: Key) -> int | None:
     return None if row is None else int(row[0])
 
 
+def kept_judgements(conn: sqlite3.Connection, driver: Driver,
+                    registry: Registry) -> Iterator[tuple[list[Verification], str]]:
+    """Each kept comment of the driver's CI account on its review project, judged for this driver alone under
+    ``registry``: (its verifications, none or one; the source that delivered it). What a registry change judges
+    again (:mod:`store.rejudge`) and what the preview counts."""
+    assert driver.ci is not None
+    columns = ", ".join(RESTORE_COLUMNS)
+    for *row, sha, source in conn.execute(f"SELECT {columns}, comment_sha256, source FROM ci_comments "
+                                          "WHERE ci_account = ? AND project = ?",
+                                          (driver.ci.account, driver.review_project)):
+        yield match_comment(restore(row), registry, sha256=sha, only=driver.key).verifications, source
+
+
 def _proposed(conn: sqlite3.Connection, key: Key, driver_id: int | None,
               registry: Registry) -> tuple[dict[str, str], Judged]:
     driver = next(d for d in registry.drivers if d.key == key)
@@ -73,11 +88,8 @@ def _proposed(conn: sqlite3.Connection, key: Key, driver_id: int | None,
 
     proposed: Counter[str] = Counter()
     comments = 0
-    columns = ", ".join(RESTORE_COLUMNS)
-    for *row, sha in conn.execute(f"SELECT {columns}, comment_sha256 FROM ci_comments "
-                                  "WHERE ci_account = ? AND project = ?", (driver.ci.account, driver.review_project)):
+    for found, _ in kept_judgements(conn, driver, registry):
         comments += 1
-        found = match_comment(restore(row), registry, sha256=sha, only=key).verifications
         proposed[found[0].result if found else "none"] += 1
         for v in found:
             offer(v.release, (v.comment_time, v.change_number, v.patch_set, v.comment_sha256), v.result)

@@ -15,10 +15,10 @@ import sqlite3
 from collections.abc import Callable
 from typing import NamedTuple
 
-from driverlog_daemon.match.kept import RESTORE_COLUMNS, restore
-from driverlog_daemon.match.rules import match_comment, release_for
+from driverlog_daemon.match.rules import release_for
 from driverlog_daemon.registry.load import Registry
 from driverlog_daemon.store import marks
+from driverlog_daemon.store.reads_preview import kept_judgements
 
 _STATUS = """
     WITH v AS (SELECT id, release, result, comment_time FROM verifications WHERE driver_id = ?1),
@@ -53,11 +53,8 @@ def verdicts(conn: sqlite3.Connection, driver_id: int, key: tuple[str, str, str]
     driver = next((d for d in registry.drivers if d.key == key), None)
     wanted: dict[tuple[str, int, int, str], tuple[object, ...]] = {}
     if driver is not None and driver.ci is not None:
-        columns = ", ".join(RESTORE_COLUMNS)
-        for *row, sha, source in conn.execute(
-                f"SELECT {columns}, comment_sha256, source FROM ci_comments WHERE ci_account = ?",
-                (driver.ci.account,)):
-            for v in match_comment(restore(row), registry, sha256=sha, only=driver.key).verifications:
+        for found, source in kept_judgements(conn, driver, registry):
+            for v in found:
                 wanted[(v.ci_account, v.change_number, v.patch_set, v.comment_sha256)] = (
                     driver_id, *v[1:], received_at, source)
     have = {(a, n, ps, sha): (vid, result, evidence, release) for vid, a, n, ps, sha, result, evidence, release in
