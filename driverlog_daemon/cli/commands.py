@@ -76,7 +76,7 @@ def _checked_config(args: argparse.Namespace, remember: bool = False, writes: bo
     """Configuration, its files and its registry, checked as ``run`` needs them; ConfigError names the key.
     ``remember``: trust a registry already found valid (``run``; ``check-config`` checks it again). Notes (what
     is not wrong but not there yet) go to stderr."""
-    from driverlog_daemon.config import check_files
+    from driverlog_daemon.config_checks import check_files
     from driverlog_daemon.registry.load import RegistryError, load_registry
 
     config = configuration(args)

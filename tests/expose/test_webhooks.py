@@ -329,7 +329,7 @@ def test_check_config_never_shows_the_secret_or_the_urls_path(tmp_path: Path,
     assert "do-not-print-me" not in out and "XYZ" not in out
     secret.unlink()
     with pytest.raises(ConfigError) as info:
-        from driverlog_daemon.config import check_files
+        from driverlog_daemon.config_checks import check_files
 
         check_files(load_config(cfg))
     assert info.value.key == "webhook chat.secret"
